@@ -1,0 +1,1 @@
+"""The LDAE itself: pure torch, no Qt, no napari. Everything else calls into this package."""

@@ -1,0 +1,1 @@
+"""Metrics and the reproduction of the paper's tables on any cohort."""

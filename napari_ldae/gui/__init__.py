@@ -1,0 +1,1 @@
+"""napari widgets (the only subpackage that imports Qt)."""

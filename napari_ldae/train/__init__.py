@@ -1,0 +1,1 @@
+"""Training of every LDAE stage on PyTorch Lightning."""
