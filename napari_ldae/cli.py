@@ -27,17 +27,23 @@ def _add_import_official(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", help="disease_classifier.ckpt (Linear(768,1), positive = CN)")
     p.add_argument("--scale-factor", type=float, default=0.8730,
                    help="latent scale factor the weights were trained with (reference: 0.8730)")
-    p.add_argument("-o", "--out", required=True, help="bundle directory to write")
+    p.add_argument("--config", help="bundle config JSON describing the architectures and the "
+                   "preprocessing (default: the paper's)")
+    p.add_argument("-o", "--out", required=True, help="bundle directory (or .ldae file) to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
 
     def run(a: argparse.Namespace) -> None:
+        import json
+        from pathlib import Path
+
         from napari_ldae.core.bundle import import_official
 
+        config = json.loads(Path(a.config).read_text()) if a.config else None
         path = import_official(
             unet=a.unet, encoder=a.encoder, autoencoder=a.autoencoder,
             semantic_mean=a.semantic_mean, semantic_std=a.semantic_std,
             classifier=a.classifier, scale_factor=a.scale_factor,
-            out=a.out, overwrite=a.overwrite,
+            config=config, out=a.out, overwrite=a.overwrite,
         )
         print(f"wrote bundle {path}")
 

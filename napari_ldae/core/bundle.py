@@ -1,0 +1,382 @@
+"""Model bundles: one directory (or the same files zipped into one ``.ldae`` file) holding
+``config.json`` and safetensors weights. Loading never unpickles anything.
+
+``config.json``::
+
+    format: "napari-ldae-bundle", format_version: 1, name, description,
+    autoencoder: MONAI AutoencoderKL arguments, scale_factor: s,
+    unet: UNetConfig, encoder: EncoderConfig, schedule: Schedule, clamp_x0: bool,
+    preprocessing: PreprocessContract, steps: {encode, decode, preview},
+    directions: {name: {meaning, source, metrics}}, metrics: {...}, provenance: {...}
+
+Weights: ``autoencoder``, ``unet`` (ShiftUNet), ``encoder`` (SemanticEncoder without the
+reference's duplicated backbone keys) and ``semantic`` (``mean``, ``std``,
+``direction.<name>``) ``.safetensors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_ldae import BUNDLE_FORMAT_VERSION, __version__
+from napari_ldae.errors import BundleError
+
+FORMAT = "napari-ldae-bundle"
+PARTS = ("autoencoder", "unet", "encoder", "semantic")
+REQUIRED_KEYS = ("format", "format_version", "autoencoder", "scale_factor", "unet", "encoder",
+                 "schedule", "preprocessing", "steps", "directions")
+DEFAULT_STEPS = {"encode": 50, "decode": 50, "preview": 10}
+_PICKLE_HINT = ("it looks like a pickled PyTorch file (.pt/.pth/.ckpt); napari-ldae never "
+                "unpickles files it is given to load. Convert official release files once with "
+                "`napari-ldae import-official`")
+
+
+@dataclass
+class Bundle:
+    """A validated bundle on disk: its config and a reader for its weights."""
+
+    path: Path
+    config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.config.get("name", self.path.stem)
+
+    def read(self, part: str) -> dict[str, torch.Tensor]:
+        """The tensors of one part (``autoencoder``, ``unet``, ``encoder``, ``semantic``)."""
+        from safetensors.torch import load
+
+        try:
+            return load(self._bytes(f"{part}.safetensors"))
+        except BundleError:
+            raise
+        except Exception as err:  # safetensors raises several types on corrupt data
+            raise BundleError(f"{self.path}: {part}.safetensors is corrupt ({err})") from err
+
+    def _bytes(self, member: str) -> bytes:
+        if self.path.is_dir():
+            return (self.path / member).read_bytes()
+        with zipfile.ZipFile(self.path) as zf:
+            return zf.read(member)
+
+    @cached_property
+    def sha256(self) -> str:
+        """Content hash of config and weights (the key of cached codes)."""
+        h = hashlib.sha256()
+        for member in ["config.json", *(f"{p}.safetensors" for p in PARTS)]:
+            h.update(member.encode())
+            h.update(hashlib.sha256(self._bytes(member)).digest())
+        return h.hexdigest()
+
+    def load_model(self, device: str = "cpu", precision: str = "fp32", max_batch: int = 8):
+        """Build the :class:`~napari_ldae.core.model.LDAEModel` of this bundle."""
+        from napari_ldae.core.model import LDAEModel
+
+        parts = build_networks(self.config)
+        for part in ("unet", "encoder"):
+            _load_strict(parts[part], self.read(part), part)
+        _load_strict(parts["autoencoder"].net, self.read("autoencoder"), "autoencoder")
+        semantic = self.read("semantic")
+        _require(semantic, ("mean", "std"), "semantic")
+        model = LDAEModel(
+            parts["autoencoder"], parts["unet"], parts["encoder"],
+            semantic_mean=semantic["mean"], semantic_std=semantic["std"],
+            input_shape=self.config["preprocessing"]["shape"],
+            directions=directions_from(self.config, semantic),
+            schedule=_schedule(self.config), clamp=bool(self.config.get("clamp_x0", True)),
+            device=device, precision=precision, max_batch=max_batch,
+        )
+        return model
+
+
+def build_networks(config: Mapping[str, Any]) -> dict[str, torch.nn.Module]:
+    """Untrained networks of a bundle config (weights are loaded separately)."""
+    from napari_ldae.core.autoencoder import LatentAutoencoder
+    from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder
+    from napari_ldae.core.unet import ShiftUNet, UNetConfig
+
+    return {
+        "autoencoder": LatentAutoencoder(config["autoencoder"], config["scale_factor"]),
+        "unet": ShiftUNet(UNetConfig.from_dict(config["unet"])),
+        "encoder": SemanticEncoder(EncoderConfig.from_dict(config["encoder"])),
+    }
+
+
+def directions_from(config: Mapping[str, Any], semantic: Mapping[str, torch.Tensor]) -> dict:
+    from napari_ldae.core.model import Direction
+
+    out = {}
+    for name, info in config.get("directions", {}).items():
+        key = f"direction.{name}"
+        if key not in semantic:
+            raise BundleError(f"direction {name!r} is declared in config.json but "
+                              f"semantic.safetensors has no {key!r}")
+        out[name] = Direction(name, semantic[key], info.get("meaning", name),
+                              info.get("source", ""), info.get("metrics", {}))
+    return out
+
+
+def _schedule(config: Mapping[str, Any]):
+    from napari_ldae.core.diffusion import Schedule
+
+    return Schedule.from_dict(config["schedule"])
+
+
+def _load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], part: str) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if part == "encoder":  # our encoders accept state dicts without the duplicated backbone
+        missing = [k for k in missing if not k.startswith("slice_distributed.module.")]
+    if missing or unexpected:
+        raise BundleError(f"{part}.safetensors does not match config.json: "
+                          f"{len(missing)} missing keys {missing[:3]}, "
+                          f"{len(unexpected)} unexpected keys {unexpected[:3]}")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise BundleError(f"{part}.safetensors: {key} has shape {tuple(tensor.shape)}, "
+                              f"config.json implies {tuple(expected[key].shape)}")
+    module.load_state_dict(dict(state), strict=part != "encoder")
+
+
+def _require(state: Mapping[str, torch.Tensor], keys: tuple[str, ...], part: str) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise BundleError(f"{part}.safetensors lacks {missing}")
+
+
+# --------------------------------------------------------------------------------- loading
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Open and validate a bundle directory or ``.ldae`` file (weights are read lazily)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise BundleError(f"no model bundle at {path}")
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise BundleError(f"{path} is not a model bundle: " + _describe_file(path))
+    if path.is_file() and _is_torch_zip(path):
+        raise BundleError(f"{path}: " + _PICKLE_HINT)
+    bundle = Bundle(path, {})
+    try:
+        bundle.config = json.loads(bundle._bytes("config.json"))
+    except (FileNotFoundError, KeyError) as err:
+        raise BundleError(f"{path} is not a model bundle: it has no config.json") from err
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{path}/config.json is not valid JSON ({err})") from err
+    validate_config(bundle.config, path)
+    for part in PARTS:
+        _check_member(bundle, part)
+    return bundle
+
+
+def validate_config(config: Mapping[str, Any], where: Path | str = "config.json") -> None:
+    if not isinstance(config, Mapping) or config.get("format") != FORMAT:
+        raise BundleError(f"{where}: config.json is not a napari-ldae bundle config "
+                          f"(format must be {FORMAT!r})")
+    version = config.get("format_version")
+    if version != BUNDLE_FORMAT_VERSION:
+        raise BundleError(f"{where}: bundle format version {version} is not supported by "
+                          f"napari-ldae {__version__}, which reads version "
+                          f"{BUNDLE_FORMAT_VERSION}; "
+                          + ("upgrade napari-ldae" if isinstance(version, int)
+                             and version > BUNDLE_FORMAT_VERSION else "re-export the bundle"))
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise BundleError(f"{where}: config.json lacks {missing}")
+    scale = config["scale_factor"]
+    if not isinstance(scale, (int, float)) or not scale > 0:
+        raise BundleError(f"{where}: scale_factor must be a positive number, got {scale!r}")
+
+
+def _check_member(bundle: Bundle, part: str) -> None:
+    name = f"{part}.safetensors"
+    try:
+        head = bundle._bytes(name)[:16]
+    except (FileNotFoundError, KeyError) as err:
+        raise BundleError(f"{bundle.path}: {name} is missing") from err
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise BundleError(f"{bundle.path}/{name}: " + _PICKLE_HINT)
+    if len(head) < 8:
+        raise BundleError(f"{bundle.path}/{name} is truncated")
+
+
+def _describe_file(path: Path) -> str:
+    head = path.read_bytes()[:16] if path.stat().st_size else b""
+    if head[:1] == b"\x80":
+        return _PICKLE_HINT
+    if path.suffix in {".pt", ".pth", ".ckpt", ".bin"}:
+        return _PICKLE_HINT
+    return "expected a bundle directory or a .ldae file"
+
+
+def _is_torch_zip(path: Path) -> bool:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return "config.json" not in names and any(n.endswith("data.pkl") for n in names)
+
+
+# --------------------------------------------------------------------------------- saving
+def save_bundle(out: str | os.PathLike, config: Mapping[str, Any],
+                weights: Mapping[str, Mapping[str, torch.Tensor]], *,
+                overwrite: bool = False) -> Path:
+    """Write a bundle directory atomically (or a zipped ``.ldae`` file if ``out`` ends so)."""
+    from safetensors.torch import save_file
+
+    out = Path(out).expanduser()
+    config = {"format": FORMAT, "format_version": BUNDLE_FORMAT_VERSION, **dict(config)}
+    config.setdefault("steps", dict(DEFAULT_STEPS))
+    config.setdefault("provenance", {}).setdefault("napari_ldae_version", __version__)
+    validate_config(config, out)
+    missing = [p for p in PARTS if p not in weights]
+    if missing:
+        raise BundleError(f"cannot save a bundle without {missing} weights")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+        for part in PARTS:
+            tensors = {k: v.detach().to("cpu", copy=True).contiguous()
+                       for k, v in weights[part].items()}
+            if part == "encoder":
+                tensors = {k: v for k, v in tensors.items()
+                           if not k.startswith("slice_distributed.module.")}
+            save_file(tensors, str(tmp / f"{part}.safetensors"))
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move a finished bundle into place (replacing an old one only at the last moment)."""
+    if out.suffix == ".ldae":
+        zipped = tmp.with_suffix(".ldae")
+        with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as zf:
+            for member in sorted(tmp.iterdir()):
+                zf.write(member, member.name)
+        os.replace(zipped, out)
+        return
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def model_weights(model) -> dict[str, dict[str, torch.Tensor]]:
+    """The four weight groups of an :class:`LDAEModel`, ready for :func:`save_bundle`."""
+    semantic = {"mean": model.semantic_mean, "std": model.semantic_std}
+    for name, d in model.directions.items():
+        semantic[f"direction.{name}"] = d.vector
+    return {"autoencoder": model.autoencoder.net.state_dict(), "unet": model.unet.state_dict(),
+            "encoder": model.encoder.state_dict(), "semantic": semantic}
+
+
+# ---------------------------------------------------------------------- official release
+def _torch_load(path: str | os.PathLike, what: str) -> Any:
+    """Read one official (pickled) release file, safely: tensors and containers only."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BundleError(f"{what}: no file at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise BundleError(f"{what}: cannot read {path} as PyTorch weights ({err}). Only "
+                          "tensors are accepted (weights_only=True).") from err
+
+
+def _state_dict(obj: Any, what: str, strip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The tensor dict inside a checkpoint (plain, or under ``state_dict``), prefixes removed."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BundleError(f"{what}: expected a state dict of tensors")
+    out = {}
+    for key, value in obj.items():
+        for prefix in strip:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def _tensor(obj: Any, what: str) -> torch.Tensor:
+    if isinstance(obj, Mapping) and len(obj) == 1:
+        obj = next(iter(obj.values()))
+    if not isinstance(obj, torch.Tensor):
+        raise BundleError(f"{what}: expected a tensor, got {type(obj).__name__}")
+    return obj.reshape(-1).float()
+
+
+def _classifier_direction(obj: Any, dim: int) -> torch.Tensor:
+    """The AD direction from the reference ``Linear(d, 1)`` whose positive class is CN."""
+    sd = _state_dict(obj, "classifier")
+    weights = [v for k, v in sd.items() if k.endswith("weight") and tuple(v.shape) == (1, dim)]
+    if len(weights) != 1:
+        raise BundleError(f"classifier: expected one Linear({dim}, 1) weight, found keys "
+                          f"{sorted(sd)}")
+    return -weights[0].reshape(-1).float()  # labels sorted AD=0, CN=1: +w points toward CN
+
+
+def import_official(*, unet: str | os.PathLike, encoder: str | os.PathLike,
+                    autoencoder: str | os.PathLike, semantic_mean: str | os.PathLike,
+                    semantic_std: str | os.PathLike, classifier: str | os.PathLike | None,
+                    out: str | os.PathLike, scale_factor: float = 0.8730,
+                    config: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Convert the official LDAE release files into a bundle.
+
+    ``config`` is a bundle config (architectures, preprocessing); the paper's by default. Each
+    part is loaded strictly into the configured networks, so a file of another architecture
+    is refused instead of silently leaving random weights.
+    """
+    from napari_ldae.core.presets import preset
+
+    config = dict(config or preset("paper"))
+    config["scale_factor"] = float(scale_factor)
+    nets = build_networks(config)
+    unet_sd = _state_dict(_torch_load(unet, "unet (decoder.pth)"), "unet",
+                          strip=("ema_decoder.", "decoder."))
+    _load_strict(nets["unet"], unet_sd, "unet")
+    enc_sd = _state_dict(_torch_load(encoder, "encoder (encoder.pth)"), "encoder",
+                         strip=("ema_encoder.", "encoder."))
+    _load_strict(nets["encoder"], enc_sd, "encoder")
+    ae_sd = _state_dict(_torch_load(autoencoder, "autoencoder"), "autoencoder")
+    nets["autoencoder"].load_generative_state_dict(ae_sd)
+    dim = config["encoder"]["emb_dim"]
+    semantic = {"mean": _tensor(_torch_load(semantic_mean, "semantic mean"), "semantic mean"),
+                "std": _tensor(_torch_load(semantic_std, "semantic std"), "semantic std")}
+    for key, value in semantic.items():
+        if value.numel() != dim:
+            raise BundleError(f"semantic {key} has {value.numel()} values, the encoder {dim}")
+    config["directions"] = {}
+    if classifier is not None:
+        semantic["direction.AD"] = _classifier_direction(
+            _torch_load(classifier, "classifier"), dim)
+        config["directions"]["AD"] = {
+            "meaning": "toward AD",
+            "source": "official linear probe AD vs CN (its positive class is CN; negated)",
+        }
+    config["provenance"] = {"imported_from": "official LDAE release",
+                            "files": {k: str(Path(v).name) for k, v in {
+                                "unet": unet, "encoder": encoder, "autoencoder": autoencoder,
+                                "semantic_mean": semantic_mean, "semantic_std": semantic_std,
+                                "classifier": classifier}.items() if v is not None}}
+    weights = {"autoencoder": nets["autoencoder"].net.state_dict(),
+               "unet": nets["unet"].state_dict(), "encoder": nets["encoder"].state_dict(),
+               "semantic": semantic}
+    return save_bundle(out, config, weights, overwrite=overwrite)

@@ -1,0 +1,170 @@
+"""Diffusion math of LDAE: the linear schedule, the training coefficients of the shifted
+objective, deterministic DDIM sampling and inversion guided by the gradient estimator, and
+the interpolation of codes.
+
+Notation follows ``docs/method.md``: ᾱ_t is ``alphas_cumprod[t]``, the network returns
+``(eps, shift)`` and the guided noise of a DDIM step is ``eps - sqrt(1 - ᾱ_t) * shift``.
+Coefficients are computed in float64 and used in float32, as the reference code does.
+
+MONAI's ``DDIMScheduler.reversed_step`` is not used: its stride disagrees with its timestep
+list, so inversion followed by sampling does not return to the start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from napari_ldae.core.progress import Progress, ProgressGen, drain
+
+#: ``net(x_t, t, y) -> (eps, shift)`` with ``t`` the original (training) timesteps, long (B,).
+GuidedNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A DDPM noise schedule (linear β by default: 1000 steps from 1e-4 to 0.02)."""
+
+    num_steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    @cached_property
+    def betas(self) -> np.ndarray:
+        return np.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=np.float64)
+
+    @cached_property
+    def alphas_cumprod(self) -> np.ndarray:
+        return np.cumprod(1.0 - self.betas)
+
+    @cached_property
+    def shift_coef(self) -> np.ndarray:
+        """k_t = −√α_t (1 − ᾱ_{t−1}) / √(1 − ᾱ_t): the gradient estimator's training weight."""
+        prev = np.append(1.0, self.alphas_cumprod[:-1])
+        return -np.sqrt(1.0 - self.betas) * (1.0 - prev) / np.sqrt(1.0 - self.alphas_cumprod)
+
+    def snr_weight(self, gamma: float = 0.1) -> np.ndarray:
+        """λ_t = SNR_t^γ / (1 + SNR_t), SNR_t = ᾱ_t / (1 − ᾱ_t)."""
+        snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+        return snr**gamma / (1.0 + snr)
+
+    def to_dict(self) -> dict:
+        return {"type": "linear", "num_steps": self.num_steps,
+                "beta_start": self.beta_start, "beta_end": self.beta_end}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Schedule:
+        if d.get("type", "linear") != "linear":
+            raise ValueError(f"unsupported noise schedule {d.get('type')!r} (only 'linear')")
+        return cls(int(d["num_steps"]), float(d["beta_start"]), float(d["beta_end"]))
+
+
+DEFAULT_SCHEDULE = Schedule()
+
+
+def gather(values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-sample coefficients ``values[t]`` shaped to broadcast against ``like``."""
+    out = torch.as_tensor(values, dtype=torch.float32, device=t.device)[t]
+    return out.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def q_sample(z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+             schedule: Schedule = DEFAULT_SCHEDULE) -> torch.Tensor:
+    """z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε."""
+    ac = schedule.alphas_cumprod
+    return gather(np.sqrt(ac), t, z0) * z0 + gather(np.sqrt(1.0 - ac), t, z0) * noise
+
+
+def ddim_grid(steps: int, num_train_steps: int = 1000) -> list[int]:
+    """The respaced DDIM timesteps ``{int(v) for v in linspace(0, T−1, steps+1)}``, ascending.
+
+    ``steps`` network calls walk between consecutive entries (``[0, 199, …, 999]`` for 5).
+    """
+    if not 1 <= steps < num_train_steps:
+        raise ValueError(f"DDIM steps must be between 1 and {num_train_steps - 1}, got {steps}")
+    return sorted({int(v) for v in np.linspace(0, num_train_steps - 1, steps + 1)})
+
+
+def _ddim_move(net: GuidedNet, x: torch.Tensor, y: torch.Tensor, t: int, ac_t: float,
+               ac_to: float, clamp: bool) -> torch.Tensor:
+    """One deterministic DDIM move from ᾱ_t to ᾱ_to with the shift-guided noise."""
+    tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    eps, shift = net(x, tt, y)
+    eps = eps.to(x.dtype) - float(np.sqrt(1.0 - ac_t)) * shift.to(x.dtype)
+    recip, recip_m1 = float(np.sqrt(1.0 / ac_t)), float(np.sqrt(1.0 / ac_t - 1.0))
+    x0 = recip * x - recip_m1 * eps
+    if clamp:
+        x0 = x0.clamp(-1.0, 1.0)
+        eps = (recip * x - x0) / recip_m1
+    return x0 * float(np.sqrt(ac_to)) + float(np.sqrt(1.0 - ac_to)) * eps
+
+
+def iter_ddim_sample(net: GuidedNet, x_T: torch.Tensor, y: torch.Tensor, steps: int,
+                     schedule: Schedule = DEFAULT_SCHEDULE, clamp: bool = True,
+                     ) -> ProgressGen[torch.Tensor]:
+    """Deterministic shifted DDIM from x_T (grid index N) down to grid index 0 (t = 0)."""
+    grid = ddim_grid(steps, schedule.num_steps)
+    ac = schedule.alphas_cumprod[grid]
+    x = x_T
+    n = len(grid) - 1
+    for k, i in enumerate(range(n, 0, -1), start=1):
+        x = _ddim_move(net, x, y, grid[i], ac[i], ac[i - 1], clamp)
+        yield Progress(k, n, "decoding")
+    return x
+
+
+def iter_ddim_invert(net: GuidedNet, z0: torch.Tensor, y: torch.Tensor, steps: int,
+                     schedule: Schedule = DEFAULT_SCHEDULE, clamp: bool = True,
+                     ) -> ProgressGen[torch.Tensor]:
+    """Deterministic shifted DDIM inversion of a clean latent z0 (grid index 0) up to x_T."""
+    grid = ddim_grid(steps, schedule.num_steps)
+    ac = schedule.alphas_cumprod[grid]
+    x = z0
+    n = len(grid) - 1
+    for i in range(n):
+        x = _ddim_move(net, x, y, grid[i], ac[i], ac[i + 1], clamp)
+        yield Progress(i + 1, n, "inverting")
+    return x
+
+
+def ddim_sample(net: GuidedNet, x_T: torch.Tensor, y: torch.Tensor, steps: int,
+                schedule: Schedule = DEFAULT_SCHEDULE, clamp: bool = True) -> torch.Tensor:
+    """Decode x_T conditioned on y with ``steps`` shifted DDIM steps (reference clamp on)."""
+    return drain(iter_ddim_sample(net, x_T, y, steps, schedule, clamp))
+
+
+def ddim_invert(net: GuidedNet, z0: torch.Tensor, y: torch.Tensor, steps: int,
+                schedule: Schedule = DEFAULT_SCHEDULE, clamp: bool = True) -> torch.Tensor:
+    """Invert the clean latent z0 to x_T conditioned on y (reference clamp on)."""
+    return drain(iter_ddim_invert(net, z0, y, steps, schedule, clamp))
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """(1 − α) a + α b, with α a scalar or one value per sample."""
+    alpha = _per_sample(alpha, a)
+    return (1.0 - alpha) * a + alpha * b
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """Spherical interpolation with the angle computed per sample over the flattened tensor.
+
+    Falls back to :func:`lerp` for (nearly) parallel inputs, where the angle is undefined.
+    """
+    alpha = _per_sample(alpha, a)
+    fa, fb = a.flatten(1), b.flatten(1)
+    cos = (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1))
+    theta = torch.acos(cos.clamp(-1.0, 1.0)).reshape(-1, *([1] * (a.dim() - 1)))
+    sin = torch.sin(theta)
+    parallel = sin.abs() < 1e-6
+    safe = torch.where(parallel, torch.ones_like(sin), sin)
+    out = torch.sin((1.0 - alpha) * theta) / safe * a + torch.sin(alpha * theta) / safe * b
+    return torch.where(parallel, lerp(a, b, alpha), out)
+
+
+def _per_sample(alpha: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    alpha = torch.as_tensor(alpha, dtype=like.dtype, device=like.device)
+    return alpha.reshape(-1, *([1] * (like.dim() - 1))) if alpha.dim() else alpha

@@ -1,0 +1,274 @@
+"""``LDAEModel``: what users do with a trained LDAE.
+
+Volumes are model-space tensors ``(B, 1, X, Y, Z)`` in [0, 1] (see ``data.preprocess`` for
+getting there from a scan). Every operation is a generator ``iter_*`` yielding
+:class:`~napari_ldae.core.progress.Progress` per network call and returning its result, with a
+plain method on top. Many strengths or interpolation weights run as one batch (chunked by
+``max_batch``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from napari_ldae.core import diffusion
+from napari_ldae.core.autoencoder import LatentAutoencoder
+from napari_ldae.core.device import autocast
+from napari_ldae.core.progress import Progress, ProgressGen, drain
+
+
+@dataclass
+class Codes:
+    """LDAE codes of B volumes: semantic ``y`` (B, d) and stochastic ``x_T`` (B, C, x, y, z)."""
+
+    y: torch.Tensor
+    x_T: torch.Tensor
+    steps: int = 0  # DDIM steps of the inversion that produced x_T (0: sampled)
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def __getitem__(self, index: int | slice) -> Codes:
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return Codes(self.y[index], self.x_T[index], self.steps)
+
+    def to(self, device: str | torch.device) -> Codes:
+        return Codes(self.y.to(device), self.x_T.to(device), self.steps)
+
+    def cpu(self) -> Codes:
+        return self.to("cpu")
+
+    @staticmethod
+    def cat(codes: Sequence[Codes]) -> Codes:
+        return Codes(torch.cat([c.y for c in codes]), torch.cat([c.x_T for c in codes]),
+                     codes[0].steps)
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A named direction in standardised semantic space, with a human-readable meaning."""
+
+    name: str
+    vector: torch.Tensor  # (d,), any norm: it is normalised when applied
+    meaning: str  # e.g. "toward AD"
+    source: str = ""  # e.g. "linear probe AD vs CN (ROC-AUC 0.91)"
+    metrics: dict = field(default_factory=dict)
+
+
+class LDAEModel:
+    """A trained LDAE: autoencoder, frozen latent UNet with gradient estimator, semantic encoder.
+
+    ``semantic_mean``/``semantic_std`` standardise ``y`` for manipulation; ``directions`` are
+    named directions in that standardised space; ``input_shape`` is the (X, Y, Z) of the
+    preprocessing contract.
+    """
+
+    def __init__(self, autoencoder: LatentAutoencoder, unet: torch.nn.Module,
+                 encoder: torch.nn.Module, *, semantic_mean: torch.Tensor,
+                 semantic_std: torch.Tensor, input_shape: Sequence[int] = (128, 160, 128),
+                 directions: dict[str, Direction] | None = None,
+                 schedule: diffusion.Schedule = diffusion.DEFAULT_SCHEDULE, clamp: bool = True,
+                 device: str = "cpu", precision: str = "fp32", max_batch: int = 8) -> None:
+        self.autoencoder = autoencoder.eval()
+        self.unet = unet.eval()
+        self.encoder = encoder.eval()
+        self.semantic_mean = semantic_mean.float()
+        self.semantic_std = semantic_std.float()
+        self.input_shape = tuple(int(n) for n in input_shape)
+        self.directions = dict(directions or {})
+        self.schedule = schedule
+        self.clamp = clamp
+        self.max_batch = max_batch
+        self.device = "cpu"
+        self.precision = precision
+        self.to(device, precision)
+
+    # ----------------------------------------------------------------------------- set-up
+    def to(self, device: str, precision: str | None = None) -> LDAEModel:
+        """Move to a device (``cpu``, ``cuda:0``, ``mps``); reduced precision only on CUDA."""
+        for module in (self.autoencoder, self.unet, self.encoder):
+            module.to(device)
+        self.semantic_mean = self.semantic_mean.to(device)
+        self.semantic_std = self.semantic_std.to(device)
+        self.device = str(device)
+        if precision is not None:
+            self.precision = precision
+        return self
+
+    @property
+    def semantic_dim(self) -> int:
+        return int(self.semantic_mean.numel())
+
+    def _net(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
+        with autocast(self.device, self.precision):
+            eps, shift = self.unet(x, t, y)
+        return eps.float(), shift.float()
+
+    def _embed(self, volume: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return self.encoder(volume.permute(0, 1, 4, 2, 3)).float()  # axial slices first
+
+    def _to_latent(self, volume: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return self.autoencoder.encode(volume).float()
+
+    def _to_volume(self, z: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return self.autoencoder.decode(z).float().clamp_(0.0, 1.0)
+
+    def _batches(self, n: int) -> list[slice]:
+        return [slice(i, min(i + self.max_batch, n)) for i in range(0, n, self.max_batch)]
+
+    # ----------------------------------------------------------------------- generators
+    @torch.inference_mode()
+    def iter_encode(self, volume: torch.Tensor, steps: int) -> ProgressGen[Codes]:
+        """Codes of volumes ``(B, 1, X, Y, Z)``: y = Enc(x), x_T = DDIM inversion of s·μ(x)."""
+        volume = self._check_volume(volume)
+        ys, xs = [], []
+        batches = self._batches(volume.shape[0])
+        total = len(batches) * steps
+        for b, sl in enumerate(batches):
+            y = self._embed(volume[sl])
+            z0 = self._to_latent(volume[sl])
+            gen = diffusion.iter_ddim_invert(self._net, z0, y, steps, self.schedule, self.clamp)
+            x_T = yield from _rebase(gen, b * steps, total, "encoding")
+            ys.append(y)
+            xs.append(x_T)
+        return Codes(torch.cat(ys), torch.cat(xs), steps)
+
+    @torch.inference_mode()
+    def iter_decode(self, codes: Codes, steps: int) -> ProgressGen[torch.Tensor]:
+        """Volumes ``(B, 1, X, Y, Z)`` decoded from codes with ``steps`` DDIM steps."""
+        codes = codes.to(self.device)
+        out = []
+        batches = self._batches(len(codes))
+        total = len(batches) * steps
+        for b, sl in enumerate(batches):
+            gen = diffusion.iter_ddim_sample(self._net, codes.x_T[sl], codes.y[sl], steps,
+                                             self.schedule, self.clamp)
+            z0 = yield from _rebase(gen, b * steps, total, "decoding")
+            out.append(self._to_volume(z0))
+        return torch.cat(out)
+
+    def iter_reconstruct(self, volume: torch.Tensor, steps: int,
+                         decode_steps: int | None = None) -> ProgressGen[torch.Tensor]:
+        codes = yield from self.iter_encode(volume, steps)
+        return (yield from self.iter_decode(codes, decode_steps or steps))
+
+    def iter_manipulate(self, codes: Codes, direction: str | Direction | torch.Tensor,
+                        strengths: Sequence[float], steps: int) -> ProgressGen[torch.Tensor]:
+        """Decode each code moved along a direction by each strength: (B·S, 1, X, Y, Z),
+        ordered code-major (all strengths of code 0 first)."""
+        edited = self.edit_codes(codes, direction, strengths)
+        return (yield from self.iter_decode(edited, steps))
+
+    def iter_interpolate(self, codes_a: Codes, codes_b: Codes, alphas: Sequence[float],
+                         steps: int) -> ProgressGen[torch.Tensor]:
+        """Decode lerp(y) / slerp(x_T) between two single codes at each α: (A, 1, X, Y, Z)."""
+        return (yield from self.iter_decode(self.interpolate_codes(codes_a, codes_b, alphas),
+                                            steps))
+
+    def iter_sample(self, y: torch.Tensor, steps: int, seed: int = 0,
+                    n: int = 1) -> ProgressGen[torch.Tensor]:
+        """Semantic-only decoding / stochastic variations: fixed y, x_T ~ N(0, I) (seeded)."""
+        y = y.reshape(-1, self.semantic_dim).to(self.device).repeat_interleave(n, dim=0)
+        gen = torch.Generator().manual_seed(seed)
+        x_T = torch.randn((y.shape[0], *self.latent_shape), generator=gen).to(self.device)
+        return (yield from self.iter_decode(Codes(y, x_T), steps))
+
+    # ----------------------------------------------------------------------- code algebra
+    def edit_codes(self, codes: Codes, direction: str | Direction | torch.Tensor,
+                   strengths: Sequence[float]) -> Codes:
+        """Move y along a direction in standardised space by strength·√d·w/‖w‖; keep x_T."""
+        w = self._direction_vector(direction)
+        s = torch.as_tensor(list(strengths), dtype=torch.float32, device=self.device)
+        codes = codes.to(self.device)
+        y_std = (codes.y - self.semantic_mean) / self.semantic_std  # (B, d)
+        step = math.sqrt(self.semantic_dim) * w / w.norm()
+        moved = y_std[:, None, :] + s[None, :, None] * step  # (B, S, d)
+        y = (moved * self.semantic_std + self.semantic_mean).reshape(-1, self.semantic_dim)
+        x_T = codes.x_T.repeat_interleave(len(s), dim=0)
+        return Codes(y, x_T, codes.steps)
+
+    def interpolate_codes(self, codes_a: Codes, codes_b: Codes,
+                          alphas: Sequence[float]) -> Codes:
+        if len(codes_a) != 1 or len(codes_b) != 1:
+            raise ValueError("interpolation takes one code at each end")
+        a, b = codes_a.to(self.device), codes_b.to(self.device)
+        al = torch.as_tensor(list(alphas), dtype=torch.float32, device=self.device)
+        n = al.numel()
+        y = diffusion.lerp(a.y.expand(n, -1), b.y.expand(n, -1), al)
+        x_T = diffusion.slerp(a.x_T.expand(n, *a.x_T.shape[1:]),
+                              b.x_T.expand(n, *b.x_T.shape[1:]), al)
+        return Codes(y, x_T, a.steps)
+
+    def _direction_vector(self, direction: str | Direction | torch.Tensor) -> torch.Tensor:
+        if isinstance(direction, str):
+            if direction not in self.directions:
+                known = ", ".join(self.directions) or "none"
+                raise KeyError(f"unknown direction {direction!r}; this model has: {known}")
+            direction = self.directions[direction]
+        vector = direction.vector if isinstance(direction, Direction) else direction
+        vector = vector.reshape(-1).float().to(self.device)
+        if vector.numel() != self.semantic_dim or not torch.isfinite(vector).all() \
+                or vector.norm() == 0:
+            raise ValueError(f"a direction must be a finite, non-zero {self.semantic_dim}-vector")
+        return vector
+
+    # ------------------------------------------------------------------------- shapes
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one x_T, (C, x, y, z), for the model's input shape."""
+        c = self.autoencoder.config["latent_channels"]
+        f = 2 ** (len(self.autoencoder.config["channels"]) - 1)
+        return (c, *(s // f for s in self.input_shape))
+
+    def _check_volume(self, volume: torch.Tensor) -> torch.Tensor:
+        if volume.dim() == 3:
+            volume = volume[None, None]
+        elif volume.dim() == 4:
+            volume = volume[:, None]
+        if volume.dim() != 5 or volume.shape[1] != 1:
+            raise ValueError(f"expected volumes (B, 1, X, Y, Z), got {tuple(volume.shape)}")
+        if tuple(volume.shape[2:]) != self.input_shape:
+            raise ValueError(f"this model takes {self.input_shape} volumes (its preprocessing "
+                             f"contract), got {tuple(volume.shape[2:])}")
+        return volume.to(self.device, torch.float32)
+
+    # ------------------------------------------------------------------- plain methods
+    def encode(self, volume: torch.Tensor, steps: int = 50) -> Codes:
+        return drain(self.iter_encode(volume, steps))
+
+    def decode(self, codes: Codes, steps: int = 50) -> torch.Tensor:
+        return drain(self.iter_decode(codes, steps))
+
+    def reconstruct(self, volume: torch.Tensor, steps: int = 50,
+                    decode_steps: int | None = None) -> torch.Tensor:
+        return drain(self.iter_reconstruct(volume, steps, decode_steps))
+
+    def manipulate(self, codes: Codes, direction: str | Direction | torch.Tensor,
+                   strength: float | Sequence[float], steps: int = 50) -> torch.Tensor:
+        strengths = [strength] if isinstance(strength, (int, float)) else list(strength)
+        return drain(self.iter_manipulate(codes, direction, strengths, steps))
+
+    def interpolate(self, codes_a: Codes, codes_b: Codes, alpha: float | Sequence[float],
+                    steps: int = 50) -> torch.Tensor:
+        alphas = [alpha] if isinstance(alpha, (int, float)) else list(alpha)
+        return drain(self.iter_interpolate(codes_a, codes_b, alphas, steps))
+
+    def sample(self, y: torch.Tensor, seed: int = 0, n: int = 1, steps: int = 50) -> torch.Tensor:
+        return drain(self.iter_sample(y, steps, seed, n))
+
+
+def _rebase(gen: ProgressGen, offset: int, total: int, message: str) -> ProgressGen:
+    """Re-yield a sub-generator's progress as part of a larger count; return its result."""
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(offset + p.step, total, message)

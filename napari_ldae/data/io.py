@@ -1,0 +1,432 @@
+"""NIfTI scans in and out, and the canonical display geometry napari needs.
+
+A :class:`Scan` keeps the file's voxels in the file's own axis order (``data``), the true
+voxel-to-world affine (RAS+ millimetres, nibabel's convention), the header and the path.
+Its :class:`DisplayGeometry` says how to show it in napari without a rotated affine: the data
+reoriented to the closest RAS axis order (a permutation and flips, never a resampling), plus a
+diagonal ``scale``/``translate``. :func:`write_scan` writes volumes back in the scan's own space
+and header, atomically, with a JSON sidecar, and never replaces a file unless asked.
+
+napari layers carry a scan's geometry in ``layer.metadata["ldae_scan"]``
+(:func:`scan_metadata`, :func:`scan_from_metadata`); see ``docs/data.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as ornt_mod
+
+from napari_ldae.errors import ScanError
+
+#: Limits on what counts as a plausible brain scan.
+MIN_DIM, MAX_DIM = 8, 1024
+MAX_VOXEL_MM = 20.0
+#: Key of a napari layer's ``metadata`` holding the source scan's geometry.
+META_KEY = "ldae_scan"
+#: Key of a napari layer's ``metadata`` whose dict is copied into an export's sidecar.
+PROVENANCE_KEY = "ldae_provenance"
+METADATA_VERSION = 1
+
+NanPolicy = Literal["raise", "zero"]
+Space = Literal["scan", "model"]
+_SUFFIXES = (".nii.gz", ".nii")
+
+
+# ----------------------------------------------------------------------------- geometry
+@dataclass(frozen=True, eq=False)
+class DisplayGeometry:
+    """How a scan is shown in napari: canonical (RAS) axis order and a diagonal transform.
+
+    ``ornt`` is nibabel's orientation of the file axes (``io_orientation(affine)``): file axis
+    ``i`` becomes display axis ``ornt[i, 0]``, flipped when ``ornt[i, 1] == -1``. For a scan
+    that is not oblique, ``diag(scale) @ v + translate`` is exactly the world position (mm) of
+    display voxel ``v``; for an oblique scan it is the closest axis-aligned placement, exact at
+    the volume's centre (``oblique_deg`` says by how much it is rotated).
+    """
+
+    ornt: np.ndarray
+    file_shape: tuple[int, int, int]
+    scale: tuple[float, float, float]
+    translate: tuple[float, float, float]
+    oblique_deg: float
+
+    @classmethod
+    def from_affine(cls, affine: np.ndarray, shape: tuple[int, ...]) -> DisplayGeometry:
+        """Geometry of a 3D grid of ``shape`` with voxel-to-world ``affine``."""
+        shape3 = tuple(int(s) for s in shape[:3])
+        ornt = ornt_mod.io_orientation(affine)
+        reoriented = affine @ ornt_mod.inv_ornt_aff(ornt, shape3)
+        rzs = reoriented[:3, :3]
+        scale = np.linalg.norm(rzs, axis=0)
+        centre = (np.array(_apply_shape(shape3, ornt)) - 1) / 2.0
+        translate = rzs @ centre + reoriented[:3, 3] - scale * centre
+        cosines = np.clip(np.diag(rzs) / scale, -1.0, 1.0)
+        oblique = float(np.degrees(np.arccos(cosines.min())))
+        return cls(ornt, shape3, tuple(map(float, scale)), tuple(map(float, translate)), oblique)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape of the display (reoriented) volume."""
+        return _apply_shape(self.file_shape, self.ornt)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """The diagonal 4×4 display affine (display voxel → world mm)."""
+        aff = np.diag([*self.scale, 1.0])
+        aff[:3, 3] = self.translate
+        return aff
+
+    @property
+    def inverse_ornt(self) -> np.ndarray:
+        """Orientation that takes display axes back to the file's axes."""
+        inv = np.zeros_like(self.ornt)
+        for i, (axis, flip) in enumerate(self.ornt):
+            inv[int(axis)] = (i, flip)
+        return inv
+
+    def to_display(self, data: np.ndarray) -> np.ndarray:
+        """File-ordered ``(X, Y, Z, ...)`` array → display order (trailing axes kept)."""
+        return np.ascontiguousarray(ornt_mod.apply_orientation(data, self.ornt))
+
+    def from_display(self, data: np.ndarray) -> np.ndarray:
+        """Display-ordered array → the file's axis order (inverse of :meth:`to_display`)."""
+        return np.ascontiguousarray(ornt_mod.apply_orientation(data, self.inverse_ornt))
+
+
+def _apply_shape(shape: tuple[int, int, int], ornt: np.ndarray) -> tuple[int, int, int]:
+    out = [0, 0, 0]
+    for i, (axis, _) in enumerate(ornt):
+        out[int(axis)] = int(shape[i])
+    return (out[0], out[1], out[2])
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Voxel edge lengths (mm) along the three voxel axes of ``affine``."""
+    return np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
+
+
+# ----------------------------------------------------------------------------- the scan
+@dataclass(eq=False)
+class Scan:
+    """One 3D scan: float32 voxels in the file's axis order, its affine, header and path."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header = field(repr=False)
+    path: Path | None = None
+    display: DisplayGeometry = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        self.display = DisplayGeometry.from_affine(self.affine, self.data.shape)
+
+    @classmethod
+    def from_array(
+        cls,
+        data: np.ndarray,
+        affine: np.ndarray,
+        *,
+        header: nib.Nifti1Header | None = None,
+        path: str | os.PathLike | None = None,
+        nan_policy: NanPolicy = "raise",
+    ) -> Scan:
+        """A scan from an in-memory volume, checked like a file (see :func:`read_scan`)."""
+        name = Path(path).name if path else "volume"
+        affine = np.asarray(affine, dtype=np.float64)
+        arr = _squeeze_volumes(np.asarray(data), name)
+        _check_geometry(arr.shape, affine, name)
+        arr = _check_values(arr.astype(np.float32, copy=False), name, nan_policy)
+        hdr = header.copy() if header is not None else nib.Nifti1Header()
+        if header is None:
+            hdr.set_qform(affine, 1)
+            hdr.set_sform(affine, 1)
+        return cls(arr, affine, hdr, Path(path) if path else None)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape in the file's axis order."""
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def zooms(self) -> tuple[float, float, float]:
+        """Voxel sizes (mm) along the file's axes, from the affine."""
+        return tuple(float(z) for z in voxel_sizes(self.affine))  # type: ignore[return-value]
+
+    @property
+    def intensity_range(self) -> tuple[float, float]:
+        """(min, max) of the voxel values."""
+        return float(self.data.min()), float(self.data.max())
+
+    @property
+    def display_data(self) -> np.ndarray:
+        """The voxels in display (closest RAS) order, for napari."""
+        return self.display.to_display(self.data)
+
+
+# ----------------------------------------------------------------------------- reading
+def read_scan(path: str | os.PathLike, *, nan_policy: NanPolicy = "raise") -> Scan:
+    """Read a 3D ``.nii``/``.nii.gz`` scan; every problem is one clear :class:`ScanError`.
+
+    Scaling (``scl_slope``/``scl_inter``) is applied and voxels become float32. A 4D file with
+    a single volume is squeezed to 3D. ``nan_policy="zero"`` replaces NaN/Inf voxels by 0
+    instead of refusing the file.
+    """
+    p = Path(path)
+    name = p.name
+    if not p.is_file():
+        raise ScanError(f"{p}: no such file")
+    if not is_nifti_path(p):
+        raise ScanError(
+            f"{name}: not a NIfTI file (expected .nii or .nii.gz). Convert it first, e.g. "
+            "`dcm2niix` for DICOM or `mri_convert in.mgz out.nii.gz` for FreeSurfer files."
+        )
+    img = _load_image(p)
+    shape = tuple(int(s) for s in img.shape)
+    spatial = _squeeze_shape(shape, name)
+    _check_geometry(spatial, img.affine, name)
+    try:
+        data = img.get_fdata(dtype=np.float32, caching="unchanged")
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise ScanError(
+            f"{name}: the file is truncated or corrupt ({exc}); copy or export it again"
+        ) from exc
+    data = _check_values(data.reshape(spatial), name, nan_policy)
+    return Scan(data, np.asarray(img.affine, dtype=np.float64), img.header.copy(), p)
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like a NIfTI file (``.nii`` or ``.nii.gz``, any case)."""
+    return str(path).lower().endswith(_SUFFIXES)
+
+
+def _load_image(p: Path) -> nib.Nifti1Image:
+    try:
+        img = nib.load(p, mmap=False)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError,
+            zlib.error) as exc:
+        raise ScanError(
+            f"{p.name}: not a readable NIfTI file ({exc}); it may be truncated, "
+            "mis-named or another format"
+        ) from exc
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise ScanError(f"{p.name}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    if not np.issubdtype(img.get_data_dtype(), np.number):
+        raise ScanError(
+            f"{p.name}: voxel type {img.get_data_dtype()} (RGB or complex) is not a scalar "
+            "intensity image; a T1-weighted scan is needed"
+        )
+    return img
+
+
+def _squeeze_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
+    if len(shape) < 3 or 1 in shape[:3]:
+        raise ScanError(f"{name}: the image is 2D (shape {shape}); a 3D volume is needed")
+    n_volumes = int(np.prod(shape[3:])) if len(shape) > 3 else 1
+    if n_volumes != 1:
+        raise ScanError(
+            f"{name}: the image holds {n_volumes} volumes (shape {shape}); a single 3D volume "
+            "is needed. Extract one first, e.g. `fslroi in.nii.gz out.nii.gz 0 1` or, in "
+            "Python, `nibabel.save(img.slicer[..., 0], 'out.nii.gz')`."
+        )
+    return (shape[0], shape[1], shape[2])
+
+
+def _squeeze_volumes(arr: np.ndarray, name: str) -> np.ndarray:
+    return arr.reshape(_squeeze_shape(tuple(arr.shape), name))
+
+
+def _check_geometry(shape: tuple[int, ...], affine: np.ndarray, name: str) -> None:
+    if any(s > MAX_DIM or s < MIN_DIM for s in shape):
+        raise ScanError(
+            f"{name}: implausible size {tuple(shape)} for a brain scan (each dimension must "
+            f"be {MIN_DIM} to {MAX_DIM} voxels)"
+        )
+    if not np.all(np.isfinite(affine)):
+        raise ScanError(f"{name}: the affine (voxel-to-world transform) has NaN/Inf entries")
+    zooms = voxel_sizes(affine)
+    if np.any(zooms <= 0) or np.any(zooms > MAX_VOXEL_MM) or abs(np.linalg.det(affine)) == 0:
+        sizes = ", ".join(f"{z:g}" for z in zooms)
+        raise ScanError(
+            f"{name}: implausible voxel size ({sizes}) mm; each must be above 0 and at most "
+            f"{MAX_VOXEL_MM:g} mm. Fix the header (pixdim, qform/sform) first."
+        )
+
+
+def _check_values(data: np.ndarray, name: str, nan_policy: NanPolicy) -> np.ndarray:
+    bad = ~np.isfinite(data)
+    n_bad = int(bad.sum())
+    if n_bad:
+        if nan_policy != "zero":
+            raise ScanError(
+                f"{name}: {n_bad} voxels are NaN or infinite; pass nan_policy=\"zero\" "
+                "to replace them by 0"
+            )
+        data = np.where(bad, np.float32(0), data)
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise ScanError(f"{name}: the image is constant (every voxel is {lo:g}); nothing to use")
+    return data
+
+
+# ----------------------------------------------------------------------------- writing
+def write_scan(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    like: Scan | None = None,
+    *,
+    affine: np.ndarray | None = None,
+    header: nib.Nifti1Header | None = None,
+    space: Space = "scan",
+    provenance: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``data`` (3D, or 4D with volumes last) as float32 NIfTI with a JSON sidecar.
+
+    ``like`` gives the affine and header (the scan the volume belongs to); ``affine`` and
+    ``header`` override them (``space="model"`` needs the model ``affine``). Scaling and the
+    display window of the header are reset. The image and ``<name>.json`` are written to
+    temporary files in the same folder and moved into place; an existing file is an error
+    unless ``overwrite=True``. Returns the image path.
+    """
+    out = Path(path)
+    if not is_nifti_path(out):
+        raise ScanError(f"{out.name}: an output name must end in .nii or .nii.gz")
+    side = sidecar_path(out)
+    for target in (out, side):
+        if target.exists() and not overwrite:
+            raise FileExistsError(
+                f"{target} already exists; pass overwrite=True to replace it"
+            )
+    arr, aff, hdr = _prepare(data, like, affine, header, space, out.name)
+    img = _make_image(arr, aff, hdr)
+    meta = _sidecar(space, like, provenance)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(out, lambda tmp: nib.save(img, tmp))
+    _atomic(side, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=_jsonable)))
+    return out
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``scan.nii.gz`` → ``scan.json`` (the BIDS convention)."""
+    p = Path(path)
+    stem = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
+    return p.with_name(stem + ".json")
+
+
+def _prepare(data, like, affine, header, space, name):
+    if space not in ("scan", "model"):
+        raise ScanError(f"space must be 'scan' or 'model', not {space!r}")
+    arr = np.asarray(data, dtype=np.float32)
+    if arr.ndim not in (3, 4):
+        raise ScanError(f"{name}: can only write 3D or 4D volumes, got shape {arr.shape}")
+    if space == "model" and affine is None:
+        raise ScanError(f"{name}: writing a model-space volume needs its affine (model_affine)")
+    if affine is None and like is None:
+        raise ScanError(f"{name}: give the scan the volume belongs to (like=) or an affine")
+    if space == "scan" and like is not None and affine is None and arr.shape[:3] != like.shape:
+        raise ScanError(
+            f"{name}: volume shape {arr.shape[:3]} differs from the scan's {like.shape}; "
+            "map model-space volumes back with to_scan_space() first"
+        )
+    aff = np.asarray(affine if affine is not None else like.affine, dtype=np.float64)
+    hdr = header if header is not None else (like.header if like is not None else None)
+    return arr, aff, hdr
+
+
+def _make_image(arr: np.ndarray, affine: np.ndarray, header) -> nib.Nifti1Image:
+    klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    hdr = header.copy() if header is not None else None
+    sform_code = int(hdr["sform_code"]) if hdr is not None else 0
+    qform_code = int(hdr["qform_code"]) if hdr is not None else 0
+    img = klass(arr, affine, hdr)
+    img.set_data_dtype(np.float32)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["cal_min"] = 0
+    img.header["cal_max"] = 0
+    img.header["descrip"] = b"napari-ldae"
+    img.set_sform(affine, sform_code or 2)
+    img.set_qform(affine, qform_code or sform_code or 2)
+    return img
+
+
+def _sidecar(space: str, like: Scan | None, provenance: dict | None) -> dict[str, Any]:
+    from napari_ldae import __version__
+
+    return {
+        "space": space,
+        "source": str(like.path) if like is not None and like.path else None,
+        "software": f"napari-ldae {__version__}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "provenance": dict(provenance or {}),
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return repr(obj)
+
+
+def _atomic(target: Path, write) -> None:
+    suffix = ".nii.gz" if target.name.lower().endswith(".nii.gz") else target.suffix
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- napari metadata
+def scan_metadata(scan: Scan) -> dict[str, Any]:
+    """The ``layer.metadata["ldae_scan"]`` dict describing ``scan`` (see ``docs/data.md``)."""
+    return {
+        "version": METADATA_VERSION,
+        "path": str(scan.path) if scan.path else None,
+        "affine": scan.affine.tolist(),
+        "shape": list(scan.shape),
+        "header": bytes(scan.header.binaryblock),
+        "reorientation": scan.display.ornt.astype(int).tolist(),
+        "intensity_range": list(scan.intensity_range),
+    }
+
+
+def header_from_metadata(meta: dict[str, Any]) -> nib.Nifti1Header:
+    """The NIfTI header kept in an ``ldae_scan`` dict (a fresh one when absent)."""
+    block = meta.get("header") or b""
+    if len(block) == 540:
+        return nib.Nifti2Header(binaryblock=block)
+    if len(block) == 348:
+        return nib.Nifti1Header(binaryblock=block)
+    return nib.Nifti1Header()
+
+
+def scan_from_metadata(display_data: np.ndarray, meta: dict[str, Any]) -> Scan:
+    """Rebuild a :class:`Scan` from a layer's display-ordered data and its ``ldae_scan`` dict."""
+    affine = np.asarray(meta["affine"], dtype=np.float64)
+    geom = DisplayGeometry.from_affine(affine, tuple(meta["shape"]))
+    if tuple(display_data.shape[:3]) != geom.shape:
+        raise ScanError(
+            f"layer data shape {tuple(display_data.shape)} does not match its source scan "
+            f"(display shape {geom.shape})"
+        )
+    data = geom.from_display(np.asarray(display_data, dtype=np.float32))
+    path = Path(meta["path"]) if meta.get("path") else None
+    return Scan(data, affine, header_from_metadata(meta), path)
