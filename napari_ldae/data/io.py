@@ -150,6 +150,7 @@ class Scan:
         if header is None:
             hdr.set_qform(affine, 1)
             hdr.set_sform(affine, 1)
+            hdr.set_xyzt_units("mm")
         return cls(arr, affine, hdr, Path(path) if path else None)
 
     @property
@@ -287,13 +288,15 @@ def write_scan(
     affine: np.ndarray | None = None,
     header: nib.Nifti1Header | None = None,
     space: Space = "scan",
+    source: str | os.PathLike | None = None,
     provenance: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``data`` (3D, or 4D with volumes last) as float32 NIfTI with a JSON sidecar.
 
     ``like`` gives the affine and header (the scan the volume belongs to); ``affine`` and
-    ``header`` override them (``space="model"`` needs the model ``affine``). Scaling and the
+    ``header`` override them (``space="model"`` needs the model ``affine``). The sidecar records
+    ``space``, the source file (``source``, else ``like.path``) and ``provenance``. Scaling and the
     display window of the header are reset. The image and ``<name>.json`` are written to
     temporary files in the same folder and moved into place; an existing file is an error
     unless ``overwrite=True``. Returns the image path.
@@ -309,7 +312,9 @@ def write_scan(
             )
     arr, aff, hdr = _prepare(data, like, affine, header, space, out.name)
     img = _make_image(arr, aff, hdr)
-    meta = _sidecar(space, like, provenance)
+    if source is None and like is not None:
+        source = like.path
+    meta = _sidecar(space, source, provenance)
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic(out, lambda tmp: nib.save(img, tmp))
     _atomic(side, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=_jsonable)))
@@ -359,12 +364,12 @@ def _make_image(arr: np.ndarray, affine: np.ndarray, header) -> nib.Nifti1Image:
     return img
 
 
-def _sidecar(space: str, like: Scan | None, provenance: dict | None) -> dict[str, Any]:
+def _sidecar(space: str, source, provenance: dict | None) -> dict[str, Any]:
     from napari_ldae import __version__
 
     return {
         "space": space,
-        "source": str(like.path) if like is not None and like.path else None,
+        "source": str(source) if source else None,
         "software": f"napari-ldae {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "provenance": dict(provenance or {}),

@@ -140,7 +140,7 @@ def model_affine(scan: Scan, contract: PreprocessContract | None = None) -> np.n
     import torch
 
     contract = contract or PreprocessContract()
-    placeholder = torch.zeros((1, 1, 1, 1), dtype=torch.float32).expand(1, *scan.shape)
+    placeholder = torch.zeros((1, 1, 1), dtype=torch.float32).expand(*scan.shape)
     mt = _metatensor(placeholder, scan.affine)
     for t in monai_transforms(contract, intensity=False, lazy=True).transforms:
         mt = t(mt)

@@ -17,12 +17,14 @@ masks pulled back through the same warp. See ``docs/synthetic-cohort.md``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gzip
 import io
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -49,14 +51,16 @@ _HIPPOCAMPUS_CENTER_MM = (28.0, -22.0, -13.0)  # right; the left one is mirrored
 _HIPPOCAMPUS_RADII_MM = (7.0, 20.0, 6.0)  # (lateral, long axis, short axis)
 _HIPPOCAMPUS_TILT_DEG = 30.0  # long axis descends anteriorly
 
-# Atrophy model: A(t) = k·[R_AGE·(age_t − AGE_ONSET)+ + R_DISEASE[dx]·m·(d0 + years)].
+# Atrophy model: A(t) = k·[C_AGE·(age_t − AGE_ONSET)² + R_DISEASE[dx]·m·(d0 + years)].
 AGE_ONSET = 40.0
-R_AGE = 0.04  # severity per year of age
-R_DISEASE = {"CN": 0.0, "MCI": 0.06, "AD": 0.12}  # extra severity per year of disease
-DISEASE_YEARS_AT_BASELINE = {"CN": (0.0, 0.0), "MCI": (0.0, 4.0), "AD": (2.0, 8.0)}
-# Weights of the unit fields in U (max displacement in mm per unit of severity).
-_W_VENTRICLES, _W_HIPPOCAMPUS, _W_CORTEX = 1.0, 0.6, 0.2
-_SIGMA_VENTRICLES_MM, _SIGMA_HIPPOCAMPUS_MM, _SIGMA_CORTEX_MM = 4.0, 3.0, 2.0
+C_AGE = 0.0033  # severity per year² of age beyond AGE_ONSET (CN: A ≈ 4 at 75, +0.23/year)
+R_DISEASE = {"CN": 0.0, "MCI": 0.3, "AD": 0.6}  # extra severity per year of disease
+DISEASE_YEARS_AT_BASELINE = {"CN": (0.0, 0.0), "MCI": (1.0, 5.0), "AD": (3.0, 8.0)}
+# Weights of the unit fields in U (largest speed in mm per unit of severity) and their smoothing.
+_W_VENTRICLES, _W_HIPPOCAMPUS, _W_CORTEX = 1.0, 0.13, 0.03
+_SIGMA_VENTRICLES_MM, _SIGMA_HIPPOCAMPUS_MM, _SIGMA_CORTEX_MM = 4.0, 3.0, 3.0
+_SEPTUM_MM = 4.0  # half-width of the midline band where ventricles do not expand sideways
+MAX_ATROPHY = 20.0  # severity cap (ventricles ≈ 80 ml)
 
 #: Months of ADNI-like visits after baseline.
 VISIT_SCHEDULE = (6, 12, 24, 36, 48, 60, 72, 84, 96, 108, 120)
@@ -130,10 +134,13 @@ def template_grid(spacing: float = 3.0) -> Grid:
 class _Template:
     grid: Grid  # output grid
     work: Grid  # finer grid the images are sampled from
+    fields: Grid  # grid of the (smooth) deformation fields: the output grid, at most 3 mm fine
     images: np.ndarray  # (4, *work.shape): t1, brain, ventricles, hippocampus (anti-aliased)
-    ventricle_field: np.ndarray  # (3, *grid.shape) mm, unit ventricle expansion V
-    atrophy_field: np.ndarray  # (3, *grid.shape) mm, unit atrophy U
+    ventricle_field: np.ndarray  # (3, *fields.shape) unit ventricle expansion V
+    atrophy_field: np.ndarray  # (3, *fields.shape) unit atrophy U
     world: np.ndarray  # (3, *grid.shape) mm
+    flow: list[np.ndarray] = dataclasses.field(default_factory=list)  # Φ_k − id, float16
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 def _load_icbm() -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -212,25 +219,37 @@ def _unit_gradient(mask: np.ndarray, grid: Grid, sigma_mm: float) -> np.ndarray:
     return grad / np.sqrt((grad**2).sum(0)).max()
 
 
+def _ventricle_gradient(mask: np.ndarray, grid: Grid, sigma_mm: float) -> np.ndarray:
+    """Ventricle expansion field: each lateral ventricle expands on its own, away from the septum.
+
+    The left-right component fades out within a few mm of the midline so the septum stays.
+    """
+    x = grid.world()[0]
+    grad = sum(_unit_gradient(mask * side, grid, sigma_mm) for side in (x < 0, x >= 0))
+    grad[0] *= 1.0 - np.exp(-((x / _SEPTUM_MM) ** 2))
+    return grad / np.sqrt((grad**2).sum(0)).max()
+
+
 @functools.lru_cache(maxsize=4)
 def _template(spacing: float) -> _Template:
-    """Template images on the work grid and unit fields on the output grid (cached per process)."""
+    """Template images on the work grid and unit fields on the field grid (cached per process)."""
     maps, affine = _load_icbm()
     native = Grid(maps["t1"].shape, affine)  # type: ignore[arg-type]
     grid = template_grid(spacing)
     work = template_grid(max(spacing / 2.0, 1.0))
+    coarse = template_grid(max(spacing, 3.0))
     t1 = maps["t1"]
     brain = ndi.binary_fill_holes(t1 > 0.15)
     hires = [t1, brain, _ventricle_mask(maps, affine), _hippocampus_mask(maps, affine)]
     images = np.stack([_resample(v, native, work, spacing) for v in hires])
     gm = _resample(maps["gm"], native, work, spacing)
     sig_c = max(_SIGMA_CORTEX_MM, spacing)
-    vent = _unit_gradient(images[2], work, max(_SIGMA_VENTRICLES_MM, spacing))
+    vent = _ventricle_gradient(images[2], work, max(_SIGMA_VENTRICLES_MM, spacing))
     hipp = -_unit_gradient(images[3], work, max(_SIGMA_HIPPOCAMPUS_MM, spacing))
     cortex = -_unit_gradient(gm, work, sig_c)
     total = _W_VENTRICLES * vent + _W_HIPPOCAMPUS * hipp + _W_CORTEX * cortex
-    fields = np.stack([_resample(c, work, grid, 0.0) for c in (*vent, *total)])
-    return _Template(grid, work, images, fields[:3], fields[3:], grid.world())
+    fields = np.stack([_resample(c, work, coarse, 0.0) for c in (*vent, *total)])
+    return _Template(grid, work, coarse, images, fields[:3], fields[3:], grid.world())
 
 
 def ventricle_mask_template(spacing: float = 3.0) -> np.ndarray:
@@ -276,15 +295,16 @@ def atrophy(
     age: float, diagnosis: str, months: np.ndarray | float, rate: float = 1.0,
     disease_rate: float = 1.0, disease_years: float = 0.0,
 ) -> np.ndarray:
-    """Atrophy severity A (mm of ventricular-wall displacement) at ``months`` after baseline.
+    """Atrophy severity A at ``months`` after baseline (how long the atrophy flow runs).
 
-    ``A = rate·[R_AGE·max(age_t − 40, 0) + R_DISEASE[dx]·disease_rate·(disease_years + years)]``,
-    monotone in time; AD progresses 4× faster than CN (0.16 vs 0.04 per year), MCI 2.5×.
+    ``A = rate·[C_AGE·max(age_t − 40, 0)² + R_DISEASE[dx]·disease_rate·(disease_years + years)]``,
+    monotone in time. At 75 the severity grows by 0.23/year from ageing, plus 0.6/year under AD
+    (≈ 3.6× the CN rate) or 0.3/year under MCI.
     """
     years = np.asarray(months, dtype=np.float64) / 12.0
-    ageing = R_AGE * np.maximum(age + years - AGE_ONSET, 0.0)
+    ageing = C_AGE * np.maximum(age + years - AGE_ONSET, 0.0) ** 2
     disease = R_DISEASE[diagnosis] * disease_rate * (disease_years + years)
-    return rate * (ageing + disease)
+    return np.minimum(rate * (ageing + disease), MAX_ATROPHY)
 
 
 def visit_months(rng: np.random.Generator, n_visits: int) -> list[int]:
@@ -331,6 +351,42 @@ def _subject_warp(rng: np.random.Generator, tpl: _Template) -> np.ndarray:
 def _sample_field(field: np.ndarray, grid: Grid, p_mm: np.ndarray) -> np.ndarray:
     coords = grid.to_voxel(p_mm)
     return np.stack([ndi.map_coordinates(c, coords, order=1, output=np.float32) for c in field])
+
+
+def _flow_entry(tpl: _Template, k: int) -> np.ndarray:
+    """Displacement of the atrophy flow after ``k`` unit Euler steps, on the field grid (cached).
+
+    Each step ``q ← q + U(q)`` is invertible (U's Lipschitz constant is < 1), so every entry is
+    a diffeomorphism; entries are built on demand and shared by all subjects.
+    """
+    with tpl.lock:
+        if not tpl.flow:
+            tpl.flow.append(np.zeros((3, *tpl.fields.shape), np.float16))
+        while len(tpl.flow) <= k:
+            q = tpl.fields.world() + tpl.flow[-1].astype(np.float64)
+            step = _sample_field(tpl.atrophy_field, tpl.fields, q)
+            tpl.flow.append((tpl.flow[-1].astype(np.float32) + step).astype(np.float16))
+        return tpl.flow[k]
+
+
+def _atrophy_points(tpl: _Template, p: np.ndarray, amounts: Sequence[float]) -> list[np.ndarray]:
+    """Points ``p`` (mm) carried by the atrophy flow for each severity in ``amounts``.
+
+    Between integer severities the flow is interpolated linearly (the Euler step itself), so the
+    result is continuous and monotone in the severity.
+    """
+    cache: dict[int, np.ndarray] = {}
+
+    def at(k: int) -> np.ndarray:
+        if k not in cache:
+            cache[k] = p + _sample_field(_flow_entry(tpl, k).astype(np.float32), tpl.fields, p)
+        return cache[k]
+
+    out = []
+    for a in amounts:
+        k, r = int(np.floor(a)), a - np.floor(a)
+        out.append(at(k) if r == 0 else (1.0 - r) * at(k) + r * at(k + 1))
+    return out
 
 
 @dataclass(frozen=True)
@@ -391,15 +447,15 @@ def make_subject(
                  disease_years=float(rng.uniform(lo, hi)))
     months = visit_months(rng, n_visits)
     severity = atrophy(age0, dx, np.asarray(months, dtype=float), **rates)
-    offset = float(rng.normal(0.2 if sex == "M" else 0.0, 0.5))  # constitutional ventricle size
+    # constitutional ventricle size (one invertible step of the ventricle field)
+    offset = float(np.clip(rng.normal(0.2 if sex == "M" else 0.0, 0.6), -1.5, 1.5))
     p = _subject_warp(rng, tpl)
-    base = p + offset * _sample_field(tpl.ventricle_field, tpl.grid, p)
-    base_vox = tpl.work.to_voxel(base)
-    step_vox = _sample_field(tpl.atrophy_field, tpl.grid, p) / tpl.work.spacing
+    p = p + offset * _sample_field(tpl.ventricle_field, tpl.fields, p)
     style = _subject_intensity(rng, tpl.grid)
     visits = []
-    for m, a in zip(months, severity, strict=True):
-        data, vent_ml, hipp_ml = _render(rng, tpl, base_vox + float(a) * step_vox, style)
+    points = _atrophy_points(tpl, p, [float(a) for a in severity])
+    for m, a, q in zip(months, severity, points, strict=True):
+        data, vent_ml, hipp_ml = _render(rng, tpl, tpl.work.to_voxel(q), style)
         truth = {"age": round(age0 + m / 12.0, 2), "months": float(m), "ventricle_ml": vent_ml,
                  "hippocampus_ml": hipp_ml, "atrophy": float(a)}
         visits.append(SyntheticVisit(data, tpl.grid.affine.copy(), m, f"ses-M{m:02d}", truth))
