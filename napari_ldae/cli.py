@@ -9,9 +9,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from napari_ldae import __version__
 from napari_ldae.errors import LDAEError
+
+if TYPE_CHECKING:
+    from napari_ldae.core.model import Codes
+    from napari_ldae.core.progress import ProgressGen
+    from napari_ldae.data.io import Scan
+    from napari_ldae.session import Session
+
+T = TypeVar("T")
 
 
 def _add_import_official(sub: argparse._SubParsersAction) -> None:
@@ -86,6 +96,449 @@ def _add_make_cohort(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a stage (autoencoder, latent, representation, probe) or all four",
+        description="Train LDAE on a cohort with PyTorch Lightning: one GPU, several (DDP) or "
+        "several nodes (torchrun / SLURM). Each stage reads the previous one's outputs under "
+        "--out; `all` runs the four in order and ends with a model bundle in OUT/bundle. "
+        "See docs/training.md.",
+    )
+    p.add_argument("stage", choices=["autoencoder", "latent", "representation", "probe", "all"])
+    p.add_argument("--config", required=True,
+                   help="YAML config, or the name of a shipped one: paper, demo, tiny")
+    p.add_argument("--data", help="cohort: BIDS-like folder or CSV (overrides data.cohort)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, caches, bundle)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoints; skip stages already finished")
+    p.add_argument("--devices", type=int, help="devices per node (overrides trainer.devices)")
+    p.add_argument("--num-nodes", type=int, help="nodes (overrides trainer.num_nodes)")
+    p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"],
+                   help="overrides trainer.accelerator")
+    p.add_argument("--max-steps", type=int,
+                   help="optimizer steps of each network stage run (overrides <stage>.max_steps)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. latent.lr=1e-4 trainer.precision=bf16-mixed")
+
+    def run(a: argparse.Namespace) -> None:
+        from napari_ldae.train.config import STAGES
+        from napari_ldae.train.run import resolve, train
+
+        stages = STAGES if a.stage == "all" else (a.stage,)
+        config = resolve(a.config, a.data, a.overrides, devices=a.devices,
+                         accelerator=a.accelerator, num_nodes=a.num_nodes,
+                         max_steps=a.max_steps, stages=stages)
+        bundle = train(a.stage, config, a.out, resume=a.resume)
+        if bundle is not None:
+            print(f"bundle: {bundle}")
+
+    p.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------ model commands (Session)
+# encode / reconstruct / manipulate / interpolate / info: the GUI's actions, headless. Inputs
+# and outputs are checked before the model loads; results are NIfTI in the INPUT's space.
+
+_CODES_FORMAT = "napari-ldae-codes"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _model_options(p: argparse.ArgumentParser, *, save_codes: bool = True) -> None:
+    """Options shared by the commands that run the model."""
+    p.add_argument("-o", "--out", required=True, metavar="OUTDIR",
+                   help="output folder (created if missing)")
+    p.add_argument("--bundle", metavar="B",
+                   help="model bundle folder or .ldae file (default: $NAPARI_LDAE_BUNDLE, "
+                   "else the demo bundle)")
+    p.add_argument("--steps", type=_positive_int, metavar="N",
+                   help="DDIM steps of encoding and decoding (default: the bundle's)")
+    p.add_argument("--device", metavar="D",
+                   help="cpu, cuda, cuda:1 or mps (default: the first available)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="network precision; bf16/fp16 on CUDA only (default fp32)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (otherwise an existing output is an error)")
+    if save_codes:
+        p.add_argument("--save-codes", action="store_true",
+                       help="also write each input's codes as <stem>_codes.safetensors")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _num(value: float, sign: bool = False) -> str:
+    """2 → '2.0', 0.25 → '0.25' (with '+' for positive values when ``sign``)."""
+    text = f"{value:.1f}" if round(value, 1) == value else f"{value:g}"
+    return f"+{text}" if sign and not text.startswith("-") else text
+
+
+def _inputs(paths: Sequence[str], unique: bool = True) -> list[Path]:
+    """Input scans, checked before any model is loaded (``unique``: distinct names)."""
+    from napari_ldae.data.io import is_nifti_path
+    from napari_ldae.errors import ScanError
+
+    out = [Path(p).expanduser().resolve() for p in paths]
+    for p in out:
+        if not p.is_file():
+            raise ScanError(f"{p}: no such file")
+        if not is_nifti_path(p):
+            raise ScanError(f"{p.name}: not a NIfTI file (expected .nii or .nii.gz)")
+    stems = [_stem(p) for p in out]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice and unique:
+        raise LDAEError(f"several inputs are named {twice[0]!r}: their outputs would collide; "
+                        "run them into different --out folders")
+    return out
+
+
+def _outputs(out: str, names: Sequence[str], overwrite: bool) -> list[Path]:
+    """``OUTDIR/name`` for each name; an existing output (or its JSON sidecar) is an error
+    unless ``overwrite``."""
+    from napari_ldae.data.io import is_nifti_path, sidecar_path
+
+    folder = Path(out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise LDAEError(f"--out {folder} is a file; give a folder")
+    paths = [folder / n for n in names]
+    if not overwrite:
+        for p in paths:
+            for target in (p, sidecar_path(p)) if is_nifti_path(p) else (p,):
+                if target.exists():
+                    raise FileExistsError(f"{target} already exists; pass --overwrite to "
+                                          "replace it")
+    folder.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
+def _session(a: argparse.Namespace) -> Session:
+    from napari_ldae.session import Session
+
+    return Session(a.bundle, device=a.device, precision=getattr(a, "precision", "fp32"))
+
+
+def _progress(gen: ProgressGen[T], desc: str, quiet: bool) -> T:
+    """Run a progress generator under a tqdm bar (on stderr) and return its result."""
+    from tqdm import tqdm
+
+    from napari_ldae.core.progress import drain
+
+    with tqdm(desc=desc, unit="step", disable=quiet, dynamic_ncols=True) as bar:
+        def update(p) -> None:
+            if bar.total != p.total:
+                bar.total = p.total
+            bar.update(p.step - bar.n)
+
+        result = drain(gen, update)
+        if bar.n == 0:
+            bar.set_postfix_str("cached")
+        return result
+
+
+def _steps(s: Session, a: argparse.Namespace) -> dict[str, int]:
+    return {"encode": a.steps or s.steps["encode"], "decode": a.steps or s.steps["decode"]}
+
+
+def _encode(s: Session, path: Path, steps: dict[str, int],
+            a: argparse.Namespace) -> tuple[Scan, Codes]:
+    """Read one input and encode it (cached per scan, bundle and steps); (scan, codes)."""
+    from napari_ldae.data.io import read_scan
+
+    scan = read_scan(path)
+    codes = _progress(s.iter_encode(scan, steps["encode"]), f"{path.name}: encode", a.quiet)
+    return scan, codes
+
+
+def _write_codes(path: Path, codes: Codes, s: Session, source: Path, steps: int) -> Path:
+    """Codes as safetensors (``y`` (1, d), ``x_T`` (1, C, x, y, z)) with their provenance in
+    the metadata; written atomically."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    meta = {"format": _CODES_FORMAT, "format_version": "1", "steps": str(steps),
+            "bundle": s.bundle.name, "bundle_sha256": s.bundle.sha256,
+            "source": str(source), "napari_ldae_version": __version__}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        save_file({"y": codes.y.detach().cpu().contiguous(),
+                   "x_T": codes.x_T.detach().cpu().contiguous()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def _say(a: argparse.Namespace, path: Path) -> None:
+    if not a.quiet:
+        print(f"wrote {path}")
+
+
+def _add_encode(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "encode", help="encode scans into LDAE codes (<stem>_codes.safetensors)",
+        description="Encode each scan into its LDAE codes: semantic y and stochastic x_T (DDIM "
+        "inversion). Each goes to OUTDIR/<stem>_codes.safetensors with the steps, the bundle "
+        "hash and the source path in its metadata.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="NIfTI scans (.nii, .nii.gz)")
+    _model_options(p, save_codes=False)
+
+    def run(a: argparse.Namespace) -> None:
+        inputs = _inputs(a.inputs)
+        outs = _outputs(a.out, [f"{_stem(i)}_codes.safetensors" for i in inputs], a.overwrite)
+        s = _session(a)
+        steps = _steps(s, a)
+        for path, out in zip(inputs, outs, strict=True):
+            _, codes = _encode(s, path, steps, a)
+            _say(a, _write_codes(out, codes, s, path, steps["encode"]))
+
+    p.set_defaults(func=run)
+
+
+def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reconstruct", help="encode and decode scans (<stem>_recon.nii.gz)",
+        description="Encode each scan and decode its codes: OUTDIR/<stem>_recon.nii.gz, in the "
+        "input's space, header and intensity units, with a JSON sidecar.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="NIfTI scans (.nii, .nii.gz)")
+    _model_options(p)
+
+    def run(a: argparse.Namespace) -> None:
+        inputs = _inputs(a.inputs)
+        names = [[f"{_stem(i)}_recon.nii.gz"] for i in inputs]
+        if a.save_codes:
+            names = [[*n, f"{_stem(i)}_codes.safetensors"] for n, i in zip(names, inputs,
+                                                                         strict=True)]
+        outs = _outputs(a.out, [n for group in names for n in group], a.overwrite)
+        s = _session(a)
+        steps = _steps(s, a)
+        per_input = len(names[0])
+        for k, path in enumerate(inputs):
+            out = outs[k * per_input: (k + 1) * per_input]
+            scan, codes = _encode(s, path, steps, a)
+            volume = _progress(s.iter_reconstruction(codes, steps["decode"]),
+                               f"{path.name}: decode", a.quiet)
+            prov = {"operation": "reconstruct", "steps": steps["decode"],
+                    "encode_steps": steps["encode"]}
+            _say(a, s.export(out[0], volume, scan, prov, overwrite=a.overwrite))
+            if a.save_codes:
+                _say(a, _write_codes(out[1], codes, s, path, steps["encode"]))
+
+    p.set_defaults(func=run)
+
+
+def _add_manipulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "manipulate", help="edit scans along a named direction (<stem>_<DIR><±S>.nii.gz)",
+        description="Move each scan's semantic code along a direction of the bundle (see "
+        "`napari-ldae info`) by each strength and decode, all strengths in one batch: "
+        "OUTDIR/<stem>_<DIR><±S>.nii.gz per input and strength (e.g. scan_AD+2.0.nii.gz), in "
+        "the input's space. Strength 0 is the reconstruction.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="NIfTI scans (.nii, .nii.gz)")
+    p.add_argument("--direction", required=True, metavar="NAME",
+                   help="direction name, e.g. AD (listed by `napari-ldae info`)")
+    p.add_argument("--strength", required=True, type=float, nargs="+", metavar="S",
+                   help="one or more strengths, in standard deviations of the semantic space "
+                   "(negative: the opposite way)")
+    p.add_argument("--difference", action="store_true",
+                   help="also write the signed difference edit − reconstruction "
+                   "(<stem>_<DIR><±S>_diff.nii.gz)")
+    _model_options(p)
+
+    def run(a: argparse.Namespace) -> None:
+        inputs = _inputs(a.inputs)
+        strengths = list(dict.fromkeys(a.strength))
+        tags = [f"{a.direction}{_num(v, sign=True)}" for v in strengths]
+        names: list[list[str]] = []
+        for i in inputs:
+            group = [f"{_stem(i)}_{t}.nii.gz" for t in tags]
+            if a.difference:
+                group += [f"{_stem(i)}_{t}_diff.nii.gz" for t in tags]
+            if a.save_codes:
+                group.append(f"{_stem(i)}_codes.safetensors")
+            names.append(group)
+        outs = _outputs(a.out, [n for group in names for n in group], a.overwrite)
+        s = _session(a)
+        if a.direction not in s.directions:
+            known = ", ".join(f"{k} ({v})" for k, v in s.directions.items()) or "none"
+            raise LDAEError(f"unknown direction {a.direction!r}; this bundle has: {known}")
+        steps = _steps(s, a)
+        n, per_input = len(strengths), len(names[0])
+        for k, path in enumerate(inputs):
+            out = outs[k * per_input: (k + 1) * per_input]
+            scan, codes = _encode(s, path, steps, a)
+            edited = _progress(s.iter_manipulate(codes, a.direction, strengths, steps["decode"]),
+                               f"{path.name}: {a.direction} ×{n}", a.quiet)
+            if a.difference:
+                recon = _progress(s.iter_reconstruction(codes, steps["decode"]),
+                                  f"{path.name}: reconstruction", a.quiet)
+            for j, strength in enumerate(strengths):
+                prov = {"operation": "manipulate", "direction": a.direction,
+                        "meaning": s.directions[a.direction], "strength": strength,
+                        "steps": steps["decode"], "encode_steps": steps["encode"]}
+                _say(a, s.export(out[j], edited[j], scan, prov, overwrite=a.overwrite))
+                if a.difference:
+                    _say(a, s.export(out[n + j], edited[j] - recon, scan,
+                                     {**prov, "reference": "reconstruction"},
+                                     overwrite=a.overwrite, difference=True))
+            if a.save_codes:
+                _say(a, _write_codes(out[-1], codes, s, path, steps["encode"]))
+
+    p.set_defaults(func=run)
+
+
+def _add_interpolate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "interpolate", help="interpolate between two visits (by α or by date)",
+        description="Encode two visits A and B of one subject and decode their interpolation "
+        "(lerp of y, slerp of x_T) at each α (0 = A, 1 = B) or each date in months from "
+        "baseline. The visits' dates come from BIDS names (ses-M06) or a sessions.tsv "
+        "(`months` column), else from --months-a/--months-b. Writes "
+        "OUTDIR/<stemA>_interp-a<α>.nii.gz or <stemA>_interp-M<months>.nii.gz in A's space.",
+    )
+    p.add_argument("a", metavar="A", help="first visit (NIfTI); outputs are in its space")
+    p.add_argument("b", metavar="B", help="second visit (NIfTI)")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--alpha", type=float, nargs="+", metavar="ALPHA",
+                      help="interpolation weights in [0, 1] (0 = A, 1 = B)")
+    when.add_argument("--months", type=float, nargs="+", metavar="T",
+                      help="dates in months from baseline, between the two visits' dates")
+    p.add_argument("--months-a", type=float, metavar="T",
+                   help="date of A in months (overrides its BIDS name / sessions.tsv)")
+    p.add_argument("--months-b", type=float, metavar="T",
+                   help="date of B in months (overrides its BIDS name / sessions.tsv)")
+    p.add_argument("--extrapolate", action="store_true",
+                   help="allow α outside [0, 1] (dates before A or after B)")
+    _model_options(p)
+
+    def run(a: argparse.Namespace) -> None:
+        from napari_ldae.session import alpha_from_months, months_from_bids
+
+        path_a, path_b = _inputs([a.a, a.b], unique=a.save_codes)
+        if a.months is not None:
+            dates = []
+            for path, given, flag in ((path_a, a.months_a, "--months-a"),
+                                      (path_b, a.months_b, "--months-b")):
+                t = given if given is not None else months_from_bids(path)
+                if t is None:
+                    raise LDAEError(f"cannot tell the date of {path.name}: no ses-M<months> in "
+                                    f"its name and no sessions.tsv with a months column; give "
+                                    f"{flag} (and the other visit's) in months")
+                dates.append(t)
+            if dates[0] == dates[1]:
+                raise LDAEError(f"both visits are dated month {_num(dates[0])}; interpolation "
+                                "needs two dates (check --months-a/--months-b)")
+            alphas = [alpha_from_months(dates[0], dates[1], t) for t in a.months]
+            tags = [f"M{t:g}" for t in a.months]
+        else:
+            dates, alphas, tags = [None, None], list(a.alpha), [f"a{x:g}" for x in a.alpha]
+        outside = [x for x in alphas if not 0.0 <= x <= 1.0]
+        if outside and not a.extrapolate:
+            what = "dates outside the visits'" if a.months is not None else "α outside [0, 1]"
+            raise LDAEError(f"{what} (α = {_num(outside[0])}); pass --extrapolate to allow it")
+        names = [f"{_stem(path_a)}_interp-{t}.nii.gz" for t in tags]
+        if a.save_codes:
+            names += [f"{_stem(p)}_codes.safetensors" for p in (path_a, path_b)]
+        outs = _outputs(a.out, names, a.overwrite)
+        s = _session(a)
+        steps = _steps(s, a)
+        scan_a, codes_a = _encode(s, path_a, steps, a)
+        _, codes_b = _encode(s, path_b, steps, a)
+        volumes = _progress(s.iter_interpolate(codes_a, codes_b, alphas, steps["decode"]),
+                            f"interpolate ×{len(alphas)}", a.quiet)
+        for j, alpha in enumerate(alphas):
+            prov = {"operation": "interpolate", "alpha": alpha,
+                    "months": a.months[j] if a.months is not None else None,
+                    "visit_a": str(path_a), "visit_b": str(path_b), "months_a": dates[0],
+                    "months_b": dates[1], "steps": steps["decode"],
+                    "encode_steps": steps["encode"]}
+            _say(a, s.export(outs[j], volumes[j], scan_a, prov, overwrite=a.overwrite))
+        if a.save_codes:
+            for out, path, codes in zip(outs[-2:], (path_a, path_b), (codes_a, codes_b),
+                                        strict=True):
+                _say(a, _write_codes(out, codes, s, path, steps["encode"]))
+
+    p.set_defaults(func=run)
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info", help="print a model bundle's facts (architecture, preprocessing, directions)",
+        description="Print a bundle's facts: architecture sizes, preprocessing contract, "
+        "default steps, directions and their meanings, metrics, provenance and content hash.",
+    )
+    p.add_argument("--bundle", metavar="B",
+                   help="model bundle folder or .ldae file (default: $NAPARI_LDAE_BUNDLE, "
+                   "else the demo bundle)")
+    p.add_argument("--device", metavar="D", help="device to load it on (default: the first "
+                   "available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+
+    def run(a: argparse.Namespace) -> None:
+        import json
+
+        s = _session(a)
+        info, config = s.info(), s.bundle.config
+        ae, unet, enc = config["autoencoder"], config["unet"], config["encoder"]
+        info["architecture"] = {
+            "autoencoder": {"channels": ae["channels"],
+                            "latent_channels": ae["latent_channels"],
+                            "latent_shape": list(s.model.latent_shape),
+                            "scale_factor": config["scale_factor"]},
+            "unet": {k: unet[k] for k in ("base_channels", "channel_mult", "num_res_blocks",
+                                          "attention_resolutions") if k in unet},
+            "encoder": {k: enc[k] for k in ("backbone", "emb_dim", "num_slices") if k in enc},
+        }
+        info["preprocessing"] = s.contract.to_dict()
+        info["provenance"] = config.get("provenance", {})
+        if a.json:
+            print(json.dumps(info, indent=2, default=str))
+            return
+        arch = info["architecture"]
+        lines = [
+            f"bundle       {info['name']}  ({info['path']})",
+            f"sha256       {info['bundle_sha256']}",
+            f"trained      {'yes' if info['trained'] else 'NO (random weights)'}",
+            f"parameters   {info['parameters'] or 0:,}",
+            f"autoencoder  channels {arch['autoencoder']['channels']}, latent "
+            f"{'×'.join(map(str, arch['autoencoder']['latent_shape']))}, scale factor "
+            f"{arch['autoencoder']['scale_factor']}",
+            "unet         " + ", ".join(f"{k} {v}" for k, v in arch["unet"].items()),
+            "encoder      " + ", ".join(f"{k} {v}" for k, v in arch["encoder"].items()),
+            f"input        {'×'.join(map(str, info['input_shape']))} voxels at "
+            f"{'×'.join(_num(v) for v in info['spacing'])} mm, {info['orientation']}, "
+            f"intensity {info['preprocessing']['intensity']}",
+            "steps        " + ", ".join(f"{k} {v}" for k, v in info["steps"].items()),
+            "directions",
+        ]
+        for name, d in info["directions"].items() or [("(none)", {})]:
+            extra = "; ".join(str(x) for x in (d.get("source"), d.get("metrics")) if x)
+            lines.append(f"  {name:<10} {d.get('meaning', '')}" + (f"  [{extra}]" if extra
+                                                                     else ""))
+        lines.append("metrics" + ("" if info["metrics"] else "      none recorded"))
+        lines += [f"  {k:<10} {v}" for k, v in info["metrics"].items()]
+        print("\n".join(lines))
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-ldae",
@@ -94,7 +547,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"napari-ldae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_import_official, _add_make_cohort):
+    for add in (
+        _add_import_official,
+        _add_make_cohort,
+        _add_train,
+        _add_info,
+        _add_encode,
+        _add_reconstruct,
+        _add_manipulate,
+        _add_interpolate,
+    ):
         add(sub)
     return parser
 

@@ -199,7 +199,8 @@ def test_2d_and_4d(tmp_path):
         read_scan(_bad(tmp_path, "slice.nii", np.ones((32, 32), np.float32)))
     with pytest.raises(ScanError, match="2D"):
         read_scan(_bad(tmp_path, "slab.nii", np.ones((32, 32, 1), np.float32)))
-    with pytest.raises(ScanError, match=r"holds 3 volumes.*fslroi.*slicer"):
+    with pytest.raises(ScanError, match=r"holds 3 volumes.*fslroi fmri.nii.gz fmri_vol0.nii.gz "
+                                        r"0 1.*slicer"):
         read_scan(_bad(tmp_path, "fmri.nii.gz", np.ones((16, 16, 16, 3), np.float32)))
     with pytest.raises(ScanError, match="holds 2 volumes"):
         read_scan(NIBABEL_DATA / "example4d.nii.gz")
@@ -214,6 +215,11 @@ def test_nan_inf(tmp_path):
         read_scan(path)
     scan = read_scan(path, nan_policy="zero")
     assert np.isfinite(scan.data).all() and scan.data[0, 0, 0] == 0
+
+
+def test_complex_voxels(tmp_path):
+    with pytest.raises(ScanError, match="not a scalar intensity image"):
+        read_scan(_bad(tmp_path, "c.nii.gz", blob().astype(np.complex64)))
 
 
 def test_constant_image(tmp_path):

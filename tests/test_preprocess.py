@@ -57,7 +57,7 @@ def test_contract_validation(kwargs, message):
 
 
 def test_contract_unknown_key():
-    with pytest.raises(BundleError, match="unknown key.*spacng"):
+    with pytest.raises(BundleError, match=r"unknown key.*spacng"):
         PreprocessContract.from_dict({"spacng": [1, 1, 1]})
 
 
@@ -84,7 +84,7 @@ def test_preprocess_samples_the_scan_at_model_affine(name):
     scan = _scan(name)
     x = preprocess(scan, SMALL)
     assert x.shape == SMALL.shape and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     lo, hi = scan.intensity_range
     m = np.linalg.inv(scan.affine) @ model_affine(scan, SMALL)
     ref = ndimage.affine_transform((scan.data - lo) / (hi - lo), m[:3, :3], m[:3, 3],
@@ -132,7 +132,7 @@ def test_to_scan_space_inputs_and_fill():
     batch = to_scan_space(torch.stack([vol, 2 * vol]), scan, SMALL)
     assert batch.shape == (2, *scan.shape)
     np.testing.assert_allclose(batch[1], 2 * one, rtol=1e-6)
-    with pytest.raises(ScanError, match="expected"):
+    with pytest.raises(ScanError, match=r"expected"):
         to_scan_space(np.zeros((8, 8, 8)), scan, SMALL)
     # A model grid smaller than the scan: the scan voxels it does not cover get `fill`.
     crop = PreprocessContract(spacing=(1.5, 1.5, 1.5), shape=(16, 16, 16))

@@ -221,9 +221,10 @@ def _load_image(p: Path) -> nib.Nifti1Image:
         ) from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ScanError(f"{p.name}: not a NIfTI image (nibabel read it as {type(img).__name__})")
-    if not np.issubdtype(img.get_data_dtype(), np.number):
+    dtype = img.get_data_dtype()
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise ScanError(
-            f"{p.name}: voxel type {img.get_data_dtype()} (RGB or complex) is not a scalar "
+            f"{p.name}: voxel type {dtype} (RGB or complex) is not a scalar "
             "intensity image; a T1-weighted scan is needed"
         )
     return img
@@ -234,12 +235,18 @@ def _squeeze_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
         raise ScanError(f"{name}: the image is 2D (shape {shape}); a 3D volume is needed")
     n_volumes = int(np.prod(shape[3:])) if len(shape) > 3 else 1
     if n_volumes != 1:
+        out = f"{_stem(name)}_vol0.nii.gz"
         raise ScanError(
             f"{name}: the image holds {n_volumes} volumes (shape {shape}); a single 3D volume "
-            "is needed. Extract one first, e.g. `fslroi in.nii.gz out.nii.gz 0 1` or, in "
-            "Python, `nibabel.save(img.slicer[..., 0], 'out.nii.gz')`."
+            f"is needed. Extract one first, e.g. `fslroi {name} {out} 0 1` or, in Python, "
+            f"`nibabel.save(nibabel.load('{name}').slicer[..., 0], '{out}')`."
         )
     return (shape[0], shape[1], shape[2])
+
+
+def _stem(name: str) -> str:
+    low = name.lower()
+    return name[: -len(".nii.gz")] if low.endswith(".nii.gz") else name.rsplit(".", 1)[0]
 
 
 def _squeeze_volumes(arr: np.ndarray, name: str) -> np.ndarray:
@@ -275,7 +282,9 @@ def _check_values(data: np.ndarray, name: str, nan_policy: NanPolicy) -> np.ndar
         data = np.where(bad, np.float32(0), data)
     lo, hi = float(data.min()), float(data.max())
     if lo == hi:
-        raise ScanError(f"{name}: the image is constant (every voxel is {lo:g}); nothing to use")
+        raise ScanError(
+            f"{name}: the image is constant (every voxel is {lo:g}); it holds no anatomy"
+        )
     return data
 
 

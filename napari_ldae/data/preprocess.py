@@ -30,7 +30,7 @@ _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 @dataclass(frozen=True)
 class PreprocessContract:
-    """What the model expects; stored under ``"preprocess"`` in a bundle's ``config.json``.
+    """What the model expects; stored under ``"preprocessing"`` in a bundle's ``config.json``.
 
     ``orientation``: axis codes of the model grid; ``spacing``: voxel size (mm);
     ``shape``: voxels per axis; ``intensity``: ``"minmax"`` (scan min → 0, max → 1).

@@ -1,17 +1,18 @@
 """A synthetic longitudinal cohort with known ground truth, built on the ICBM152 2009a template.
 
-Every scan is the skull-stripped template (shipped in the ``nilearn`` wheel) seen through one
-backward warp ``q(x) = p(x) + b·V(p(x)) + A(t)·U(p(x))``:
+Every scan is the skull-stripped 1 mm template (shipped in the ``nilearn`` wheel) pulled back
+through one warp, ``scan(x) = template(Φ_A(p(x)))``:
 
-- ``p``: the subject's anatomy, a small affine plus a smooth low-frequency (DCT) displacement;
-- ``V``: the unit ventricle-expansion field (the gradient of the smoothed ventricle mask), ``b``
-  a constant per-subject offset (people differ in ventricle size before any atrophy);
-- ``U``: the unit atrophy field: ``V`` + hippocampal shrinkage + grey-matter (cortical) thinning;
-- ``A(t)``: the atrophy severity, growing with age and faster under AD (see :func:`atrophy`).
+- ``p``: the subject's anatomy: a small residual affine, a smooth low-frequency (DCT)
+  displacement of a few mm, and a constitutional ventricle size (one step of the ventricle field);
+- ``Φ_A``: the atrophy flow run for a severity ``A(t)`` (:func:`atrophy`: grows with age, faster
+  under AD) along the unit field ``U`` = lateral-ventricle expansion + hippocampal shrinkage +
+  grey-matter thinning, each the gradient of a smoothed template mask. Unit Euler steps are each
+  invertible, so ``Φ_A`` is a diffeomorphism at any severity (no folding).
 
 Intensities then get a gamma, a smooth bias field and Rician noise, and the brain mask is applied.
-The ground truth of each scan (ventricle and hippocampal volumes) is the volume of the template
-masks pulled back through the same warp. See ``docs/synthetic-cohort.md``.
+A scan's ground truth (ventricle and hippocampal volumes) is the volume of the template masks
+pulled back through the same warp. See ``docs/synthetic-cohort.md``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ DISEASE_YEARS_AT_BASELINE = {"CN": (0.0, 0.0), "MCI": (1.0, 5.0), "AD": (3.0, 8.
 # Weights of the unit fields in U (largest speed in mm per unit of severity) and their smoothing.
 _W_VENTRICLES, _W_HIPPOCAMPUS, _W_CORTEX = 1.0, 0.13, 0.03
 _SIGMA_VENTRICLES_MM, _SIGMA_HIPPOCAMPUS_MM, _SIGMA_CORTEX_MM = 4.0, 3.0, 3.0
+_TRUTH_FWHM_MM = 1.5  # resolution of the ground-truth masks, the same at every spacing
 _SEPTUM_MM = 4.0  # half-width of the midline band where ventricles do not expand sideways
+_WARP_SCALE_MM = 1.2  # DCT coefficient scale of the subject warp (mean ≈ 2.5 mm, max ≈ 5 mm)
 MAX_ATROPHY = 20.0  # severity cap (ventricles ≈ 80 ml)
 
 #: Months of ADNI-like visits after baseline.
@@ -135,7 +138,8 @@ class _Template:
     grid: Grid  # output grid
     work: Grid  # finer grid the images are sampled from
     fields: Grid  # grid of the (smooth) deformation fields: the output grid, at most 3 mm fine
-    images: np.ndarray  # (4, *work.shape): t1, brain, ventricles, hippocampus (anti-aliased)
+    images: np.ndarray  # (2, *work.shape): t1, brain (anti-aliased to the output spacing)
+    masks: np.ndarray  # (2, *work.shape): ventricles, hippocampus (the truth, FWHM 1.5 mm)
     ventricle_field: np.ndarray  # (3, *fields.shape) unit ventricle expansion V
     atrophy_field: np.ndarray  # (3, *fields.shape) unit atrophy U
     world: np.ndarray  # (3, *grid.shape) mm
@@ -143,35 +147,56 @@ class _Template:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
-def _load_icbm() -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The 1 mm ICBM152 2009a T1 (skull-stripped, max 1), GM and WM maps, cropped to the brain."""
-    try:
-        from nilearn import datasets
-    except ImportError as err:  # pragma: no cover - depends on the install
+_ICBM_FILES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+
+
+def _icbm_images() -> dict[str, object]:
+    """The 1 mm ICBM152 2009a images inside the nilearn wheel (without importing nilearn, slow)."""
+    import importlib.util
+
+    import nibabel as nib
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or spec.origin is None:
         raise LDAEError(
             "the synthetic cohort needs nilearn (it ships the ICBM152 template): "
             "pip install 'napari-ldae[data]'"
-        ) from err
-    t1 = datasets.load_mni152_template(resolution=1)
-    maps = {
-        "t1": t1.get_fdata(dtype=np.float32),
-        "gm": datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32),
-        "wm": datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32),
-    }
-    lo = np.maximum(np.argwhere(maps["t1"] > 0.01).min(0) - 8, 0)
-    hi = np.argwhere(maps["t1"] > 0.01).max(0) + 9
+        )
+    folder = Path(spec.origin).parent / "datasets" / "data"
+    if all((folder / f).is_file() for f in _ICBM_FILES.values()):
+        return {k: nib.load(folder / f) for k, f in _ICBM_FILES.items()}
+    from nilearn import datasets  # pragma: no cover - a nilearn that moved its files
+
+    return {"t1": datasets.load_mni152_template(resolution=1),  # pragma: no cover
+            "gm": datasets.load_mni152_gm_template(resolution=1),
+            "wm": datasets.load_mni152_wm_template(resolution=1)}
+
+
+def _load_icbm() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The 1 mm T1 (skull-stripped), GM and WM maps, each scaled to max 1, cropped to the brain."""
+    images = _icbm_images()
+    maps = {k: np.asarray(img.get_fdata(dtype=np.float32)) for k, img in images.items()}
+    maps = {k: v / v.max() for k, v in maps.items()}
+    inside = maps["t1"] > 0.01
+    spans = [np.flatnonzero(inside.any(axis=tuple(j for j in range(3) if j != i)))
+             for i in range(3)]
+    lo = np.maximum([sp[0] - 8 for sp in spans], 0)
+    hi = np.array([sp[-1] + 9 for sp in spans])
     crop = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    affine = np.asarray(t1.affine, dtype=np.float64).copy()
+    affine = np.asarray(images["t1"].affine, dtype=np.float64).copy()  # type: ignore[attr-defined]
     affine[:3, 3] += affine[:3, :3] @ lo
     return {k: np.ascontiguousarray(v[crop]) for k, v in maps.items()}, affine
 
 
 def _mm_grid(shape: Sequence[int], affine: np.ndarray) -> list[np.ndarray]:
     """Open (broadcastable) world coordinates of an axis-aligned grid."""
-    return [
-        (affine[i, 3] + affine[i, i] * np.arange(n)).reshape([-1 if j == i else 1 for j in range(3)])
-        for i, n in enumerate(shape)
-    ]
+    shapes = [[-1 if j == i else 1 for j in range(3)] for i in range(3)]
+    return [(affine[i, 3] + affine[i, i] * np.arange(n)).reshape(shapes[i])
+            for i, n in enumerate(shape)]
 
 
 def _ventricle_mask(maps: dict[str, np.ndarray], affine: np.ndarray) -> np.ndarray:
@@ -205,11 +230,25 @@ def _hippocampus_mask(maps: dict[str, np.ndarray], affine: np.ndarray) -> np.nda
 
 
 def _resample(vol: np.ndarray, src: Grid, dst: Grid, fwhm_mm: float) -> np.ndarray:
-    """Gaussian anti-aliasing (to ``fwhm_mm``) then linear resampling of ``vol`` onto ``dst``."""
+    """Gaussian anti-aliasing (to ``fwhm_mm``) then linear resampling of ``vol`` onto ``dst``.
+
+    Both grids are axis-aligned, so the linear interpolation is done one axis at a time.
+    """
     sigma = np.sqrt(max(fwhm_mm**2 - src.spacing**2, 0.0)) / 2.3548 / src.spacing
-    smooth = ndi.gaussian_filter(vol.astype(np.float32), sigma) if sigma > 0.1 else vol
-    coords = src.to_voxel(dst.world())
-    return ndi.map_coordinates(smooth, coords, order=1, output=np.float32, mode="constant")
+    out = vol.astype(np.float32)
+    if sigma > 0.1:
+        out = ndi.gaussian_filter(out, sigma, truncate=3.0)
+    for axis in range(3):
+        pos = (dst.affine[axis, 3] + dst.spacing * np.arange(dst.shape[axis])
+               - src.affine[axis, 3]) / src.spacing
+        i0 = np.floor(pos).astype(int)
+        w = (pos - i0).astype(np.float32)
+        valid = (i0 >= 0) & (i0 + 1 < out.shape[axis])
+        i0 = np.clip(i0, 0, out.shape[axis] - 2)
+        shape = [-1 if j == axis else 1 for j in range(3)]
+        lo, hi = np.take(out, i0, axis), np.take(out, i0 + 1, axis)
+        out = (lo + (hi - lo) * w.reshape(shape)) * valid.reshape(shape)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _unit_gradient(mask: np.ndarray, grid: Grid, sigma_mm: float) -> np.ndarray:
@@ -240,16 +279,16 @@ def _template(spacing: float) -> _Template:
     coarse = template_grid(max(spacing, 3.0))
     t1 = maps["t1"]
     brain = ndi.binary_fill_holes(t1 > 0.15)
-    hires = [t1, brain, _ventricle_mask(maps, affine), _hippocampus_mask(maps, affine)]
-    images = np.stack([_resample(v, native, work, spacing) for v in hires])
+    images = np.stack([_resample(v, native, work, spacing) for v in (t1, brain)])
+    structures = (_ventricle_mask(maps, affine), _hippocampus_mask(maps, affine))
+    masks = np.stack([_resample(m, native, work, _TRUTH_FWHM_MM) for m in structures])
     gm = _resample(maps["gm"], native, work, spacing)
-    sig_c = max(_SIGMA_CORTEX_MM, spacing)
-    vent = _ventricle_gradient(images[2], work, max(_SIGMA_VENTRICLES_MM, spacing))
-    hipp = -_unit_gradient(images[3], work, max(_SIGMA_HIPPOCAMPUS_MM, spacing))
-    cortex = -_unit_gradient(gm, work, sig_c)
+    vent = _ventricle_gradient(masks[0], work, max(_SIGMA_VENTRICLES_MM, spacing))
+    hipp = -_unit_gradient(masks[1], work, max(_SIGMA_HIPPOCAMPUS_MM, spacing))
+    cortex = -_unit_gradient(gm, work, max(_SIGMA_CORTEX_MM, spacing))
     total = _W_VENTRICLES * vent + _W_HIPPOCAMPUS * hipp + _W_CORTEX * cortex
     fields = np.stack([_resample(c, work, coarse, 0.0) for c in (*vent, *total)])
-    return _Template(grid, work, coarse, images, fields[:3], fields[3:], grid.world())
+    return _Template(grid, work, coarse, images, masks, fields[:3], fields[3:], grid.world())
 
 
 def ventricle_mask_template(spacing: float = 3.0) -> np.ndarray:
@@ -258,34 +297,18 @@ def ventricle_mask_template(spacing: float = 3.0) -> np.ndarray:
     Its volume in ml is ``mask.sum() * grid.voxel_ml``; a scan's ``ventricle_ml`` is the volume of
     this mask pulled back through that scan's warp.
     """
-    return _mask_on_output_grid(spacing, 2)
+    return _mask_on_output_grid(spacing, 0)
 
 
 def hippocampus_mask_template(spacing: float = 3.0) -> np.ndarray:
     """The ground-truth hippocampal-region mask (fractional, float32) on the output grid."""
-    return _mask_on_output_grid(spacing, 3)
+    return _mask_on_output_grid(spacing, 1)
 
 
 def _mask_on_output_grid(spacing: float, channel: int) -> np.ndarray:
     tpl = _template(float(spacing))
     coords = tpl.work.to_voxel(tpl.world)
-    return ndi.map_coordinates(tpl.images[channel], coords, order=1, output=np.float32)
-
-
-def estimate_ventricle_ml(data: np.ndarray, spacing: float = 3.0, margin_mm: float = 12.0) -> float:
-    """Ventricular volume (ml) measured from intensities alone, for scans on the template grid.
-
-    Counts CSF-dark voxels (partial-volume weighted between the CSF and grey-matter levels,
-    relative to the white-matter level) inside the template ventricles dilated by ``margin_mm``.
-    Use it on images that have no ground truth (e.g. a model's edits) to compare with the truth.
-    """
-    mask = ventricle_mask_template(spacing) > 0.3
-    roi = ndi.distance_transform_edt(~mask, sampling=spacing) <= margin_mm
-    brain = data > 0.05 * float(data.max())
-    wm = float(np.percentile(data[brain], 90))
-    csf_level, gm_level = 0.30 * wm, 0.70 * wm
-    frac = np.clip((gm_level - data[roi & brain]) / (gm_level - csf_level), 0.0, 1.0)
-    return float(frac.sum() * spacing**3 / 1000.0)
+    return ndi.map_coordinates(tpl.masks[channel], coords, order=1, output=np.float32)
 
 
 # --------------------------------------------------------------------------- one subject
@@ -341,11 +364,11 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
 
 def _subject_warp(rng: np.random.Generator, tpl: _Template) -> np.ndarray:
     """Subject anatomy p(x) (3, X, Y, Z) mm: residual affine (after registration) + DCT warp."""
-    matrix = _rotation(np.deg2rad(rng.normal(0.0, 2.0, 3))) * rng.normal(1.0, 0.03, 3)
-    shift = rng.normal(0.0, 1.5, 3)
+    matrix = _rotation(np.deg2rad(rng.normal(0.0, 1.0, 3))) * rng.normal(1.0, 0.02, 3)
+    shift = rng.normal(0.0, 1.0, 3)
     center = np.asarray(FOV_CENTER_MM).reshape(3, 1, 1, 1)
     p = np.einsum("ij,j...->i...", matrix, tpl.world - center) + center + shift.reshape(3, 1, 1, 1)
-    return p + np.stack([_dct_field(rng, tpl.grid, 3, 2.0) for _ in range(3)])
+    return p + np.stack([_dct_field(rng, tpl.grid, 3, _WARP_SCALE_MM) for _ in range(3)])
 
 
 def _sample_field(field: np.ndarray, grid: Grid, p_mm: np.ndarray) -> np.ndarray:
@@ -405,20 +428,46 @@ def _subject_intensity(rng: np.random.Generator, grid: Grid) -> _Intensity:
 
 
 def _render(
-    rng: np.random.Generator, tpl: _Template, coords: np.ndarray, style: _Intensity,
-) -> tuple[np.ndarray, float, float]:
-    """Sample the template at work-voxel ``coords``; intensities, noise, mask; truth volumes."""
-    t1, brain, vent, hipp = (
-        ndi.map_coordinates(img, coords, order=1, output=np.float32) for img in tpl.images
-    )
+    rng: np.random.Generator, tpl: _Template, q: np.ndarray, style: _Intensity,
+) -> np.ndarray:
+    """The scan whose voxels sample the template at ``q`` (mm): intensities, noise, brain mask."""
+    coords = tpl.work.to_voxel(q)
+    t1, brain = (ndi.map_coordinates(im, coords, order=1, output=np.float32) for im in tpl.images)
     gamma = style.gamma * float(np.exp(rng.normal(0.0, 0.03)))
     bias = np.exp(style.log_bias + _dct_field(rng, tpl.grid, 1, 0.03))
     signal = style.scale * np.power(np.clip(t1, 0.0, None), gamma) * bias
     sigma = float(rng.uniform(0.01, 0.03))
     noise = rng.standard_normal((2, *signal.shape), dtype=np.float32) * sigma
     data = np.sqrt((signal + noise[0]) ** 2 + noise[1] ** 2) * (brain >= 0.5)
-    ml = tpl.grid.voxel_ml
-    return data.astype(np.float32), float(vent.sum()) * ml, float(hipp.sum()) * ml
+    return data.astype(np.float32)
+
+
+def _support(tpl: _Template, q: np.ndarray, channel: int) -> tuple[np.ndarray, ...]:
+    """Output voxels where a truth mask pulled back through ``q`` is non-zero, dilated by 2."""
+    near = ndi.map_coordinates(tpl.masks[channel], tpl.work.to_voxel(q), order=1) > 1e-3
+    return np.nonzero(ndi.binary_dilation(near, iterations=2))
+
+
+def _structure_ml(tpl: _Template, q: np.ndarray, channel: int, idx: tuple[np.ndarray, ...]) -> float:
+    """Volume (ml) of a truth mask pulled back through the warp ``q`` (mm, on the output grid).
+
+    Each voxel of ``idx`` (the structure's support) is sampled at 2×2×2 sub-voxel points (the
+    warp's local linearisation), so the volume hardly depends on the output spacing and is
+    smooth in the warp.
+    """
+    mask = tpl.masks[channel]
+    centre = q[(slice(None), *idx)]
+    halves = []  # q(x + s/4 along an axis) − q(x) ≈ (q[i+1] − q[i−1]) / 8
+    for axis, n in enumerate(tpl.grid.shape):
+        up, down = list(idx), list(idx)
+        up[axis] = np.minimum(idx[axis] + 1, n - 1)
+        down[axis] = np.maximum(idx[axis] - 1, 0)
+        halves.append((q[(slice(None), *up)] - q[(slice(None), *down)]) / 8.0)
+    total = 0.0
+    for signs in np.ndindex(2, 2, 2):
+        pts = centre + sum((2 * sgn - 1) * h for sgn, h in zip(signs, halves, strict=True))
+        total += float(ndi.map_coordinates(mask, tpl.work.to_voxel(pts), order=1).sum())
+    return total / 8.0 * tpl.grid.voxel_ml
 
 
 def make_subject(
@@ -432,6 +481,7 @@ def make_subject(
 
     ``diagnosis`` None draws CN or AD (1:1); ``age`` None draws a baseline age in 55–90.
     """
+    diagnosis = diagnosis.upper() if diagnosis else None
     if diagnosis is not None and diagnosis not in DIAGNOSES:
         raise LDAEError(f"diagnosis must be one of {', '.join(DIAGNOSES)}, got {diagnosis!r}")
     if not 1 <= n_visits <= len(VISIT_SCHEDULE) + 1:
@@ -454,10 +504,13 @@ def make_subject(
     style = _subject_intensity(rng, tpl.grid)
     visits = []
     points = _atrophy_points(tpl, p, [float(a) for a in severity])
+    # supports: ventricles are largest at the last visit, the hippocampi at the first
+    support = (_support(tpl, points[-1], 0), _support(tpl, points[0], 1))
     for m, a, q in zip(months, severity, points, strict=True):
-        data, vent_ml, hipp_ml = _render(rng, tpl, tpl.work.to_voxel(q), style)
-        truth = {"age": round(age0 + m / 12.0, 2), "months": float(m), "ventricle_ml": vent_ml,
-                 "hippocampus_ml": hipp_ml, "atrophy": float(a)}
+        data = _render(rng, tpl, q, style)
+        truth = {"age": round(age0 + m / 12.0, 2), "months": float(m),
+                 "ventricle_ml": _structure_ml(tpl, q, 0, support[0]),
+                 "hippocampus_ml": _structure_ml(tpl, q, 1, support[1]), "atrophy": float(a)}
         visits.append(SyntheticVisit(data, tpl.grid.affine.copy(), m, f"ses-M{m:02d}", truth))
     return SyntheticSubject(f"sub-s{seed}", dx, age0, sex, int(seed), visits)
 
@@ -567,7 +620,8 @@ def _description(subjects: int, seed: int, spacing: float, visits: tuple[int, in
     import scipy
 
     command = (f"napari-ldae make-cohort --out DIR --subjects {subjects} --seed {seed} "
-               f"--spacing {spacing:g} --visits {visits[0]} {visits[1]}" + (" --mci" if mci else ""))
+               f"--spacing {spacing:g} --visits {visits[0]} {visits[1]}")
+    command += " --mci" if mci else ""
     grid = template_grid(spacing)
     desc = {
         "Name": "napari-ldae synthetic longitudinal cohort (ICBM152 2009a, known ground truth)",
@@ -622,7 +676,9 @@ def make_cohort(
     template_grid(spacing)  # validates spacing before anything is written
     _prepare_out(out, overwrite)
     jobs = _plan(out, subjects, seed, float(spacing), (lo, hi), mci)
-    _template(float(spacing))  # built once here, inherited by forked workers
+    tpl = _template(float(spacing))  # built once here, inherited by forked workers
+    if workers > 1:
+        _flow_entry(tpl, int(MAX_ATROPHY) + 1)
     rows = []
     with _fork_pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
         results = pool.map(_run_job, jobs) if pool else map(_run_job, jobs)
@@ -644,7 +700,6 @@ __all__ = [
     "SyntheticSubject",
     "SyntheticVisit",
     "atrophy",
-    "estimate_ventricle_ml",
     "hippocampus_mask_template",
     "make_cohort",
     "make_subject",

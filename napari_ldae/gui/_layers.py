@@ -1,0 +1,166 @@
+"""Layers in and out: scans from image layers, results placed exactly on their source scan.
+
+Geometry (the choice, tested in ``tests/test_gui_layers.py``): a model-space result is shown
+**on the model grid** with that grid's world geometry. For a scan that is not oblique the
+model grid's affine (:func:`~napari_ldae.data.preprocess.model_affine`) is diagonal in RAS, so
+it becomes the layer's ``scale``/``translate`` and every result voxel sits at its true world
+position (RAS mm), the frame in which the source layer is shown too; nothing is resampled
+while the slider moves. For an oblique scan (napari cannot slice rotated affines) the result is
+resampled onto the scan's own grid and shown with the source layer's placement.
+
+Intensities: images are shown in the source scan's units (the inverse of the min-max rule)
+with the source layer's contrast limits; differences are in the same units, signed, in a
+blue-white-red colormap whose centre is transparent, with symmetric limits and translucent
+blending (also in 3D). A result layer's ``metadata["ldae_result"]`` holds what export needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_ldae.data.io import META_KEY, PROVENANCE_KEY, Scan
+from napari_ldae.errors import ScanError
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_ldae.session import Session
+
+RESULT_KEY = "ldae_result"
+DIFF_COLORMAP_NAME = "ldae Δ (bwr)"
+
+
+# ----------------------------------------------------------------------------- scans
+def scan_from_layer(layer) -> Scan:
+    """The scan behind an image layer: its ``ldae_scan`` metadata, else its scale/translate
+    read as a RAS millimetre affine."""
+    from napari_ldae.data.io import scan_from_metadata
+
+    data = np.asarray(layer.data)
+    if data.ndim != 3 or getattr(layer, "rgb", False):
+        raise ScanError(f"{layer.name!r} is not a 3D grayscale volume (shape {data.shape})")
+    meta = layer.metadata.get(META_KEY)
+    if meta:
+        return scan_from_metadata(data, meta)
+    affine = np.diag([*np.asarray(layer.scale, float)[-3:], 1.0])
+    affine[:3, 3] = np.asarray(layer.translate, float)[-3:]
+    return Scan.from_array(data.astype(np.float32), affine)
+
+
+def is_volume_layer(layer) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb
+
+
+def is_source_layer(layer) -> bool:
+    """Scans to work on: 3D image layers that are not themselves LDAE results."""
+    return is_volume_layer(layer) and RESULT_KEY not in layer.metadata
+
+
+# ----------------------------------------------------------------------------- geometry
+@dataclass
+class ResultGeometry:
+    """Where results of one source scan are shown: the model grid, or the scan's grid."""
+
+    scan: Scan
+    space: str  # "model" or "scan"
+    scale: tuple[float, float, float]
+    translate: tuple[float, float, float]
+    session: Session
+
+    @classmethod
+    def of(cls, session: Session, scan: Scan) -> ResultGeometry:
+        aff = session.model_affine(scan)
+        rzs = aff[:3, :3]
+        if np.allclose(rzs, np.diag(np.diag(rzs)), atol=1e-6) and (np.diag(rzs) > 0).all():
+            return cls(scan, "model", tuple(map(float, np.diag(rzs))),
+                       tuple(map(float, aff[:3, 3])), session)
+        return cls(scan, "scan", scan.display.scale, scan.display.translate, session)
+
+    def place(self, volumes: np.ndarray) -> np.ndarray:
+        """Model-space ``(X, Y, Z)`` or ``(N, X, Y, Z)`` → the grid this geometry shows."""
+        if self.space == "model":
+            return np.asarray(volumes, dtype=np.float32)
+        mapped = self.session.to_scan_space(volumes, self.scan)  # file order
+        if mapped.ndim == 4:
+            return np.stack([self.scan.display.to_display(v) for v in mapped])
+        return self.scan.display.to_display(mapped)
+
+    def units(self, unit: np.ndarray, difference: bool = False) -> np.ndarray:
+        """[0, 1] model intensities → the scan's units (differences: no offset)."""
+        lo, hi = self.scan.intensity_range
+        out = unit * np.float32(hi - lo)
+        return out if difference else out + np.float32(lo)
+
+    def layer_kwargs(self, ndim: int = 3) -> dict[str, Any]:
+        extra = ndim - 3
+        return {"scale": (1.0,) * extra + tuple(self.scale),
+                "translate": (0.0,) * extra + tuple(self.translate)}
+
+    def result_metadata(self, kind: str, provenance: dict, source: str) -> dict[str, Any]:
+        from napari_ldae.data.io import scan_metadata
+
+        prov = {**provenance, "bundle_sha256": self.session.bundle.sha256, "source": source}
+        return {RESULT_KEY: {"space": self.space, "kind": kind, "scan": scan_metadata(self.scan),
+                             "contract": self.session.contract.to_dict()},
+                PROVENANCE_KEY: prov}
+
+
+# ----------------------------------------------------------------------------- showing
+def diff_colormap():
+    """bwr with a transparent centre: only changes are drawn over the gray scan."""
+    from napari.utils.colormaps import Colormap
+
+    blue, red = (0.1, 0.35, 1.0), (1.0, 0.15, 0.1)
+    colors = [(*blue, 1.0), (*blue, 0.55), (1, 1, 1, 0.0), (*red, 0.55), (*red, 1.0)]
+    return Colormap(colors, controls=[0.0, 0.3, 0.5, 0.7, 1.0], name=DIFF_COLORMAP_NAME)
+
+
+def symmetric_limits(diff: np.ndarray) -> tuple[float, float]:
+    m = float(np.abs(diff).max()) if diff.size else 0.0
+    m = m if m > 1e-6 else 1e-6
+    return (-m, m)
+
+
+def show_image(viewer: napari.Viewer, name: str, data: np.ndarray, geometry: ResultGeometry,
+               source, metadata: dict, **extra) -> Any:
+    """Add or update (in place, same name) a gray result layer with the source's window."""
+    kwargs = {"contrast_limits": tuple(source.contrast_limits), "colormap": "gray",
+              "metadata": metadata, **extra}
+    return _upsert(viewer, name, data, geometry, kwargs)
+
+
+def show_difference(viewer: napari.Viewer, name: str, diff: np.ndarray,
+                    geometry: ResultGeometry, metadata: dict, **extra) -> Any:
+    """Add or update a signed difference layer (diverging, symmetric, translucent)."""
+    kwargs = {"contrast_limits": symmetric_limits(diff), "colormap": diff_colormap(),
+              "blending": "translucent", "rendering": "translucent", "metadata": metadata,
+              **extra}
+    return _upsert(viewer, name, diff, geometry, kwargs)
+
+
+def _upsert(viewer, name: str, data: np.ndarray, geometry: ResultGeometry, kwargs: dict):
+    data = np.asarray(data, dtype=np.float32)
+    placement = geometry.layer_kwargs(data.ndim)
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if layer.ndim == data.ndim and tuple(layer.data.shape) == data.shape \
+                and np.allclose(layer.scale, placement["scale"]) \
+                and np.allclose(layer.translate, placement["translate"]):
+            layer.data = data
+            layer.metadata = kwargs["metadata"]
+            layer.contrast_limits = kwargs["contrast_limits"]
+            return layer
+        viewer.layers.remove(layer)
+    return viewer.add_image(data, name=name, **placement, **kwargs)
+
+
+def unique_name(viewer: napari.Viewer, base: str) -> str:
+    name, i = base, 2
+    while name in viewer.layers:
+        name, i = f"{base} ({i})", i + 1
+    return name

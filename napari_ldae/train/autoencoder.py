@@ -1,0 +1,222 @@
+"""Stage 1: the compression autoencoder (MONAI ``AutoencoderKL``).
+
+Loss of the generator: L1 + ``kl_weight``·KL + ``adversarial_weight``·LSGAN patch loss (after
+``adversarial_warmup_steps``) + ``perceptual_weight``·LPIPS when local weights are given. The
+patch discriminator has its own Adam; both step once per optimizer step (manual optimisation,
+with gradient accumulation and clipping done here). ``trainer.global_step`` counts generator
+steps. Validation: 3D SSIM of the mean-latent reconstruction; the best checkpoint by it becomes
+``OUT/autoencoder/autoencoder.safetensors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torchmetrics import MeanMetric
+
+from napari_ldae.core.autoencoder import build_autoencoder
+from napari_ldae.errors import TrainingError
+from napari_ldae.evaluate.metrics import ssim
+from napari_ldae.train import common
+from napari_ldae.train.config import model_config
+from napari_ldae.train.data import CohortData
+
+WEIGHTS = "autoencoder.safetensors"
+
+
+class AutoencoderModule(pl.LightningModule):
+    """AutoencoderKL + PatchDiscriminator trained adversarially (manual optimisation)."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        from monai.losses import PatchAdversarialLoss
+        from monai.networks.nets import PatchDiscriminator
+
+        self.automatic_optimization = False
+        self.hp = dict(config["autoencoder"])
+        self.autoencoder = build_autoencoder(model_config(config)["autoencoder"])
+        self.discriminator = PatchDiscriminator(spatial_dims=3, in_channels=1, out_channels=1,
+                                                **self.hp["discriminator"])
+        self.adversarial = PatchAdversarialLoss(criterion="least_squares")
+        self.perceptual = perceptual_loss(self.hp["perceptual_weights"])
+        self.val_ssim, self.val_l1 = MeanMetric(), MeanMetric()
+        self._micro = 0  # batches accumulated since the last optimizer step
+
+    def configure_optimizers(self):
+        return [torch.optim.Adam(self.autoencoder.parameters(), lr=self.hp["lr"]),
+                torch.optim.Adam(self.discriminator.parameters(),
+                                 lr=self.hp["lr_discriminator"])]
+
+    def _adversarial_on(self) -> bool:
+        return self.hp["adversarial_weight"] > 0 and \
+            self.global_step >= self.hp["adversarial_warmup_steps"]
+
+    def generator_loss(self, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor,
+                       sigma: torch.Tensor) -> dict[str, torch.Tensor]:
+        l1 = F.l1_loss(recon.float(), x.float())
+        kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2)) - 1).sum(
+            dim=list(range(1, mu.dim()))).mean()
+        parts = {"l1": l1, "kl": kl, "loss": l1 + self.hp["kl_weight"] * kl}
+        if self.perceptual is not None:
+            parts["perceptual"] = self.perceptual(recon.float(), x.float())
+            parts["loss"] = parts["loss"] + self.hp["perceptual_weight"] * parts["perceptual"]
+        if self._adversarial_on():
+            logits = self.discriminator(recon.contiguous().float())[-1]
+            parts["g_adv"] = self.adversarial(logits, target_is_real=True,
+                                              for_discriminator=False)
+            parts["loss"] = parts["loss"] + self.hp["adversarial_weight"] * parts["g_adv"]
+        return parts
+
+    def discriminator_loss(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        fake = self.discriminator(recon.contiguous().float())[-1]
+        real = self.discriminator(x.contiguous().float())[-1]
+        d = 0.5 * (self.adversarial(fake, target_is_real=False, for_discriminator=True)
+                   + self.adversarial(real, target_is_real=True, for_discriminator=True))
+        return self.hp["adversarial_weight"] * d
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        x = batch["image"]
+        opt_g, opt_d = self.optimizers()
+        k = self.hp["accumulate_grad_batches"]
+        adversarial = self._adversarial_on()
+        with self.toggled_optimizer(opt_g):  # D gets no gradient from the generator's loss
+            recon, mu, sigma = self.autoencoder(x)
+            parts = self.generator_loss(x, recon, mu, sigma)
+            self.manual_backward(parts["loss"] / k)
+        if adversarial:
+            with self.toggled_optimizer(opt_d):
+                parts["d"] = self.discriminator_loss(x, recon.detach())
+                self.manual_backward(parts["d"] / k)
+        self._micro += 1
+        if self._micro == k:
+            self._micro = 0
+            opt_g.step()
+            opt_g.zero_grad(set_to_none=True)
+            if adversarial:
+                _step_uncounted(opt_d)
+            opt_d.zero_grad(set_to_none=True)
+        self.log_dict({f"train/{n}": v.detach() for n, v in parts.items()},
+                      prog_bar=False, batch_size=x.shape[0])
+        self.log("loss", parts["l1"].detach(), prog_bar=True, logger=False)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip here: gradients are already unscaled under 16-bit mixed precision."""
+        if self.hp["gradient_clip_val"]:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hp["gradient_clip_val"],
+                                gradient_clip_algorithm="norm")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        x = batch["image"]
+        recon = self.autoencoder.reconstruct(x).float().clamp(0.0, 1.0)
+        self.val_ssim.update(ssim(recon, x, self.hp["ssim_kernel_size"]))
+        self.val_l1.update((recon - x).abs().flatten(1).mean(1))
+        self.log("val/ssim", self.val_ssim, prog_bar=True)
+        self.log("val/l1", self.val_l1)
+
+
+def _step_uncounted(optimizer) -> None:
+    """Step a LightningOptimizer without advancing ``trainer.global_step``.
+
+    In manual optimisation Lightning counts every optimizer's steps (Lightning issue #17958);
+    the discriminator's must not count, so that ``max_steps`` and checkpoints mean generator
+    steps.
+    """
+    saved = optimizer._on_before_step, optimizer._on_after_step
+    optimizer._on_before_step = optimizer._on_after_step = _nothing
+    try:
+        optimizer.step()
+    finally:
+        optimizer._on_before_step, optimizer._on_after_step = saved
+
+
+def _nothing() -> None:
+    return None
+
+
+# ----------------------------------------------------------------------------- perceptual
+def perceptual_loss(weights: str | None) -> nn.Module | None:
+    """MONAI's fake-3D LPIPS (SqueezeNet) with weights from a local file, or ``None``.
+
+    Nothing is ever downloaded: the networks are built with random weights, then the file (the
+    state dict of an ``lpips.LPIPS(net="squeeze")``, safetensors or PyTorch, read with
+    ``weights_only``) is loaded strictly.
+    """
+    if not weights:
+        return None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise TrainingError(f"autoencoder.perceptual_weights: no file {path}")
+    try:
+        import lpips
+        from monai.losses import PerceptualLoss
+        from monai.losses import perceptual as monai_perceptual
+    except ImportError as err:
+        raise TrainingError(
+            "autoencoder.perceptual_weights is set but the perceptual loss cannot be built "
+            f"offline here ({err}); it needs the `lpips` package and a working torchvision. "
+            "Set autoencoder.perceptual_weights: null to train with L1 + KL + adversarial "
+            "losses only.") from err
+    with _no_downloads(), contextlib.ExitStack() as stack:
+        stack.callback(setattr, monai_perceptual, "LPIPS", monai_perceptual.LPIPS)
+        monai_perceptual.LPIPS = functools.partial(lpips.LPIPS, pnet_rand=True)
+        loss = PerceptualLoss(spatial_dims=3, network_type="squeeze", is_fake_3d=True,
+                              fake_3d_ratio=0.5, pretrained=False)
+    state = _read_weights(path)
+    try:
+        loss.perceptual_function.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise TrainingError(f"{path} is not an LPIPS-SqueezeNet state dict ({err})") from err
+    return loss.eval().requires_grad_(False)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return common.load_safetensors(path, "perceptual weights")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@contextlib.contextmanager
+def _no_downloads() -> Iterator[None]:
+    """Make any torch.hub download attempt a clear error."""
+    def refuse(url, *args, **kwargs):
+        raise TrainingError(f"the perceptual loss tried to download {url}; napari-ldae never "
+                            "downloads: give local weights or set perceptual_weights: null")
+
+    with contextlib.ExitStack() as stack:
+        for name in ("download_url_to_file", "load_state_dict_from_url"):
+            stack.callback(setattr, torch.hub, name, getattr(torch.hub, name))
+            setattr(torch.hub, name, refuse)
+        yield
+
+
+# ----------------------------------------------------------------------------- stage
+def run(config: Mapping[str, Any], out: Path, resume: bool = False,
+        callbacks: Sequence[Callback] = ()) -> Path:
+    """Train stage 1; returns ``OUT/autoencoder/autoencoder.safetensors``."""
+    stage_dir = out / "autoencoder"
+    data = CohortData(config, "autoencoder", common.cache_dir(config, out))
+    pl.seed_everything(config["seed"], workers=True, verbose=False)
+    module = AutoencoderModule(config)
+    trainer, ckpt = common.make_trainer(config, "autoencoder", stage_dir, list(callbacks),
+                                        monitor="val/ssim", manual_optimization=True)
+    common.fit(trainer, module, data, ckpt, resume)
+
+    def write() -> None:
+        step = common.load_best(module, ckpt)
+        common.save_safetensors(stage_dir / WEIGHTS, module.autoencoder.state_dict())
+        common.write_json(stage_dir / "autoencoder.json", {
+            "stage": "autoencoder", "global_step": trainer.global_step, "weights_step": step,
+            "best_val_ssim": ckpt.best_score, "autoencoder": model_config(config)["autoencoder"],
+        })
+
+    common.handoff(trainer, write)
+    return stage_dir / WEIGHTS

@@ -1,0 +1,227 @@
+"""Training configuration: one YAML file with every knob, merged over :data:`DEFAULTS`.
+
+The architecture comes from ``preset`` (``tiny``, ``demo`` or ``paper``, see
+:mod:`napari_ldae.core.presets`) with ``model`` overriding any field of it. Each stage has its own
+section; ``trainer`` holds what all stages share (devices, nodes, strategy, precision). Command
+line overrides are ``key.path=value`` with YAML values (``latent.lr=1e-4``,
+``trainer.devices=2``). Unknown keys are errors, so a typo never trains with a default silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from napari_ldae.errors import TrainingError
+
+STAGES = ("autoencoder", "latent", "representation", "probe")
+#: Stages trained by a Lightning ``Trainer`` (the probe stage is a few seconds of plain torch).
+NETWORK_STAGES = STAGES[:3]
+
+_COMMON: dict[str, Any] = {
+    "batch_size": 1,  # per device
+    "lr": 1e-4,
+    "max_steps": 1000,  # optimizer steps
+    "accumulate_grad_batches": 1,
+    "gradient_clip_val": None,
+    "precision": None,  # None: trainer.precision
+    "val_every_n_steps": 500,  # optimizer steps
+    "limit_val_batches": 1.0,  # fraction or number of validation batches per validation
+    "checkpoint_every_n_steps": 500,
+    "log_every_n_steps": None,  # None: trainer.log_every_n_steps
+}
+
+DEFAULTS: dict[str, Any] = {
+    "preset": "tiny",
+    "model": {},  # overrides of the preset: any bundle-config field (autoencoder, unet, ...)
+    "seed": 0,
+    "data": {
+        "cohort": None,  # BIDS-like folder or CSV (the CLI's --data)
+        "preprocessing": None,  # None: the preset's contract
+        "val_fraction": 0.1,
+        "test_fraction": 0.1,
+        "split_seed": None,  # None: seed
+        "cache_dir": None,  # None: OUT/cache
+        "num_workers": 0,
+    },
+    "trainer": {
+        "accelerator": "auto",  # cpu, gpu, auto
+        "devices": 1,
+        "num_nodes": 1,
+        "strategy": "auto",  # auto, ddp
+        "precision": "32",  # 32, bf16-mixed, 16-mixed (GPU only; 32 on CPU)
+        "log_every_n_steps": 10,
+        "num_sanity_val_steps": 0,
+        "progress_bar": True,
+    },
+    "autoencoder": {
+        **_COMMON,
+        "lr": 5e-5,
+        "lr_discriminator": 1e-4,
+        "kl_weight": 1e-7,
+        "adversarial_weight": 0.025,
+        "adversarial_warmup_steps": 0,  # generator steps before the adversarial term starts
+        "discriminator": {"channels": 64, "num_layers_d": 3},
+        "perceptual_weight": 1e-3,
+        "perceptual_weights": None,  # local LPIPS (SqueezeNet) state dict; None: no perceptual
+        "ssim_kernel_size": 3,
+    },
+    "latent": {
+        **_COMMON,
+        "lr": 2.5e-5,
+        "ema_decay": 0.999,
+        "encode_batch_size": 4,
+    },
+    "representation": {
+        **_COMMON,
+        "lr": 2.5e-5,
+        "ema_decay": 0.999,
+        "snr_gamma": 0.1,
+        "val_ddim_steps": 100,
+        "ssim_kernel_size": 3,
+        "early_stop_patience": None,  # validations without improvement; None: off
+    },
+    "probe": {
+        "embed_batch_size": 4,
+        "positive": "AD",
+        "negative": "CN",
+        "classifier": {"optimizer": "adam", "lr": 1e-3, "steps": 2000},
+        "age": {"optimizer": "sgd", "lr": 1e-3, "steps": 2000},
+    },
+}
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a YAML config, merge it over :data:`DEFAULTS` and apply ``key=value`` overrides."""
+    import yaml
+
+    user: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise TrainingError(f"no config file at {p}")
+        try:
+            user = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise TrainingError(f"{p} is not valid YAML: {err}") from err
+        if not isinstance(user, dict):
+            raise TrainingError(f"{p}: the config must be a mapping of sections")
+    config = merge(DEFAULTS, user, where="config")
+    for item in overrides:
+        apply_override(config, item)
+    validate(config)
+    return config
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any], where: str,
+          free: bool = False) -> dict[str, Any]:
+    """Deep-merge ``update`` into a copy of ``base``; unknown keys are errors unless ``free``."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if key not in out and not free:
+            raise TrainingError(f"unknown {where} key {key!r}" + _hint(key, out))
+        sub_free = free or key == "model"
+        if isinstance(out.get(key), dict) and isinstance(value, Mapping):
+            out[key] = merge(out[key], value, f"{where}.{key}", sub_free)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_override(config: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` (value parsed as YAML) in place."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise TrainingError(f"override {item!r} is not of the form key.path=value")
+    *parents, leaf = key.strip().split(".")
+    node = config
+    for i, part in enumerate(parents):
+        if part not in node and parents[0] != "model":
+            raise TrainingError(f"unknown config key {'.'.join(parents[:i + 1])!r}"
+                                + _hint(part, node))
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise TrainingError(f"config key {'.'.join(parents[:i + 1])!r} is not a section")
+    if leaf not in node and (not parents or parents[0] != "model"):
+        raise TrainingError(f"unknown config key {key!r}" + _hint(leaf, node))
+    node[leaf] = yaml.safe_load(raw)
+
+
+def validate(config: Mapping[str, Any]) -> None:
+    """Check the values that would otherwise fail late, deep inside a run."""
+    from napari_ldae.core.presets import PRESETS
+
+    if config["preset"] not in PRESETS:
+        raise TrainingError(f"preset must be one of {sorted(PRESETS)}, not {config['preset']!r}")
+    for stage in NETWORK_STAGES:
+        s = config[stage]
+        for key in ("batch_size", "max_steps", "accumulate_grad_batches", "val_every_n_steps",
+                    "checkpoint_every_n_steps"):
+            if not isinstance(s[key], int) or s[key] < 1:
+                raise TrainingError(f"{stage}.{key} must be a positive integer, got {s[key]!r}")
+    if config["trainer"]["strategy"] not in ("auto", "ddp"):
+        raise TrainingError("trainer.strategy must be 'auto' or 'ddp'")
+
+
+def model_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The bundle config of the networks: the preset, ``model`` overrides, the data contract."""
+    from napari_ldae.core.presets import preset
+
+    out = merge(preset(config["preset"]), config.get("model") or {}, "model", free=True)
+    if config["data"].get("preprocessing"):
+        out["preprocessing"] = merge(out["preprocessing"], config["data"]["preprocessing"],
+                                     "data.preprocessing")
+    _check_shapes(out)
+    return out
+
+
+def _check_shapes(model: Mapping[str, Any]) -> None:
+    """The contract's shape must survive the autoencoder and the UNet's down-sampling."""
+    from napari_ldae.core.autoencoder import downsampling_factor
+
+    shape = list(model["preprocessing"]["shape"])
+    f = downsampling_factor(model["autoencoder"])
+    unet = 2 ** (len(model["unet"]["channel_mult"]) - 1)  # last two axes only
+    need = [f, f * unet, f * unet]
+    if any(s % n for s, n in zip(shape, need, strict=True)):
+        raise TrainingError(f"preprocessing shape {shape} must be divisible by {need} "
+                            "(autoencoder and UNet down-sampling)")
+    if shape[2] > model["encoder"]["num_slices"]:
+        raise TrainingError(f"the encoder takes at most {model['encoder']['num_slices']} axial "
+                            f"slices; the preprocessing shape has {shape[2]}")
+
+
+def stage_precision(config: Mapping[str, Any], stage: str, accelerator: str) -> str:
+    """The stage's precision; reduced precision falls back to 32 off CUDA (with a note)."""
+    precision = str(config[stage].get("precision") or config["trainer"]["precision"])
+    if precision not in ("32", "bf16-mixed", "16-mixed"):
+        raise TrainingError(f"{stage}: precision must be 32, bf16-mixed or 16-mixed")
+    if precision != "32" and accelerator != "gpu":
+        print(f"note: {stage}: precision {precision} needs a GPU; training in 32-bit on "
+              f"{accelerator}")
+        return "32"
+    return precision
+
+
+def resolve_accelerator(name: str) -> str:
+    """``auto`` → ``gpu`` when CUDA is available, else ``cpu``."""
+    import torch
+
+    if name == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "gpu"):
+        raise TrainingError(f"accelerator must be cpu, gpu or auto, not {name!r}")
+    if name == "gpu" and not torch.cuda.is_available():
+        raise TrainingError("accelerator 'gpu' requested but CUDA is not available")
+    return name
+
+
+def _hint(key: str, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(known)}"

@@ -1,0 +1,103 @@
+"""Stage 2: the latent DDPM (ε-prediction ``LatentUNet``).
+
+The cohort is encoded once by the stage-1 autoencoder (latent means cached under
+``OUT/cache/latents``); the scale factor s = 1/std of the *training* latents is computed and
+stored (the reference hard-codes 0.8730). Loss: unweighted ε-MSE at t ~ U{0..T−1}. An EMA of
+the UNet is updated once per optimizer step; its final value is the stage's output
+``OUT/latent/unet_ema.safetensors`` with ``scale_factor.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torchmetrics import MeanMetric
+
+from napari_ldae.core.diffusion import Schedule, q_sample
+from napari_ldae.core.unet import LatentUNet, UNetConfig
+from napari_ldae.train import autoencoder as stage1
+from napari_ldae.train import common
+from napari_ldae.train.config import model_config
+from napari_ldae.train.data import CohortData
+
+WEIGHTS = "unet_ema.safetensors"
+SCALE = "scale_factor.json"
+
+
+class LatentModule(pl.LightningModule):
+    """ε-prediction training of the latent UNet, with an EMA copy of its weights."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        model = model_config(config)
+        self.hp = dict(config["latent"])
+        self.unet = LatentUNet(UNetConfig.from_dict(model["unet"]))
+        self.schedule = Schedule.from_dict(model["schedule"])
+        self.ema = common.EMA(self.unet.named_parameters(), self.hp["ema_decay"])
+        self.val_loss = MeanMetric()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.unet.parameters(), lr=self.hp["lr"])
+
+    def diffusion_loss(self, z0: torch.Tensor, generator: torch.Generator | None = None,
+                       ) -> torch.Tensor:
+        """Per-sample ε-MSE at uniformly drawn timesteps."""
+        t = torch.randint(0, self.schedule.num_steps, (z0.shape[0],), device=z0.device,
+                          generator=generator)
+        noise = torch.randn(z0.shape, device=z0.device, generator=generator)
+        eps = self.unet(q_sample(z0, t, noise, self.schedule), t)
+        return F.mse_loss(eps.float(), noise, reduction="none").flatten(1).mean(1)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch["latent"]).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["latent"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """EMA network, noise fixed per validation batch (comparable across validations)."""
+        z0 = batch["latent"]
+        gen = torch.Generator(device=z0.device).manual_seed(int(batch["index"][0]))
+        with self.ema.swapped():
+            self.val_loss.update(self.diffusion_loss(z0, gen))
+        self.log("val/loss", self.val_loss, prog_bar=True)
+
+
+def run(config: Mapping[str, Any], out: Path, resume: bool = False,
+        callbacks: Sequence[Callback] = ()) -> Path:
+    """Train stage 2; returns ``OUT/latent/unet_ema.safetensors``."""
+    stage_dir = out / "latent"
+    ae_path = out / "autoencoder" / stage1.WEIGHTS
+    common.load_safetensors(ae_path, "latent stage: the stage-1 autoencoder")  # fail early
+    data = CohortData(config, "latent", common.cache_dir(config, out), images=False,
+                      latents=True, autoencoder_path=ae_path)
+    pl.seed_everything(config["seed"], workers=True, verbose=False)
+    module = LatentModule(config)
+    trainer, ckpt = common.make_trainer(config, "latent", stage_dir,
+                                        [common.EMAUpdate(), *callbacks])
+    common.fit(trainer, module, data, ckpt, resume)
+
+    def write() -> None:
+        common.save_safetensors(stage_dir / WEIGHTS, common.ema_state_dict(module.unet,
+                                                                            module.ema))
+        common.write_json(stage_dir / SCALE, {
+            "scale_factor": data.scale_factor, "from": "1/std of the training latents",
+            "n_train_scans": len(data.datasets["train"]), "autoencoder": str(ae_path),
+        })
+        common.write_json(stage_dir / "latent.json", {
+            "stage": "latent", "global_step": trainer.global_step,
+            "ema_updates": int(module.ema.num_updates), "scale_factor": data.scale_factor,
+        })
+
+    common.handoff(trainer, write)
+    return stage_dir / WEIGHTS
+
+
+def read_scale_factor(out: Path) -> float:
+    """The scale factor stage 2 computed (``OUT/latent/scale_factor.json``)."""
+    return float(common.read_json(out / "latent" / SCALE, "latent scale factor")["scale_factor"])

@@ -1,0 +1,221 @@
+"""Stage 4: linear probes, directions and the final bundle.
+
+Every scan is embedded by the stage-3 EMA encoder; y is standardised with the training split's
+per-dimension mean/std. Two linear probes are fitted on the training split (the validation
+split picks the best step): AD vs CN (one linear layer, BCE, Adam 1e-3 by default; AD is the
+positive class) and age (one linear layer, MSE on the standardised age, SGD 1e-3 by default).
+Their weights become the bundle's directions ``"AD"`` ("toward AD": + raises the AD logit) and
+``"age"`` ("older"); their test-split metrics go with them. The bundle lands in ``OUT/bundle``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_ldae import __version__
+from napari_ldae.core.bundle import save_bundle
+from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder, drop_aliases
+from napari_ldae.data.cohort import ScanRecord
+from napari_ldae.data.preprocess import PreprocessContract
+from napari_ldae.errors import TrainingError
+from napari_ldae.evaluate.metrics import binary_metrics, regression_metrics
+from napari_ldae.train import autoencoder as stage1
+from napari_ldae.train import common
+from napari_ldae.train import latent as stage2
+from napari_ldae.train import representation as stage3
+from napari_ldae.train.config import model_config, resolve_accelerator
+from napari_ldae.train.data import SPLITS, cache_volumes, load_splits, load_volume
+
+
+# ----------------------------------------------------------------------------- embedding
+@torch.inference_mode()
+def embed(encoder: SemanticEncoder, cache: Path, keys: Sequence[str], device: str,
+          batch_size: int = 4) -> torch.Tensor:
+    """Semantic codes (N, d) of cached volumes."""
+    encoder.eval().to(device)
+    out = []
+    for i in range(0, len(keys), batch_size):
+        x = torch.stack([torch.from_numpy(load_volume(cache, k)) for k in keys[i:i + batch_size]])
+        out.append(encoder(stage3.axial_slices(x[:, None].to(device))).float().cpu())
+    return torch.cat(out) if out else torch.zeros((0, encoder.config.emb_dim))
+
+
+def load_encoder(config: Mapping[str, Any], path: Path) -> SemanticEncoder:
+    encoder = SemanticEncoder(EncoderConfig.from_dict(model_config(config)["encoder"]))
+    state = common.load_safetensors(path, "probe stage: the stage-3 EMA encoder")
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if drop_aliases(dict.fromkeys(missing)) or unexpected:
+        raise TrainingError(f"{path} does not fit the configured encoder (missing "
+                            f"{missing[:3]}, unexpected {unexpected[:3]})")
+    return encoder
+
+
+# ----------------------------------------------------------------------------- probes
+def fit_linear(x: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor], loss: str,
+               optimizer: str, lr: float, steps: int, seed: int) -> nn.Linear:
+    """One linear layer on full batches of ``x["train"]``; the step with the lowest
+    validation loss wins (the last step without a validation split)."""
+    torch.manual_seed(seed)
+    layer = nn.Linear(x["train"].shape[1], 1)
+    opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}.get(optimizer.lower())
+    if opt_cls is None:
+        raise TrainingError(f"probe optimizer must be adam or sgd, not {optimizer!r}")
+    opt = opt_cls(layer.parameters(), lr=lr)
+    loss_fn = F.binary_cross_entropy_with_logits if loss == "bce" else F.mse_loss
+    best, best_state = math.inf, None
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(layer(x["train"]).squeeze(1), y["train"]).backward()
+        opt.step()
+        if len(y["val"]):
+            with torch.no_grad():
+                val = float(loss_fn(layer(x["val"]).squeeze(1), y["val"]))
+            if val < best:
+                best, best_state = val, {k: v.clone() for k, v in layer.state_dict().items()}
+    if best_state is not None:
+        layer.load_state_dict(best_state)
+    return layer
+
+
+def _select(records: Sequence[ScanRecord], z: torch.Tensor, keep) -> tuple[torch.Tensor, list]:
+    idx = [i for i, r in enumerate(records) if keep(r)]
+    return z[idx], [records[i] for i in idx]
+
+
+def classifier_probe(z: Mapping[str, torch.Tensor], recs: Mapping[str, list[ScanRecord]],
+                     hp: Mapping[str, Any], seed: int) -> tuple[torch.Tensor, dict] | None:
+    """AD-vs-CN probe: its weight (+ → AD) and test metrics; ``None`` without both classes."""
+    pos, neg = hp["positive"], hp["negative"]
+    x, y = {}, {}
+    for split in SPLITS:
+        x[split], kept = _select(recs[split], z[split], lambda r: r.diagnosis in (pos, neg))
+        y[split] = torch.tensor([float(r.diagnosis == pos) for r in kept])
+    if len(set(y["train"].tolist())) < 2:
+        print(f"note: probe: the training split lacks {pos} or {neg} scans; no '{pos}' direction")
+        return None
+    c = hp["classifier"]
+    layer = fit_linear(x, y, "bce", c["optimizer"], c["lr"], c["steps"], seed)
+    with torch.no_grad():
+        scores = torch.sigmoid(layer(x["test"]).squeeze(1))
+    return layer.weight.detach()[0], binary_metrics(y["test"], scores)
+
+
+def age_probe(z: Mapping[str, torch.Tensor], recs: Mapping[str, list[ScanRecord]],
+              hp: Mapping[str, Any], seed: int) -> tuple[torch.Tensor, dict] | None:
+    """Age regression probe on the standardised age: its weight (+ → older), test MAE/RMSE."""
+    x, age = {}, {}
+    for split in SPLITS:
+        x[split], kept = _select(recs[split], z[split], lambda r: r.age is not None)
+        age[split] = torch.tensor([float(r.age) for r in kept])
+    if len(age["train"]) < 2:
+        print("note: probe: too few training scans with an age; no 'age' direction")
+        return None
+    mu, sd = age["train"].mean(), age["train"].std().clamp_min(1e-6)
+    target = {s: (a - mu) / sd for s, a in age.items()}
+    a = hp["age"]
+    layer = fit_linear(x, target, "mse", a["optimizer"], a["lr"], a["steps"], seed)
+    with torch.no_grad():
+        pred = layer(x["test"]).squeeze(1) * sd + mu
+    return layer.weight.detach()[0], regression_metrics(age["test"], pred)
+
+
+# ----------------------------------------------------------------------------- stage
+def run(config: Mapping[str, Any], out: Path, resume: bool = False,
+        callbacks: Sequence = ()) -> Path | None:
+    """Embed, fit the probes and write ``OUT/bundle``; returns it (``None`` off rank 0).
+
+    ``resume`` and ``callbacks`` are accepted for symmetry with the other stages (unused).
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return None
+    model = model_config(config)
+    contract = PreprocessContract.from_dict(model["preprocessing"])
+    encoder = load_encoder(config, out / "representation" / stage3.ENCODER)
+    splits = load_splits(config)
+    cache = common.cache_dir(config, out)
+    recs = {s: list(splits[s].records) for s in SPLITS}
+    device = "cuda" if resolve_accelerator(config["trainer"]["accelerator"]) == "gpu" else "cpu"
+    hp = config["probe"]
+    z_raw = {s: embed(encoder, cache, cache_volumes(recs[s], contract, cache,
+                                                    config["data"]["num_workers"]),
+                      device, hp["embed_batch_size"]) for s in SPLITS}
+    mean, std = z_raw["train"].mean(0), z_raw["train"].std(0).clamp_min(1e-6)
+    z = {s: (v - mean) / std for s, v in z_raw.items()}
+    semantic = {"mean": mean, "std": std}
+    directions, metrics = {}, {}
+    for name, meaning, probe in (("AD", f"toward {hp['positive']}", classifier_probe),
+                                 ("age", "older", age_probe)):
+        result = probe(z, recs, hp, config["seed"])
+        if result is None:
+            continue
+        w, m = result
+        semantic[f"direction.{name}"] = F.normalize(w, dim=0)
+        metrics[name] = _clean(m)
+        directions[name] = {"meaning": meaning, "source": _source(name, hp), "metrics":
+                            metrics[name]}
+        print(f"probe {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics[name].items()
+                                              if isinstance(v, float)))
+    common.save_safetensors(out / "probe" / "embeddings.safetensors",
+                            {f"{s}.y": v for s, v in z_raw.items()})
+    common.write_json(out / "probe" / "metrics.json", {
+        "metrics": metrics, "scans": {s: [f"{r.subject}/{r.session}" for r in recs[s]]
+                                      for s in SPLITS}})
+    return write_bundle(config, out, model, semantic, directions, metrics, splits)
+
+
+def _source(name: str, hp: Mapping[str, Any]) -> str:
+    if name == "AD":
+        c = hp["classifier"]
+        return (f"linear probe {hp['positive']} vs {hp['negative']} on standardised y (BCE, "
+                f"{c['optimizer']} lr {c['lr']}); positive class {hp['positive']}")
+    a = hp["age"]
+    return f"linear age regression on standardised y (MSE, {a['optimizer']} lr {a['lr']})"
+
+
+def _clean(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-safe metrics: undefined values (nan) become null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in metrics.items()}
+
+
+def write_bundle(config: Mapping[str, Any], out: Path, model: dict[str, Any],
+                 semantic: dict[str, torch.Tensor], directions: dict, metrics: dict,
+                 splits) -> Path:
+    stage_info = {s: common.read_json(out / s / f"{s}.json", s)
+                  for s in ("autoencoder", "latent", "representation")}
+    bundle_config = {
+        **model,
+        "name": f"{model.get('name', 'ldae')}-trained",
+        "description": f"trained by napari-ldae {__version__} on {config['data']['cohort']}",
+        "scale_factor": stage2.read_scale_factor(out),
+        "directions": directions,
+        "metrics": {"probe": metrics,
+                    "autoencoder_val_ssim": stage_info["autoencoder"]["best_val_ssim"],
+                    "semantic_val_ssim": stage_info["representation"]["best_val_ssim"]},
+        "provenance": {
+            "trained": True, "trainer": "napari-ldae train", "config": config,
+            "cohort": str(config["data"]["cohort"]), "seed": config["seed"],
+            "split_seed": config["data"]["split_seed"], "git_commit": common.git_commit(),
+            "splits": {s: len(splits[s].subjects()) for s in SPLITS},
+            "steps": {s: i["global_step"] for s, i in stage_info.items()},
+        },
+    }
+    weights = {
+        "autoencoder": common.load_safetensors(out / "autoencoder" / stage1.WEIGHTS, "AE"),
+        "unet": common.load_safetensors(out / "representation" / stage3.UNET, "ShiftUNet"),
+        "encoder": common.load_safetensors(out / "representation" / stage3.ENCODER, "encoder"),
+        "semantic": semantic,
+    }
+    path = save_bundle(out / "bundle", bundle_config, weights, overwrite=True)
+    print(f"wrote bundle {path}")
+    return path
+

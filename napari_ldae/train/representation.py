@@ -1,0 +1,162 @@
+"""Stage 3: representation learning, the LDAE proper.
+
+The stage-2 EMA UNet is loaded into the frozen part of a ``ShiftUNet`` (refusing to start
+without it: the reference silently trained on random weights). The semantic encoder and the
+gradient-estimator branch learn
+
+    L = mean( λ_t · (ε − (ε_θ(z_t, t) + k_t · G(z_t, t, y)))² ),   y = Enc(x),
+
+with k_t = ``Schedule.shift_coef`` and λ_t = ``Schedule.snr_weight(γ)``. EMA on both. Validation
+is the paper's: 3D SSIM between the semantic-only decode (EMA networks, random x_T, DDIM) and the
+autoencoder's decode of the true latent; the best checkpoint by it gives
+``OUT/representation/{encoder_ema,unet_ema}.safetensors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torchmetrics import MeanMetric
+
+from napari_ldae.core.autoencoder import LatentAutoencoder
+from napari_ldae.core.diffusion import Schedule, ddim_sample, gather, q_sample
+from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder
+from napari_ldae.core.unet import FROZEN_MODULES, ShiftUNet, UNetConfig
+from napari_ldae.errors import BundleError, TrainingError
+from napari_ldae.evaluate.metrics import ssim
+from napari_ldae.train import autoencoder as stage1
+from napari_ldae.train import common
+from napari_ldae.train import latent as stage2
+from napari_ldae.train.config import model_config
+from napari_ldae.train.data import CohortData
+
+ENCODER = "encoder_ema.safetensors"
+UNET = "unet_ema.safetensors"
+#: Keys left out of checkpoints: they never change and come back from the stage 1/2 files.
+FROZEN_PREFIXES = ("autoencoder.", *(f"unet.{m}." for m in FROZEN_MODULES))
+
+
+def axial_slices(volume: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, X, Y, Z)`` volumes → ``(B, 1, Z, X, Y)`` axial slices, as ``LDAEModel._embed``."""
+    return volume.permute(0, 1, 4, 2, 3)
+
+
+def stage2_unet(out: Path) -> dict[str, torch.Tensor]:
+    """The stage-2 EMA UNet weights, or a :class:`TrainingError` saying how to get them."""
+    path = out / "latent" / stage2.WEIGHTS
+    if not path.is_file():
+        raise TrainingError(
+            f"representation learning needs the stage-2 EMA UNet, but {path} does not exist. "
+            "Train it first (`napari-ldae train latent ...` with the same --out); training the "
+            "gradient estimator on a random UNet would be meaningless.")
+    return common.load_safetensors(path, "stage-2 UNet")
+
+
+class RepresentationModule(pl.LightningModule):
+    """Semantic encoder + gradient-estimator branch over a frozen latent UNet."""
+
+    def __init__(self, config: Mapping[str, Any], unet_state: Mapping[str, torch.Tensor],
+                 autoencoder_state: Mapping[str, torch.Tensor], scale_factor: float) -> None:
+        super().__init__()
+        model = model_config(config)
+        self.hp = dict(config["representation"])
+        self.clamp = bool(model["clamp_x0"])
+        self.unet = ShiftUNet(UNetConfig.from_dict(model["unet"]))
+        try:
+            self.unet.load_unet_state_dict(unet_state)
+        except BundleError as err:
+            raise TrainingError(f"the stage-2 UNet does not fit this configuration: {err}") \
+                from err
+        self.encoder = SemanticEncoder(EncoderConfig.from_dict(model["encoder"]))
+        self.autoencoder = LatentAutoencoder(model["autoencoder"], scale_factor)
+        self.autoencoder.net.load_state_dict(dict(autoencoder_state))
+        self.schedule = Schedule.from_dict(model["schedule"])
+        trainable = [(f"encoder.{n}", p) for n, p in self.encoder.named_parameters()]
+        trainable += [(f"unet.{n}", p) for n, p in self.unet.named_parameters()
+                      if p.requires_grad]
+        self.ema = common.EMA(trainable, self.hp["ema_decay"])
+        self.strict_loading = False  # checkpoints leave out FROZEN_PREFIXES
+        self.val_ssim = MeanMetric()
+
+    def configure_optimizers(self):
+        params = [*self.encoder.parameters(), *self.unet.branch_parameters()]
+        return torch.optim.Adam(params, lr=self.hp["lr"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        z0, x = batch["latent"], batch["image"]
+        t = torch.randint(0, self.schedule.num_steps, (z0.shape[0],), device=z0.device)
+        noise = torch.randn_like(z0)
+        y = self.encoder(axial_slices(x))
+        eps, shift = self.unet(q_sample(z0, t, noise, self.schedule), t, y)
+        k = gather(self.schedule.shift_coef, t, z0)
+        weight = gather(self.schedule.snr_weight(self.hp["snr_gamma"]), t, z0)
+        loss = (weight * (noise - (eps.float() + k * shift.float())) ** 2).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=z0.shape[0])
+        return loss
+
+    @torch.no_grad()
+    def semantic_decode(self, x: torch.Tensor, x_T: torch.Tensor) -> torch.Tensor:
+        """Volumes decoded from the semantic code of ``x`` alone (x_T given, DDIM)."""
+        y = self.encoder(axial_slices(x))
+        z = ddim_sample(self.unet, x_T, y, self.hp["val_ddim_steps"], self.schedule, self.clamp)
+        return self.autoencoder.decode(z).float().clamp(0.0, 1.0)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        z0, x = batch["latent"], batch["image"]
+        gen = torch.Generator(device=z0.device).manual_seed(int(batch["index"][0]))
+        x_T = torch.randn(z0.shape, device=z0.device, generator=gen)
+        with self.ema.swapped():
+            pred = self.semantic_decode(x, x_T)
+        target = self.autoencoder.decode(z0).float().clamp(0.0, 1.0)
+        self.val_ssim.update(ssim(pred, target, self.hp["ssim_kernel_size"]))
+        self.log("val/ssim", self.val_ssim, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+            del state[key]
+
+
+def run(config: Mapping[str, Any], out: Path, resume: bool = False,
+        callbacks: Sequence[Callback] = ()) -> tuple[Path, Path]:
+    """Train stage 3; returns the EMA encoder and ShiftUNet weight files."""
+    stage_dir = out / "representation"
+    unet_state = stage2_unet(out)
+    scale = stage2.read_scale_factor(out)
+    ae_path = out / "autoencoder" / stage1.WEIGHTS
+    ae_state = common.load_safetensors(ae_path, "representation stage: the autoencoder")
+    data = CohortData(config, "representation", common.cache_dir(config, out), images=True,
+                      latents=True, autoencoder_path=ae_path, scale=scale)
+    pl.seed_everything(config["seed"], workers=True, verbose=False)
+    module = RepresentationModule(config, unet_state, ae_state, scale)
+    callbacks = [common.EMAUpdate(), *callbacks]
+    if config["representation"]["early_stop_patience"]:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        callbacks.append(EarlyStopping("val/ssim", mode="max",
+                                       patience=config["representation"]["early_stop_patience"]))
+    trainer, ckpt = common.make_trainer(config, "representation", stage_dir, callbacks,
+                                        monitor="val/ssim")
+    common.fit(trainer, module, data, ckpt, resume)
+
+    def write() -> None:
+        step = common.load_best(module, ckpt)
+        with module.ema.swapped():
+            encoder = {k: v.clone() for k, v in module.encoder.canonical_state_dict().items()}
+            unet = {k: v.clone() for k, v in module.unet.state_dict().items()}
+        common.save_safetensors(stage_dir / ENCODER, encoder)
+        common.save_safetensors(stage_dir / UNET, unet)
+        common.write_json(stage_dir / "representation.json", {
+            "stage": "representation", "global_step": trainer.global_step,
+            "weights_step": step, "best_val_ssim": ckpt.best_score,
+            "val_ddim_steps": config["representation"]["val_ddim_steps"],
+            "ema_updates": int(module.ema.num_updates), "scale_factor": scale,
+        })
+
+    common.handoff(trainer, write)
+    return stage_dir / ENCODER, stage_dir / UNET

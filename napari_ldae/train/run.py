@@ -1,0 +1,95 @@
+"""Run one stage or all four in order, each feeding the next through files under OUT.
+
+``OUT/<stage>/<stage>.json`` is written last by each network stage: with ``resume``, a stage
+whose file reports at least ``max_steps`` steps is skipped, an interrupted one continues from
+its ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from napari_ldae.errors import TrainingError
+from napari_ldae.train.config import NETWORK_STAGES, STAGES, load_config, validate
+
+#: Configs shipped with napari-ldae, usable by name (``--config tiny``).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "resources" / "configs"
+
+
+def config_path(name_or_path: str | os.PathLike) -> Path:
+    """A config file, or the shipped one of that name (``paper``, ``demo``, ``tiny``)."""
+    p = Path(name_or_path).expanduser()
+    if not p.exists() and (CONFIG_DIR / f"{name_or_path}.yaml").is_file():
+        return CONFIG_DIR / f"{name_or_path}.yaml"
+    return p
+
+
+def resolve(config: str | os.PathLike | None, data: str | os.PathLike | None = None,
+            overrides: Sequence[str] = (), *, devices: int | None = None,
+            accelerator: str | None = None, num_nodes: int | None = None,
+            max_steps: int | None = None, stages: Sequence[str] = NETWORK_STAGES,
+            ) -> dict[str, Any]:
+    """The full config: file, then ``key=value`` overrides, then the explicit arguments."""
+    cfg = load_config(config_path(config) if config else None, overrides)
+    if data is not None:
+        cfg["data"]["cohort"] = str(Path(data).expanduser().resolve())
+    for key, value in (("devices", devices), ("accelerator", accelerator),
+                       ("num_nodes", num_nodes)):
+        if value is not None:
+            cfg["trainer"][key] = value
+    if max_steps is not None:
+        for stage in stages:
+            if stage in NETWORK_STAGES:
+                cfg[stage]["max_steps"] = int(max_steps)
+    validate(cfg)
+    return cfg
+
+
+def stage_done(config: Mapping[str, Any], out: Path, stage: str) -> bool:
+    """Whether a network stage finished at least its ``max_steps`` in ``out``."""
+    import json
+
+    info = out / stage / f"{stage}.json"
+    if stage not in NETWORK_STAGES or not info.is_file():
+        return False
+    return json.loads(info.read_text()).get("global_step", -1) >= config[stage]["max_steps"]
+
+
+def train(stage: str, config: Mapping[str, Any], out: str | os.PathLike,
+          resume: bool = False, callbacks: Sequence = ()) -> Path | None:
+    """Train ``stage`` (or ``"all"``) into ``out``; returns the bundle after the probe stage.
+
+    ``callbacks``: extra Lightning callbacks for every network stage (progress, tests).
+    """
+    from napari_ldae.train import autoencoder, latent, probe, representation
+
+    runners = {"autoencoder": autoencoder.run, "latent": latent.run,
+               "representation": representation.run, "probe": probe.run}
+    if stage != "all" and stage not in STAGES:
+        raise TrainingError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}, all")
+    out = Path(out).expanduser().resolve()
+    _record(config, out)
+    result = None
+    for name in STAGES if stage == "all" else (stage,):
+        if resume and stage_done(config, out, name):
+            print(f"{name}: already trained in {out / name}; skipping")
+            continue
+        result = runners[name](config, out, resume, callbacks)
+    return result if isinstance(result, Path) and result.name == "bundle" else None
+
+
+def _record(config: Mapping[str, Any], out: Path) -> None:
+    """Write the resolved config and the subject splits (rank 0)."""
+    import yaml
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from napari_ldae.train.data import atomic_write, load_splits, write_splits
+
+    if rank_zero_only.rank != 0:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False).encode())
+    write_splits(load_splits(config), out / "splits.json")

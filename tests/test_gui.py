@@ -1,0 +1,370 @@
+"""The napari widgets on a tiny random bundle, headless (pytest-xvfb).
+
+Workers run for real (threads) except where ``NAPARI_LDAE_SYNC=1`` is set; each test reuses
+one module-wide Session so that codes stay cached between tests.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ldae_factory import tiny_bundle, tiny_scan
+
+from napari_ldae.data.io import write_scan
+from napari_ldae.gui import _jobs
+from napari_ldae.gui._state import get_state
+from napari_ldae.session import OOM_HINT, Session
+
+WIDGETS = {"LDAE model": "ModelWidget", "LDAE encode": "EncodeWidget",
+           "LDAE manipulate": "ManipulateWidget", "LDAE interpolate": "InterpolateWidget",
+           "LDAE export": "ExportWidget", "LDAE train": "TrainWidget"}
+FAST = {"encode": 1, "decode": 1, "preview": 1}
+WAIT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny_bundle(tmp_path_factory.mktemp("gui-bundle") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def session(bundle, tmp_path_factory):
+    return Session(bundle, device="cpu", cache_dir=tmp_path_factory.mktemp("gui-cache"))
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, session):
+    """A viewer with the session loaded (fast steps) and one scan opened from a file."""
+    v = make_napari_viewer()
+    state = get_state(v)
+    state.set_session(session)
+    state.set_steps(FAST)
+    return v
+
+
+@pytest.fixture(scope="module")
+def scan_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scans")
+    return write_scan(folder / "sub-01_ses-M00_T1w.nii.gz", tiny_scan().data, like=tiny_scan())
+
+
+def _open(viewer, path):
+    return viewer.open(str(path), plugin="napari-ldae")[0]
+
+
+def _widget(viewer, name):
+    from napari_ldae import gui
+
+    module = {"ModelWidget": "model_widget", "EncodeWidget": "encode_widget",
+              "ManipulateWidget": "manipulate_widget", "InterpolateWidget": "interpolate_widget",
+              "ExportWidget": "export_widget", "TrainWidget": "train_widget"}[name]
+    import importlib
+
+    cls = getattr(importlib.import_module(f"{gui.__name__}.{module}"), name)
+    w = cls(viewer)
+    viewer.window.add_dock_widget(w, name=name)
+    return w
+
+
+def _idle(qtbot, controls):
+    qtbot.waitUntil(lambda: not controls.busy, timeout=WAIT_MS)
+
+
+def _assert_idle_ui(controls):
+    assert not controls.busy and controls.button.isEnabled()
+    assert controls.button.text() == controls.text and not controls.bar.isVisible()
+
+
+def _open_progress_bars():
+    from napari.utils.progress import progress
+
+    return [p for p in progress._all_instances if not p.disable]
+
+
+# ----------------------------------------------------------------------------- manifest
+def test_widgets_through_the_manifest_share_one_state(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widgets = []
+    for display_name, cls in WIDGETS.items():
+        _, widget = viewer.window.add_plugin_dock_widget("napari-ldae", display_name)
+        assert type(widget).__name__ == cls
+        widgets.append(widget)
+    assert all(w.state is get_state(viewer) for w in widgets)
+    assert get_state(make_napari_viewer()) is not widgets[0].state  # one state per viewer
+
+
+def test_npe2_validate():
+    npe2 = shutil.which("npe2") or str(Path(sys.executable).with_name("npe2"))
+    out = subprocess.run([npe2, "validate", "napari-ldae"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_sample_data_loads(make_napari_viewer, monkeypatch):
+    from napari_ldae.data import synthetic
+
+    def small_subject(seed=0, spacing=3.0, n_visits=4):  # the real one needs the template
+        from types import SimpleNamespace
+
+        visits = [SimpleNamespace(data=tiny_scan(seed=i).data, affine=np.diag([6, 6, 6, 1.0]),
+                                  session=f"ses-M{6 * i:02d}", months=6 * i, truth={})
+                  for i in range(n_visits)]
+        return SimpleNamespace(subject="sub-s0", diagnosis="CN", visits=visits)
+
+    monkeypatch.setattr(synthetic, "make_subject", small_subject)
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("napari-ldae", "synthetic_subject")
+    assert len(layers) == 4 and layers[1].metadata["ldae_visit"]["months"] == 6
+
+
+# ----------------------------------------------------------------------------- model panel
+def test_model_panel_load_and_unload(make_napari_viewer, bundle, tmp_path, qtbot):
+    viewer = make_napari_viewer()
+    panel = _widget(viewer, "ModelWidget")
+    manip = _widget(viewer, "ManipulateWidget")
+    panel.bundle_edit.setText(str(bundle))
+    panel.cache_edit.setText(str(tmp_path / "cache"))
+    panel.controls.button.click()
+    _idle(qtbot, panel.controls)
+    state = get_state(viewer)
+    assert state.session is not None and state.session.cache_dir == tmp_path / "cache"
+    assert "ldae-tiny" in panel.facts.text() and "toward AD" in panel.facts.text()
+    assert state.steps == {"encode": 2, "decode": 2, "preview": 1}  # from the bundle
+    assert manip.direction.count() == 2 and manip.direction.currentData() == "AD"
+    panel.step_boxes["decode"].setValue(3)
+    assert state.steps["decode"] == 3
+    panel.unload_button.click()
+    assert state.session is None and manip.direction.count() == 0
+    _assert_idle_ui(panel.controls)
+
+
+def test_model_panel_reports_a_bad_bundle(make_napari_viewer, tmp_path, qtbot):
+    viewer = make_napari_viewer()
+    panel = _widget(viewer, "ModelWidget")
+    panel.bundle_edit.setText(str(tmp_path / "nothing"))
+    panel.controls.button.click()
+    _idle(qtbot, panel.controls)
+    assert "no model bundle" in panel.controls.status.text()
+    _assert_idle_ui(panel.controls)
+
+
+# ----------------------------------------------------------------------------- encode, edit
+def test_encode_then_slider_updates_one_layer_in_place(viewer, scan_file, qtbot):
+    source = _open(viewer, scan_file)
+    enc = _widget(viewer, "EncodeWidget")
+    enc.controls.button.click()
+    _idle(qtbot, enc.controls)
+    assert enc.codes is not None and "encoded" in enc.controls.status.text()
+
+    manip = _widget(viewer, "ManipulateWidget")
+    manip.slider.setValue(2.0)
+    qtbot.waitUntil(lambda: f"{source.name} [edit]" in viewer.layers, timeout=WAIT_MS)
+    _idle(qtbot, manip.controls)
+    edit, diff = viewer.layers[f"{source.name} [edit]"], viewer.layers[f"{source.name} [Δ edit]"]
+    n_layers, before = len(viewer.layers), edit.data.copy()
+    assert "full (1 steps)" in manip.quality.text()
+    manip.slider.setValue(-3.0)
+    qtbot.waitUntil(lambda: "-3.00" in manip.quality.text() and not manip.controls.busy,
+                    timeout=WAIT_MS)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers[f"{source.name} [edit]"] is edit and not np.allclose(edit.data, before)
+    # display: gray in the source's window; Δ diverging, symmetric, translucent over the scan
+    assert edit.colormap.name == "gray"
+    assert tuple(edit.contrast_limits) == pytest.approx(tuple(source.contrast_limits))
+    lo, hi = diff.contrast_limits
+    assert lo == pytest.approx(-hi) and hi > 0
+    assert diff.blending == "translucent" and diff.colormap.name.startswith("ldae Δ")
+    assert edit.metadata["ldae_provenance"]["strength"] == -3.0
+
+
+def test_preview_then_full_quality(viewer, scan_file, qtbot, monkeypatch):
+    monkeypatch.setenv(_jobs.SYNC_ENV, "1")
+    get_state(viewer).set_steps({"decode": 2, "preview": 1})
+    _open(viewer, scan_file)
+    manip = _widget(viewer, "ManipulateWidget")
+    manip.render("preview")
+    assert manip.quality.text().startswith("preview (1 steps)")
+    manip.slider.setValue(1.0)  # debounced preview, then full when the slider rests
+    qtbot.waitUntil(lambda: manip.quality.text().startswith("full (2 steps) · strength +1.00"),
+                    timeout=WAIT_MS)
+
+
+def test_keep_and_sweep(viewer, scan_file, monkeypatch):
+    monkeypatch.setenv(_jobs.SYNC_ENV, "1")
+    source = _open(viewer, scan_file)
+    manip = _widget(viewer, "ManipulateWidget")
+    manip.render("full")
+    kept = manip.keep()
+    assert [k.name for k in kept] == [f"{source.name} AD +0.00", f"{source.name} Δ AD +0.00"]
+    manip.sweep_from.setValue(-2.0)
+    manip.sweep_to.setValue(2.0)
+    manip.sweep_frames.setValue(3)
+    manip.sweep_controls.button.click()
+    sweep = viewer.layers[f"{source.name} [sweep AD]"]
+    assert sweep.data.shape == (3, 32, 32, 32) and sweep.ndim == 4
+    assert viewer.layers[f"{source.name} [Δ sweep AD]"].data.shape == (3, 32, 32, 32)
+    assert "-2, +0, +2" in manip.sweep_controls.status.text()
+    assert sweep.metadata["ldae_provenance"]["strength"] == [-2.0, 0.0, 2.0]
+
+
+# ----------------------------------------------------------------------------- cancel, errors
+def test_cancel_aborts_and_the_ui_recovers(viewer, scan_file, qtbot):
+    _open(viewer, scan_file)
+    get_state(viewer).set_steps({"encode": 400})  # a new cache key: a long run
+    enc = _widget(viewer, "EncodeWidget")
+    enc.controls.button.click()
+    qtbot.waitUntil(lambda: enc.controls.bar.value() >= 1, timeout=WAIT_MS)
+    assert enc.controls.button.text() == "Cancel"
+    enc.controls.button.click()
+    _idle(qtbot, enc.controls)
+    _assert_idle_ui(enc.controls)
+    assert "cancelled" in enc.controls.status.text() and enc.codes is None
+    assert not _open_progress_bars()
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried"),
+                                   RuntimeError("boom")])
+def test_injected_errors_reset_the_ui(viewer, scan_file, qtbot, monkeypatch, error):
+    shown = []
+    monkeypatch.setattr(_jobs, "show_error", shown.append)
+    session = get_state(viewer).session
+
+    def broken(*args, **kwargs):
+        raise error
+        yield
+
+    monkeypatch.setattr(session, "iter_manipulate", broken)
+    _open(viewer, scan_file)
+    manip = _widget(viewer, "ManipulateWidget")
+    manip.render("full")
+    _idle(qtbot, manip.controls)
+    _assert_idle_ui(manip.controls)
+    expected = OOM_HINT if isinstance(error, torch.OutOfMemoryError) else "boom"
+    assert expected in manip.controls.status.text() and expected in shown[-1]
+    assert not _open_progress_bars()
+    monkeypatch.undo()  # the UI works again
+    monkeypatch.setenv(_jobs.SYNC_ENV, "1")
+    manip.render("full")
+    assert "full quality" in manip.controls.status.text()
+
+
+def test_without_a_model_the_widgets_say_so(make_napari_viewer, scan_file, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    viewer = make_napari_viewer()
+    _open(viewer, scan_file)
+    enc = _widget(viewer, "EncodeWidget")
+    enc.controls.button.click()
+    assert "no model loaded" in enc.controls.status.text() and shown
+    _assert_idle_ui(enc.controls)
+
+
+# ----------------------------------------------------------------------------- interpolate
+def test_interpolate_dates_and_sweep(viewer, tmp_path, monkeypatch):
+    monkeypatch.setenv(_jobs.SYNC_ENV, "1")
+    paths = []
+    for i, months in enumerate((0, 12)):
+        scan = tiny_scan(seed=i)
+        paths.append(write_scan(tmp_path / f"sub-01_ses-M{months:02d}_T1w.nii.gz", scan.data,
+                                like=scan))
+    a, b = (_open(viewer, p) for p in paths)
+    interp = _widget(viewer, "InterpolateWidget")
+    interp.combo_a.select(a.name)
+    interp.combo_b.select(b.name)
+    assert interp.months_a.value() == 0 and interp.months_b.value() == 12  # from BIDS names
+    interp.slider.setValue(3.0)
+    interp.interpolate()
+    name = f"{a.name} → {b.name} [interp]"
+    assert viewer.layers[name].data.shape == (32, 32, 32)
+    assert viewer.layers[name].metadata["ldae_provenance"]["alpha"] == 0.25
+    assert f"{name} Δ to {a.name}" in viewer.layers and f"{name} Δ to {b.name}" in viewer.layers
+    interp.frames.setValue(3)
+    interp.sweep()
+    sweep = viewer.layers[f"{a.name} → {b.name} [sweep]"]
+    assert sweep.data.shape == (3, 32, 32, 32)
+    assert "months 0, 6, 12" in interp.sweep_controls.status.text()
+
+
+# ----------------------------------------------------------------------------- export
+def test_export_overlays_the_source_file_and_never_overwrites_silently(
+        viewer, scan_file, tmp_path, monkeypatch):
+    monkeypatch.setenv(_jobs.SYNC_ENV, "1")
+    source = _open(viewer, scan_file)
+    manip = _widget(viewer, "ManipulateWidget")
+    manip.slider.setValue(1.5)
+    manip.render("full")
+    exp = _widget(viewer, "ExportWidget")
+    exp.folder.setText(str(tmp_path / "out"))
+    names = [f"{source.name} [edit]", f"{source.name} [Δ edit]"]
+    exp.select(names)
+    exp.controls.button.click()
+    assert len(exp.written) == 2
+    ref = nib.load(scan_file)
+    for path in exp.written:
+        img = nib.load(path)
+        assert img.shape == ref.shape
+        np.testing.assert_allclose(img.affine, ref.affine)
+    side = path.with_name(path.name.replace(".nii.gz", ".json")).read_text()
+    assert '"strength": 1.5' in side and "bundle_sha256" in side
+
+    before = [p.stat().st_mtime_ns for p in exp.written]
+    asked = []
+    exp.confirm_overwrite = lambda paths: asked.append(paths) or False
+    exp.select(names)
+    exp.controls.button.click()
+    assert asked and "skipped 2" in exp.controls.status.text()
+    assert [p.stat().st_mtime_ns for p in exp.written] == before
+    exp.confirm_overwrite = lambda paths: True
+    exp.select(names)
+    exp.controls.button.click()
+    assert "wrote 2" in exp.controls.status.text()
+
+
+# ----------------------------------------------------------------------------- train
+def test_train_progress_from_output_and_cancel(make_napari_viewer, qtbot, monkeypatch):
+    from napari_ldae.gui import train_widget
+
+    monkeypatch.setattr(train_widget, "KILL_AFTER_MS", 500)
+    viewer = make_napari_viewer()
+    train = _widget(viewer, "TrainWidget")
+    script = ("import sys, time\n"
+              "for i in range(1, 1000):\n"
+              "    sys.stdout.write(f'\\rEpoch 0: {i % 100:3d}%|##  | {i % 100}/100 ')\n"
+              "    sys.stdout.write('\\nlog line\\n' if i % 10 == 0 else '')\n"
+              "    sys.stdout.flush(); time.sleep(0.02)\n")
+    monkeypatch.setattr(train, "command", lambda: [sys.executable, "-u", "-c", script])
+    train.controls.button.click()
+    qtbot.waitUntil(lambda: train.controls.bar.value() >= 5, timeout=WAIT_MS)
+    assert "epoch 0" in train.controls.bar.format()
+    qtbot.waitUntil(lambda: "log line" in train.log.toPlainText(), timeout=WAIT_MS)
+    train.controls.button.click()  # Cancel
+    qtbot.waitUntil(lambda: train.process is None, timeout=WAIT_MS)
+    _assert_idle_ui(train.controls)
+    assert "cancelled" in train.controls.status.text()
+
+
+def test_train_failure_is_reported(make_napari_viewer, qtbot, monkeypatch):
+    viewer = make_napari_viewer()
+    train = _widget(viewer, "TrainWidget")
+    monkeypatch.setattr(train, "command", lambda: [sys.executable, "-c",
+                                                   "print('bad config'); raise SystemExit(3)"])
+    train.start()
+    qtbot.waitUntil(lambda: train.process is None, timeout=WAIT_MS)
+    assert "exit 3" in train.controls.status.text() and "bad config" in train.log.toPlainText()
+    _assert_idle_ui(train.controls)
+
+
+def test_parse_progress():
+    from napari_ldae.gui.train_widget import parse_progress
+
+    assert parse_progress("Epoch 3:  45%|####5     | 45/100 [00:10<00:12]") == (0.45, "epoch 3")
+    assert parse_progress("step 20/80 loss 0.1") == (0.25, None)
+    assert parse_progress("Epoch 2/10") == (None, "epoch 2/10")
+    assert parse_progress("hello") == (None, None)
