@@ -30,7 +30,6 @@ screenshots: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check napari_ldae tests benchmarks
-	$(BIN)/ruff format --check napari_ldae tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -85,12 +85,21 @@ def _add_make_cohort(sub: argparse._SubParsersAction) -> None:
 
         from napari_ldae.data.synthetic import make_cohort
 
-        with tqdm(total=a.subjects, unit="subject", desc="make-cohort") as bar:
+        bars: list[tqdm] = []  # opened at the first report, once the arguments are checked
+
+        def progress(done: int, total: int) -> None:
+            if not bars:
+                bars.append(tqdm(total=total, unit="subject", desc="make-cohort"))
+            bars[0].update(done - bars[0].n)
+
+        try:
             path = make_cohort(
                 a.out, a.subjects, a.seed, spacing=a.spacing, visits=tuple(a.visits),
-                mci=a.mci, overwrite=a.overwrite, workers=a.workers,
-                progress=lambda done, total: bar.update(done - bar.n),
+                mci=a.mci, overwrite=a.overwrite, workers=a.workers, progress=progress,
             )
+        finally:
+            for bar in bars:
+                bar.close()
         print(f"wrote synthetic cohort {path}")
 
     p.set_defaults(func=run)
@@ -133,7 +142,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         if bundle is not None:
             print(f"bundle: {bundle}")
 
+    p.__class__ = _TrainParser  # KEY=VALUE overrides may also follow the options
     p.set_defaults(func=run)
+
+
+class _TrainParser(argparse.ArgumentParser):
+    """Collects ``KEY=VALUE`` words left over after the options as config overrides
+    (argparse alone only takes positionals that come before the options)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        late = [e for e in extras if "=" in e and not e.startswith("-")]
+        ns.overrides = [*(ns.overrides or []), *late]
+        return ns, [e for e in extras if e not in late]
 
 
 # ------------------------------------------------------------------ model commands (Session)
@@ -539,6 +560,164 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="open napari with the demo bundle, a synthetic subject and the LDAE widgets "
+        "(without a display: save screenshots instead)",
+    )
+    p.add_argument("--bundle", help="model bundle (default: $NAPARI_LDAE_BUNDLE, else the "
+                   "demo bundle in resources/demo)")
+    p.add_argument("--device", help="cpu, cuda:0, mps (default: the first that works)")
+    p.add_argument("--screenshot", metavar="DIR", help="drive the demo headless, save PNGs "
+                   "(2D edit with its difference map, 3D view, interpolation sweep) and exit")
+
+    def run(a: argparse.Namespace) -> None:
+        import os
+
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            _rerun_under_xvfb(a)
+            return
+        from napari_ldae.gui.demo import run_demo
+
+        for path in run_demo(a.bundle, a.screenshot, a.device):
+            print(f"wrote {path}")
+
+    p.set_defaults(func=run)
+
+
+def _rerun_under_xvfb(a: argparse.Namespace) -> None:
+    """No display: run the screenshot demo again under ``xvfb-run -a`` (or say how)."""
+    import shutil
+    import subprocess
+
+    out = a.screenshot or "ldae-demo-screenshots"
+    xvfb = shutil.which("xvfb-run")
+    if xvfb is None:
+        raise LDAEError("no display (DISPLAY and WAYLAND_DISPLAY are unset) and no xvfb-run: "
+                        "install it (apt-get install xvfb xauth) or run on a desktop; then "
+                        f"`xvfb-run -a napari-ldae demo --screenshot {out}`")
+    argv = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m",
+            "napari_ldae.cli", "demo", "--screenshot", out]
+    for flag, value in (("--bundle", a.bundle), ("--device", a.device)):
+        if value:
+            argv += [flag, value]
+    print(f"no display: running the demo under xvfb-run; screenshots go to {out}",
+          file=sys.stderr)
+    code = subprocess.call(argv)
+    if code:
+        raise SystemExit(code)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from napari_ldae.evaluate import SECTIONS
+
+    p = sub.add_parser(
+        "evaluate", help="reproduce the paper's evaluations on a cohort (JSON/Markdown report)",
+        description="Reconstruction at several DDIM step counts against the autoencoder "
+        "ceiling, semantic-only decoding, linear probes (AD vs CN, age), interpolation of visit "
+        "triplets against a copy-the-nearest-visit baseline and, when the cohort has "
+        "ventricle_ml, ventricle volume under edits toward AD. See "
+        "docs/reproducing-the-paper.md.",
+    )
+    p.add_argument("--bundle", required=True, metavar="B", help="model bundle (folder or .ldae)")
+    p.add_argument("--cohort", required=True, metavar="DIR",
+                   help="BIDS-like cohort folder or CSV (with months, diagnosis, age)")
+    p.add_argument("--out", required=True, metavar="REPORT.json", help="JSON report to write")
+    p.add_argument("--markdown", metavar="REPORT.md", help="also write the report as Markdown")
+    p.add_argument("--steps", type=_positive_int, nargs="+", default=[10, 20, 50, 100],
+                   metavar="T", help="DDIM steps of the reconstruction table (default 10 20 50 "
+                   "100)")
+    p.add_argument("--task-steps", type=_positive_int, metavar="T",
+                   help="DDIM steps of semantic-only decoding, interpolation and edits "
+                   "(default: the largest --steps)")
+    p.add_argument("--split", choices=("test", "all"), default="test",
+                   help="test: the held-out subjects of the subject-grouped split (as the "
+                   "trainer's, same seed and fractions); all: every subject (probes by "
+                   "subject-grouped cross-validation). Default test")
+    p.add_argument("--seed", type=int, default=0, help="split and random x_T seed (default 0)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="default 0.1")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="default 0.1")
+    p.add_argument("--max-subjects", type=_positive_int, metavar="N",
+                   help="at most N subjects per split, diagnoses kept balanced")
+    p.add_argument("--strengths", type=float, nargs="+", default=[0.0, 1.0, 2.0, 3.0],
+                   metavar="S", help="edit strengths toward AD (default 0 1 2 3)")
+    p.add_argument("--direction", help="direction to edit along (default: the one meaning "
+                   "'toward AD')")
+    p.add_argument("--lpips-weights", metavar="FILE", help="local LPIPS-SqueezeNet weights "
+                   "(state dict of lpips.LPIPS(net='squeeze')); LPIPS is skipped without them")
+    p.add_argument("--probe-steps", type=_positive_int, metavar="N",
+                   help="optimizer steps of each linear probe (default: the trainer's, 2000)")
+    p.add_argument("--skip", nargs="+", choices=SECTIONS, default=[], metavar="SECTION",
+                   help=f"sections to leave out: {', '.join(SECTIONS)}")
+    p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1 or mps (default: the "
+                   "first available)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="network precision; bf16/fp16 on CUDA only (default fp32)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing reports")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    def run(a: argparse.Namespace) -> None:
+        from napari_ldae.evaluate.report import (
+            EvaluateOptions,
+            iter_evaluate,
+            write_json,
+            write_markdown,
+        )
+
+        outs = [Path(x).expanduser() for x in (a.out, a.markdown) if x]
+        for out in outs if not a.overwrite else ():
+            if out.exists():
+                raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        options = EvaluateOptions(
+            steps=tuple(a.steps), task_steps=a.task_steps, split=a.split, seed=a.seed,
+            val_fraction=a.val_fraction, test_fraction=a.test_fraction,
+            max_subjects=a.max_subjects, strengths=tuple(a.strengths), direction=a.direction,
+            lpips_weights=a.lpips_weights, probe_steps=a.probe_steps, skip=tuple(a.skip),
+            device=a.device,
+            precision=a.precision, command=_evaluate_command(a))
+        report = _evaluate_progress(iter_evaluate(a.bundle, a.cohort, options), a.quiet)
+        _say(a, write_json(report, a.out))
+        if a.markdown:
+            _say(a, write_markdown(report, a.markdown))
+
+    p.set_defaults(func=run)
+
+
+def _evaluate_command(a: argparse.Namespace) -> str:
+    """The command line that reproduces this evaluation (every option spelled out)."""
+    import shlex
+
+    words = ["napari-ldae", "evaluate"]
+    for name in ("bundle", "cohort", "out", "markdown", "steps", "task_steps", "split", "seed",
+                 "val_fraction", "test_fraction", "max_subjects", "strengths", "direction",
+                 "lpips_weights", "probe_steps", "skip", "device", "precision"):
+        value = getattr(a, name)
+        if value is None or value == []:
+            continue
+        values = value if isinstance(value, list) else [value]
+        words += [f"--{name.replace('_', '-')}", *map(str, values)]
+    return shlex.join(words)
+
+
+def _evaluate_progress(gen: ProgressGen[T], quiet: bool) -> T:
+    """Drain a generator whose tasks change: one tqdm bar, reset at each new task."""
+    from tqdm import tqdm
+
+    from napari_ldae.core.progress import drain
+
+    if quiet:
+        return drain(gen)
+    with tqdm(unit="step", dynamic_ncols=True, leave=False) as bar:
+        def update(p) -> None:
+            if p.message != bar.desc or p.total != bar.total:
+                bar.reset(total=p.total)
+                bar.set_description_str(p.message)
+            bar.update(p.step - bar.n)
+
+        return drain(gen, update)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-ldae",
@@ -556,6 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_reconstruct,
         _add_manipulate,
         _add_interpolate,
+        _add_demo,
+        _add_evaluate,
     ):
         add(sub)
     return parser

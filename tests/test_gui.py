@@ -22,6 +22,8 @@ from napari_ldae.gui import _jobs
 from napari_ldae.gui._state import get_state
 from napari_ldae.session import OOM_HINT, Session
 
+pytestmark = pytest.mark.filterwarnings("ignore:System theme detection")
+
 WIDGETS = {"LDAE model": "ModelWidget", "LDAE encode": "EncodeWidget",
            "LDAE manipulate": "ManipulateWidget", "LDAE interpolate": "InterpolateWidget",
            "LDAE export": "ExportWidget", "LDAE train": "TrainWidget"}
@@ -171,7 +173,7 @@ def test_encode_then_slider_updates_one_layer_in_place(viewer, scan_file, qtbot)
     n_layers, before = len(viewer.layers), edit.data.copy()
     assert "full (1 steps)" in manip.quality.text()
     manip.slider.setValue(-3.0)
-    qtbot.waitUntil(lambda: "-3.00" in manip.quality.text() and not manip.controls.busy,
+    qtbot.waitUntil(lambda: manip.quality.text() == "full (1 steps) · strength -3.00",
                     timeout=WAIT_MS)
     assert len(viewer.layers) == n_layers
     assert viewer.layers[f"{source.name} [edit]"] is edit and not np.allclose(edit.data, before)
@@ -314,17 +316,26 @@ def test_export_overlays_the_source_file_and_never_overwrites_silently(
     side = path.with_name(path.name.replace(".nii.gz", ".json")).read_text()
     assert '"strength": 1.5' in side and "bundle_sha256" in side
 
-    before = [p.stat().st_mtime_ns for p in exp.written]
+    first = list(exp.written)
+    before = [p.stat().st_mtime_ns for p in first]
     asked = []
     exp.confirm_overwrite = lambda paths: asked.append(paths) or False
     exp.select(names)
     exp.controls.button.click()
     assert asked and "skipped 2" in exp.controls.status.text()
-    assert [p.stat().st_mtime_ns for p in exp.written] == before
+    assert exp.written == [] and [p.stat().st_mtime_ns for p in first] == before
     exp.confirm_overwrite = lambda paths: True
     exp.select(names)
     exp.controls.button.click()
     assert "wrote 2" in exp.controls.status.text()
+
+    manip.sweep_frames.setValue(2)  # a sweep becomes one 4D file, volumes last
+    manip.sweep()
+    exp.select([f"{source.name} [sweep AD]"])
+    exp.controls.button.click()
+    [sweep] = exp.written
+    assert nib.load(sweep).shape == (*ref.shape, 2)
+    np.testing.assert_allclose(nib.load(sweep).affine, ref.affine)
 
 
 # ----------------------------------------------------------------------------- train

@@ -113,7 +113,7 @@ def test_sample_is_seeded(model, codes):
 
 
 def test_unknown_direction_names_the_known_ones(model, codes):
-    with pytest.raises(KeyError, match="AD"):
+    with pytest.raises(KeyError, match=r"AD \(toward AD\)"):
         model.manipulate(codes, "nope", 1.0, STEPS)
 
 

@@ -35,7 +35,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     calls: list[tuple[int, int]] = []
     S.make_cohort(out, subjects=6, seed=7, spacing=SPACING, visits=(3, 4),
                   progress=lambda done, total: calls.append((done, total)))
-    assert calls[-1] == (6, 6) and len(calls) == 6
+    assert calls == [(i, 6) for i in range(7)]
     return out
 
 
@@ -93,7 +93,18 @@ def test_atrophy_model_monotone_and_faster_under_ad() -> None:
     assert (ad[2] - ad[0]) > 3 * (cn[2] - cn[0])  # AD several times faster per year
 
 
+def test_visit_months_are_adni_like() -> None:
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 6, S.MAX_VISITS):
+        for _ in range(50):
+            months = S.visit_months(rng, n)
+            assert len(months) == n and months[0] == 0 and months == sorted(set(months))
+            assert all(m == 6 or m % 12 == 0 for m in months)
+
+
 def test_truth_masks_are_plausible() -> None:
+    mask, affine = S.ventricle_mask_mni()
+    assert 12 < mask.sum() * abs(np.linalg.det(affine[:3, :3])) / 1000 < 16
     ml = S.template_grid(SPACING).voxel_ml
     assert 10 < S.ventricle_mask_template(SPACING).sum() * ml < 20  # ICBM152 lateral ventricles
     assert 4 < S.hippocampus_mask_template(SPACING).sum() * ml < 8  # both hippocampal regions

@@ -19,6 +19,14 @@ from napari_ldae.core import diffusion
 from napari_ldae.core.autoencoder import LatentAutoencoder
 from napari_ldae.core.device import autocast
 from napari_ldae.core.progress import Progress, ProgressGen, drain
+from napari_ldae.errors import LDAEError
+
+
+class UnknownDirectionError(LDAEError, KeyError):
+    """A direction name the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 @dataclass
@@ -209,8 +217,9 @@ class LDAEModel:
     def _direction_vector(self, direction: str | Direction | torch.Tensor) -> torch.Tensor:
         if isinstance(direction, str):
             if direction not in self.directions:
-                known = ", ".join(self.directions) or "none"
-                raise KeyError(f"unknown direction {direction!r}; this model has: {known}")
+                known = ", ".join(f"{k} ({d.meaning})" for k, d in self.directions.items())
+                raise UnknownDirectionError(
+                    f"unknown direction {direction!r}; this model has: {known or 'none'}")
             direction = self.directions[direction]
         vector = direction.vector if isinstance(direction, Direction) else direction
         vector = vector.reshape(-1).float().to(self.device)

@@ -65,8 +65,8 @@ _SEPTUM_MM = 4.0  # half-width of the midline band where ventricles do not expan
 _WARP_SCALE_MM = 1.2  # DCT coefficient scale of the subject warp (mean ≈ 2.5 mm, max ≈ 5 mm)
 MAX_ATROPHY = 20.0  # severity cap (ventricles ≈ 80 ml)
 
-#: Months of ADNI-like visits after baseline.
-VISIT_SCHEDULE = (6, 12, 24, 36, 48, 60, 72, 84, 96, 108, 120)
+#: Most visits per subject (baseline + 11 follow-ups ≈ 10 years).
+MAX_VISITS = 12
 #: NIfTI files store int16 with this fixed slope (intensity = stored · slope).
 INTENSITY_SLOPE = 1.0 / 10000.0
 
@@ -300,6 +300,16 @@ def ventricle_mask_template(spacing: float = 3.0) -> np.ndarray:
     return _mask_on_output_grid(spacing, 0)
 
 
+def ventricle_mask_mni() -> tuple[np.ndarray, np.ndarray]:
+    """The ground-truth ventricle definition at 1 mm: a binary float32 mask and its MNI affine.
+
+    Blur it to a target voxel size and resample it onto any MNI-aligned grid to locate the
+    lateral ventricles of a scan that has no ground truth.
+    """
+    maps, affine = _load_icbm()
+    return _ventricle_mask(maps, affine).astype(np.float32), affine
+
+
 def hippocampus_mask_template(spacing: float = 3.0) -> np.ndarray:
     """The ground-truth hippocampal-region mask (fractional, float32) on the output grid."""
     return _mask_on_output_grid(spacing, 1)
@@ -332,7 +342,7 @@ def atrophy(
 
 def visit_months(rng: np.random.Generator, n_visits: int) -> list[int]:
     """ADNI-like visit months: 0, then 6 (often skipped), 12, 24, 36, …, an occasional gap."""
-    schedule = list(VISIT_SCHEDULE)
+    schedule = [6, *range(12, 12 * (n_visits + 2), 12)]
     if rng.random() < 0.35:
         schedule.remove(6)
     if n_visits > 2 and rng.random() < 0.2:
@@ -448,7 +458,9 @@ def _support(tpl: _Template, q: np.ndarray, channel: int) -> tuple[np.ndarray, .
     return np.nonzero(ndi.binary_dilation(near, iterations=2))
 
 
-def _structure_ml(tpl: _Template, q: np.ndarray, channel: int, idx: tuple[np.ndarray, ...]) -> float:
+def _structure_ml(
+    tpl: _Template, q: np.ndarray, channel: int, idx: tuple[np.ndarray, ...],
+) -> float:
     """Volume (ml) of a truth mask pulled back through the warp ``q`` (mm, on the output grid).
 
     Each voxel of ``idx`` (the structure's support) is sampled at 2×2×2 sub-voxel points (the
@@ -484,8 +496,8 @@ def make_subject(
     diagnosis = diagnosis.upper() if diagnosis else None
     if diagnosis is not None and diagnosis not in DIAGNOSES:
         raise LDAEError(f"diagnosis must be one of {', '.join(DIAGNOSES)}, got {diagnosis!r}")
-    if not 1 <= n_visits <= len(VISIT_SCHEDULE) + 1:
-        raise LDAEError(f"n_visits must be 1–{len(VISIT_SCHEDULE) + 1}, got {n_visits}")
+    if not 1 <= n_visits <= MAX_VISITS:
+        raise LDAEError(f"n_visits must be 1–{MAX_VISITS}, got {n_visits}")
     tpl = _template(float(spacing))
     rng = np.random.default_rng(seed)
     dx = diagnosis or ("CN", "AD")[int(rng.integers(2))]
@@ -665,13 +677,13 @@ def make_cohort(
     (session_id, months, age, ventricle_ml, hippocampus_ml, atrophy), ``participants.tsv``
     (participant_id, diagnosis, age, sex, seed) and ``dataset_description.json``. The same
     arguments give byte-identical files whatever ``workers``. ``progress(done, total)`` is called
-    after each subject.
+    once the arguments are checked (``done`` = 0) and after each subject.
     """
     if subjects < 1:
         raise LDAEError(f"subjects must be at least 1, got {subjects}")
     lo, hi = visits
-    if not 1 <= lo <= hi <= len(VISIT_SCHEDULE) + 1:
-        raise LDAEError(f"visits must satisfy 1 <= MIN <= MAX <= {len(VISIT_SCHEDULE) + 1}")
+    if not 1 <= lo <= hi <= MAX_VISITS:
+        raise LDAEError(f"visits must satisfy 1 <= MIN <= MAX <= {MAX_VISITS}, got {lo} {hi}")
     out = Path(out)
     template_grid(spacing)  # validates spacing before anything is written
     _prepare_out(out, overwrite)
@@ -679,6 +691,8 @@ def make_cohort(
     tpl = _template(float(spacing))  # built once here, inherited by forked workers
     if workers > 1:
         _flow_entry(tpl, int(MAX_ATROPHY) + 1)
+    if progress is not None:
+        progress(0, subjects)
     rows = []
     with _fork_pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
         results = pool.map(_run_job, jobs) if pool else map(_run_job, jobs)
@@ -704,5 +718,6 @@ __all__ = [
     "make_cohort",
     "make_subject",
     "template_grid",
+    "ventricle_mask_mni",
     "ventricle_mask_template",
 ]

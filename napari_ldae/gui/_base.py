@@ -38,11 +38,11 @@ class LDAEWidget(QWidget):
         job: Job
 
         def error(message: str, _err: BaseException) -> None:
-            if controls.job in (job, None):  # a newer request speaks for itself
+            if controls.job is job:  # a newer request speaks for itself
                 controls.say(f"{desc} failed: {message}", error=True)
 
         def cancelled() -> None:
-            if controls.job in (job, None):
+            if controls.job is job:
                 controls.say(f"{desc}: cancelled")
             if on_cancel is not None:
                 on_cancel()

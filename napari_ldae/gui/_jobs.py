@@ -28,6 +28,14 @@ def sync_mode() -> bool:
     return os.environ.get(SYNC_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+class JobError(Exception):
+    """Carries an error of a job's generator out of the worker thread (not a RuntimeError)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _JobProgress(cancelable_progress):
     """A napari progress bar whose Cancel (activity dock) cancels the job at once."""
 
@@ -88,7 +96,13 @@ class Job:
             self.worker.quit()
 
     def _run(self) -> Generator[Progress, None, Any]:
-        return (yield from self._gen_func())
+        try:
+            return (yield from self._gen_func())
+        except Exception as err:
+            # superqt's GeneratorWorker swallows every RuntimeError raised by the generator
+            # (torch.OutOfMemoryError included) as "RuntimeError in aborted thread", emitting
+            # no `errored`: wrap errors so that they always reach the GUI.
+            raise JobError(err) from err
 
     def _run_sync(self) -> None:
         gen = self._gen_func()
@@ -130,6 +144,8 @@ class Job:
         self._on_result(value)
 
     def _errored(self, err: BaseException) -> None:
+        if isinstance(err, JobError):
+            err = err.error
         self._close_bar()
         if _is_oom(err):
             _free_gpu()

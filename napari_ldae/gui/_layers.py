@@ -111,13 +111,51 @@ class ResultGeometry:
 
 
 # ----------------------------------------------------------------------------- showing
-def diff_colormap():
-    """bwr with a transparent centre: only changes are drawn over the gray scan."""
+def diff_colormap(ndisplay: int = 2):
+    """bwr with a transparent centre: only changes are drawn over the gray scan.
+
+    In 3D, where translucent rendering accumulates along each ray, changes below a third of
+    the largest one are fully transparent so that the main changes stand out.
+    """
     from napari.utils.colormaps import Colormap
 
     blue, red = (0.1, 0.35, 1.0), (1.0, 0.15, 0.1)
+    if ndisplay == 3:
+        colors = [(*blue, 1.0), (*blue, 0.0), (1, 1, 1, 0.0), (*red, 0.0), (*red, 1.0)]
+        return Colormap(colors, controls=[0.0, 0.33, 0.5, 0.67, 1.0],
+                        name=DIFF_COLORMAP_NAME + " 3D")
     colors = [(*blue, 1.0), (*blue, 0.55), (1, 1, 1, 0.0), (*red, 0.55), (*red, 1.0)]
     return Colormap(colors, controls=[0.0, 0.3, 0.5, 0.7, 1.0], name=DIFF_COLORMAP_NAME)
+
+
+def _restyle_differences(viewer) -> None:
+    """Swap the difference layers' colormaps when the view switches between 2D and 3D."""
+    cmap = diff_colormap(viewer.dims.ndisplay)
+    for layer in viewer.layers:
+        if layer.metadata.get(RESULT_KEY, {}).get("kind") == "difference":
+            layer.colormap = cmap
+
+
+def _hook_ndisplay(viewer) -> None:
+    import weakref
+
+    from napari_ldae.gui._state import get_state
+
+    viewer = getattr(viewer, "__wrapped__", viewer)  # plugins get a proxy of the viewer
+    state = get_state(viewer)
+    if not state.ndisplay_hooked:
+        ref = weakref.ref(viewer)
+        viewer.dims.events.ndisplay.connect(
+            lambda _e: ref() is not None and _restyle_differences(ref()))
+        state.ndisplay_hooked = True
+
+
+def label_sweep_axis(viewer, label: str = "sweep frame") -> None:
+    """Name the leading dims axis of 4D sweeps so that its slider says what it scrubs."""
+    if viewer.dims.ndim == 4:
+        labels = list(viewer.dims.axis_labels)
+        labels[0] = label
+        viewer.dims.axis_labels = labels
 
 
 def symmetric_limits(diff: np.ndarray) -> tuple[float, float]:
@@ -137,7 +175,9 @@ def show_image(viewer: napari.Viewer, name: str, data: np.ndarray, geometry: Res
 def show_difference(viewer: napari.Viewer, name: str, diff: np.ndarray,
                     geometry: ResultGeometry, metadata: dict, **extra) -> Any:
     """Add or update a signed difference layer (diverging, symmetric, translucent)."""
-    kwargs = {"contrast_limits": symmetric_limits(diff), "colormap": diff_colormap(),
+    _hook_ndisplay(viewer)
+    kwargs = {"contrast_limits": symmetric_limits(diff),
+              "colormap": diff_colormap(viewer.dims.ndisplay),
               "blending": "translucent", "rendering": "translucent", "metadata": metadata,
               **extra}
     return _upsert(viewer, name, diff, geometry, kwargs)

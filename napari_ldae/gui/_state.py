@@ -31,6 +31,7 @@ class LDAEState:
         self.session: Session | None = None
         self.steps: dict[str, int] = {"encode": 50, "decode": 50, "preview": 10}
         self.cache_dir: Path | None = None
+        self.ndisplay_hooked = False  # difference layers restyled on 2D/3D switches
 
     def set_session(self, session: Session | None) -> None:
         self.session = session

@@ -21,6 +21,7 @@ from napari_ldae.gui._controls import LayerCombo, RunControls
 from napari_ldae.gui._layers import (
     ResultGeometry,
     is_source_layer,
+    label_sweep_axis,
     scan_from_layer,
     show_difference,
     show_image,
@@ -159,6 +160,9 @@ class InterpolateWidget(LDAEWidget):
                 show_difference(self.viewer, f"{name} Δ to {visit.name}", diff, geometry,
                                 geometry.result_metadata("difference", prov, la.name),
                                 visible=visit is la)
+            if len(months) > 1:
+                label_sweep_axis(self.viewer)
+                self.viewer.dims.set_current_step(0, len(months) // 2)
             when = ", ".join(f"{m:g}" for m in months)
             controls.say(f"{tag}: months {when} (α {', '.join(f'{a:.2f}' for a in alphas)})"
                          + (" on the first dims slider" if len(months) > 1 else ""))

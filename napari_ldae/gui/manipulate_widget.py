@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QHBoxLayout,
+    QFormLayout,
     QLabel,
     QPushButton,
     QSpinBox,
@@ -29,6 +29,7 @@ from napari_ldae.gui._controls import LayerCombo, RunControls
 from napari_ldae.gui._layers import (
     ResultGeometry,
     is_source_layer,
+    label_sweep_axis,
     scan_from_layer,
     show_difference,
     show_image,
@@ -77,23 +78,20 @@ class ManipulateWidget(LDAEWidget):
         self._fill_directions(self.state.session)
 
     def _build_sweep(self) -> None:
-        row = QHBoxLayout()
+        form = QFormLayout()
+        self.outer.addLayout(form)
         self.sweep_from, self.sweep_to = QDoubleSpinBox(), QDoubleSpinBox()
-        for box, value in ((self.sweep_from, -3.0), (self.sweep_to, 3.0)):
+        for box, value, label in ((self.sweep_from, -3.0, "sweep from"),
+                                  (self.sweep_to, 3.0, "sweep to")):
             box.setRange(-20.0, 20.0)
+            box.setDecimals(1)
             box.setSingleStep(0.5)
             box.setValue(value)
-            row.addWidget(box)
-        self.sweep_frames = QSpinBox()
+            form_row(form, label, box, "strengths rendered into one 4D layer, scrubbed with "
+                     "napari's own dims slider")
+        self.sweep_frames = form_row(form, "frames", QSpinBox())
         self.sweep_frames.setRange(2, 101)
         self.sweep_frames.setValue(7)
-        row.addWidget(QLabel("frames"))
-        row.addWidget(self.sweep_frames)
-        holder = QWidget()
-        row.setContentsMargins(0, 0, 0, 0)
-        holder.setLayout(row)
-        form_row(self.form, "sweep", holder, "strengths from, to, number of frames: rendered "
-                 "into one 4D layer scrubbed with napari's own slider")
         self.sweep_controls = self.add_controls(RunControls("Sweep", self.sweep))
 
     # ------------------------------------------------------------------------- inputs
@@ -243,6 +241,7 @@ class ManipulateWidget(LDAEWidget):
                 show_difference(self.viewer, f"{layer.name} [Δ sweep {direction}]", diff,
                                 geometry, geometry.result_metadata("difference", prov,
                                                                    layer.name))
+            label_sweep_axis(self.viewer)
             self.viewer.dims.set_current_step(0, len(strengths) // 2)
             listed = ", ".join(f"{s:+g}" for s in strengths)
             self.sweep_controls.say(f"sweep of {len(strengths)} frames along {direction}, "

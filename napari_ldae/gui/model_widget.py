@@ -104,6 +104,12 @@ class ModelWidget(LDAEWidget):
 
     def _show_session(self, session) -> None:
         self.unload_button.setEnabled(session is not None)
+        if session is not None:
+            self.bundle_edit.setText(str(session.bundle.path))
+            self.cache_edit.setText(str(session.cache_dir))
+            if self.device.findText(session.device) >= 0:
+                self.device.setCurrentText(session.device)
+            self.precision.setCurrentText(session.precision)
         self.facts.setText(_facts_html(session.info()) if session else "no model loaded")
 
     def _show_steps(self, steps: dict) -> None:
@@ -147,7 +153,7 @@ def _default_cache_text() -> str:
 
 
 def _facts_html(info: dict) -> str:
-    params = info["parameters"]
+    params = info["parameters"] or 0
     dirs = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v.get('meaning', k))}</li>"
                    for k, v in info["directions"].items()) or "<li>none</li>"
     shape = "×".join(map(str, info["input_shape"]))

@@ -2,10 +2,10 @@
 
 Loss of the generator: L1 + ``kl_weight``·KL + ``adversarial_weight``·LSGAN patch loss (after
 ``adversarial_warmup_steps``) + ``perceptual_weight``·LPIPS when local weights are given. The
-patch discriminator has its own Adam; both step once per optimizer step (manual optimisation,
-with gradient accumulation and clipping done here). ``trainer.global_step`` counts generator
-steps. Validation: 3D SSIM of the mean-latent reconstruction; the best checkpoint by it becomes
-``OUT/autoencoder/autoencoder.safetensors``.
+patch discriminator (LSGAN, weighted by ``adversarial_weight`` too) has its own Adam; both step
+once per optimizer step (manual optimisation, with gradient accumulation and clipping done
+here). ``trainer.global_step`` counts generator steps. Validation: 3D SSIM of the mean-latent
+reconstruction; the best checkpoint by it becomes ``OUT/autoencoder/autoencoder.safetensors``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,14 @@ WEIGHTS = "autoencoder.safetensors"
 
 
 class AutoencoderModule(pl.LightningModule):
-    """AutoencoderKL + PatchDiscriminator trained adversarially (manual optimisation)."""
+    """AutoencoderKL + PatchDiscriminator trained adversarially (manual optimisation).
+
+    One backward pass per batch serves both networks (DDP needs exactly one): the generator's
+    adversarial term sees the discriminator through detached weights, and the discriminator's
+    loss sees a detached reconstruction, so each network only gets its own loss's gradient.
+    The discriminator trains from the first step; the generator's adversarial term starts
+    after ``adversarial_warmup_steps``.
+    """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__()
@@ -44,21 +51,29 @@ class AutoencoderModule(pl.LightningModule):
         self.automatic_optimization = False
         self.hp = dict(config["autoencoder"])
         self.autoencoder = build_autoencoder(model_config(config)["autoencoder"])
-        self.discriminator = PatchDiscriminator(spatial_dims=3, in_channels=1, out_channels=1,
-                                                **self.hp["discriminator"])
+        self.discriminator = None
+        if self.hp["adversarial_weight"] > 0:
+            self.discriminator = PatchDiscriminator(
+                spatial_dims=3, in_channels=1, out_channels=1, **self.hp["discriminator"])
         self.adversarial = PatchAdversarialLoss(criterion="least_squares")
         self.perceptual = perceptual_loss(self.hp["perceptual_weights"])
         self.val_ssim, self.val_l1 = MeanMetric(), MeanMetric()
         self._micro = 0  # batches accumulated since the last optimizer step
 
     def configure_optimizers(self):
-        return [torch.optim.Adam(self.autoencoder.parameters(), lr=self.hp["lr"]),
-                torch.optim.Adam(self.discriminator.parameters(),
-                                 lr=self.hp["lr_discriminator"])]
+        opts = [torch.optim.Adam(self.autoencoder.parameters(), lr=self.hp["lr"])]
+        if self.discriminator is not None:
+            opts.append(torch.optim.Adam(self.discriminator.parameters(),
+                                         lr=self.hp["lr_discriminator"]))
+        return opts
 
-    def _adversarial_on(self) -> bool:
-        return self.hp["adversarial_weight"] > 0 and \
-            self.global_step >= self.hp["adversarial_warmup_steps"]
+    def _logits(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """Patch logits; ``frozen``: no gradient reaches the discriminator's weights."""
+        x = x.contiguous().float()
+        if not frozen:
+            return self.discriminator(x)[-1]
+        weights = {n: p.detach() for n, p in self.discriminator.named_parameters()}
+        return torch.func.functional_call(self.discriminator, weights, (x,))[-1]
 
     def generator_loss(self, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor,
                        sigma: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -69,44 +84,44 @@ class AutoencoderModule(pl.LightningModule):
         if self.perceptual is not None:
             parts["perceptual"] = self.perceptual(recon.float(), x.float())
             parts["loss"] = parts["loss"] + self.hp["perceptual_weight"] * parts["perceptual"]
-        if self._adversarial_on():
-            logits = self.discriminator(recon.contiguous().float())[-1]
-            parts["g_adv"] = self.adversarial(logits, target_is_real=True,
-                                              for_discriminator=False)
+        if self.discriminator is not None and \
+                self.global_step >= self.hp["adversarial_warmup_steps"]:
+            parts["g_adv"] = self.adversarial(self._logits(recon, frozen=True),
+                                              target_is_real=True, for_discriminator=False)
             parts["loss"] = parts["loss"] + self.hp["adversarial_weight"] * parts["g_adv"]
         return parts
 
     def discriminator_loss(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        fake = self.discriminator(recon.contiguous().float())[-1]
-        real = self.discriminator(x.contiguous().float())[-1]
-        d = 0.5 * (self.adversarial(fake, target_is_real=False, for_discriminator=True)
-                   + self.adversarial(real, target_is_real=True, for_discriminator=True))
-        return self.hp["adversarial_weight"] * d
+        fake = self.adversarial(self._logits(recon.detach()), target_is_real=False,
+                                for_discriminator=True)
+        real = self.adversarial(self._logits(x), target_is_real=True, for_discriminator=True)
+        return self.hp["adversarial_weight"] * 0.5 * (fake + real)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         x = batch["image"]
-        opt_g, opt_d = self.optimizers()
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
         k = self.hp["accumulate_grad_batches"]
-        adversarial = self._adversarial_on()
-        with self.toggled_optimizer(opt_g):  # D gets no gradient from the generator's loss
-            recon, mu, sigma = self.autoencoder(x)
-            parts = self.generator_loss(x, recon, mu, sigma)
-            self.manual_backward(parts["loss"] / k)
-        if adversarial:
-            with self.toggled_optimizer(opt_d):
-                parts["d"] = self.discriminator_loss(x, recon.detach())
-                self.manual_backward(parts["d"] / k)
+        recon, mu, sigma = self.autoencoder(x)
+        parts = self.generator_loss(x, recon, mu, sigma)
+        total = parts["loss"]
+        if self.discriminator is not None:
+            parts["d"] = self.discriminator_loss(x, recon)
+            total = total + parts["d"]
         self._micro += 1
-        if self._micro == k:
+        stepping = self._micro == k
+        with contextlib.nullcontext() if stepping else _no_sync(self.trainer.model):
+            self.manual_backward(total / k)
+        if stepping:
             self._micro = 0
-            opt_g.step()
-            opt_g.zero_grad(set_to_none=True)
-            if adversarial:
-                _step_uncounted(opt_d)
-            opt_d.zero_grad(set_to_none=True)
+            opts[0].step()  # the generator: advances trainer.global_step
+            for opt in opts[1:]:
+                _step_uncounted(opt)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
         self.log_dict({f"train/{n}": v.detach() for n, v in parts.items()},
-                      prog_bar=False, batch_size=x.shape[0])
-        self.log("loss", parts["l1"].detach(), prog_bar=True, logger=False)
+                      batch_size=x.shape[0])
+        self.log("l1", parts["l1"].detach(), prog_bar=True, logger=False)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Clip here: gradients are already unscaled under 16-bit mixed precision."""
@@ -140,6 +155,11 @@ def _step_uncounted(optimizer) -> None:
 
 def _nothing() -> None:
     return None
+
+
+def _no_sync(model: nn.Module):
+    """Skip DDP's gradient all-reduce for a micro-batch that does not step."""
+    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- perceptual

@@ -181,9 +181,7 @@ def make_trainer(config: Mapping[str, Any], stage: str, stage_dir: Path,
     _quiet_lightning()
     s, t = config[stage], config["trainer"]
     accelerator = resolve_accelerator(t["accelerator"])
-    distributed = int(t["devices"]) * int(t["num_nodes"]) > 1 or t["strategy"] == "ddp"
-    # EMA averages are buffers but identical on every rank: never broadcast them.
-    strategy = DDPStrategy(broadcast_buffers=False) if distributed else "auto"
+    strategy = DDPStrategy(**_no_buffer_sync()) if _distributed(t, accelerator) else "auto"
     ckpt = Checkpoints(stage_dir / "checkpoints", s["checkpoint_every_n_steps"], monitor)
     logs = stage_dir / "logs"
     accumulate = s["accumulate_grad_batches"]
@@ -197,13 +195,32 @@ def make_trainer(config: Mapping[str, Any], stage: str, stage_dir: Path,
         limit_val_batches=s["limit_val_batches"], num_sanity_val_steps=t["num_sanity_val_steps"],
         log_every_n_steps=s["log_every_n_steps"] or t["log_every_n_steps"],
         callbacks=[*callbacks, ckpt, StepSeed(config["seed"])],
+        # one TensorBoard run across resumes; one CSV file per invocation (it would be erased)
         logger=[TensorBoardLogger(logs, name="tensorboard", version=""),
-                CSVLogger(logs, name="csv", version="")],
+                CSVLogger(logs, name="csv")],
         enable_checkpointing=False, use_distributed_sampler=False,
         enable_progress_bar=t["progress_bar"], enable_model_summary=False,
         default_root_dir=stage_dir,
     )
     return trainer, ckpt
+
+
+def _distributed(t: Mapping[str, Any], accelerator: str) -> bool:
+    devices = t["devices"]
+    if devices == -1:
+        devices = torch.cuda.device_count() if accelerator == "gpu" else 1
+    return int(devices) * int(t["num_nodes"]) > 1 or t["strategy"] == "ddp"
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """EMA averages are buffers, identical on every rank: DDP need not sync them each step."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params \
+        else {"broadcast_buffers": False}
 
 
 def _quiet_lightning() -> None:
@@ -236,7 +253,10 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataM
     elif ckpt.last.is_file():
         raise TrainingError(f"{ckpt.dirpath.parent} already holds a run of this stage; pass "
                             "--resume to continue it, or choose another --out")
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        raise SystemExit(128 + 15) from None  # the shell's status for "killed by SIGTERM"
 
 
 def load_best(module: nn.Module, ckpt: Checkpoints) -> int:

@@ -165,8 +165,14 @@ def validate(config: Mapping[str, Any]) -> None:
                     "checkpoint_every_n_steps"):
             if not isinstance(s[key], int) or s[key] < 1:
                 raise TrainingError(f"{stage}.{key} must be a positive integer, got {s[key]!r}")
+    t = config["trainer"]
+    if not (t["devices"] == -1 or (isinstance(t["devices"], int) and t["devices"] >= 1)):
+        raise TrainingError("trainer.devices must be a positive integer or -1 (all GPUs)")
+    if not isinstance(t["num_nodes"], int) or t["num_nodes"] < 1:
+        raise TrainingError("trainer.num_nodes must be a positive integer")
     if config["trainer"]["strategy"] not in ("auto", "ddp"):
         raise TrainingError("trainer.strategy must be 'auto' or 'ddp'")
+    model_config(config)  # the architecture and the contract fit together
 
 
 def model_config(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -262,10 +262,20 @@ class CohortData(pl.LightningDataModule):
     def records(self) -> list[ScanRecord]:
         return [r for name in SPLITS for r in self.splits[name]]
 
+    def _index(self) -> Path:
+        """Where prepare_data leaves each split's cache keys for every rank's setup."""
+        ident = json.dumps([[str(r.path) for r in self.splits[s]] for s in SPLITS]
+                           + [self.contract.to_dict()])
+        return self.cache / "index" / f"{hashlib.sha256(ident.encode()).hexdigest()[:24]}.json"
+
     def prepare_data(self) -> None:
         """Once per node: preprocess the scans, then (if asked) encode them to latents."""
         keys = cache_volumes(self.records(), self.contract, self.cache,
                              self.config["data"]["num_workers"])
+        sizes = [len(self.splits[s]) for s in SPLITS]
+        bounds = np.cumsum([0, *sizes])
+        index = {s: keys[bounds[i]:bounds[i + 1]] for i, s in enumerate(SPLITS)}
+        atomic_write(self._index(), json.dumps(index).encode())
         if self.latents:
             cache_latents(keys, self.cache, self.autoencoder_path, self.model["autoencoder"],
                           self.trainer.strategy.root_device if self.trainer else "cpu",
@@ -274,8 +284,10 @@ class CohortData(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        index = self._index()
         for name in SPLITS:
-            keys = volume_keys(self.splits[name].records, self.contract, self.cache)
+            keys = json.loads(index.read_text())[name] if index.is_file() else \
+                volume_keys(self.splits[name].records, self.contract, self.cache)
             z = self._latents(keys) if self.latents else None
             self.datasets[name] = CachedScans(self.cache, keys, z, self.images)
         if self.latents:
@@ -305,7 +317,11 @@ class CohortData(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        ds = self.datasets["val"] if len(self.datasets["val"]) else self.datasets["train"]
+        ds = self.datasets["val"]
+        if not len(ds):
+            print(f"note: {self.stage}: the validation split is empty; validating on the "
+                  "training split")
+            ds = self.datasets["train"]
         return self._loader(ds, ShardSampler(len(ds), rank, world),
                             self.config[self.stage]["batch_size"])
 

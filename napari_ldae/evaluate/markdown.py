@@ -1,0 +1,167 @@
+"""The evaluation report as Markdown tables, with the paper's numbers beside ours."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_DASH = "—"
+
+
+def render(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
+    """The whole report as Markdown (``paper``: dotted key → the paper's number)."""
+    parts = [
+        _header(report),
+        _reconstruction(report, paper),
+        _probes(report, paper),
+        _interpolation(report, paper),
+        _manipulation(report),
+        _notes(report),
+    ]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _get(report: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = report
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return _DASH
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:.3e}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _header(report: Mapping[str, Any]) -> str:
+    meta = report.get("meta", {})
+    bundle, cohort, ev = meta.get("bundle", {}), meta.get("cohort", {}), meta.get("evaluated", {})
+    sha = (bundle.get("sha256") or "")[:12]
+    lines = [
+        "# LDAE evaluation report",
+        "",
+        f"- bundle: `{bundle.get('path')}` ({bundle.get('name')}, sha256 {sha}…, trained: "
+        f"{_fmt(bundle.get('trained'))})",
+        f"- cohort: `{cohort.get('path')}` ({cohort.get('n_subjects')} subjects, "
+        f"{cohort.get('n_scans')} scans); evaluated: split `{ev.get('split')}`, "
+        f"{ev.get('n_subjects')} subjects, {ev.get('n_scans')} scans",
+        f"- device {meta.get('device')}, {meta.get('precision')}; napari-ldae "
+        f"{meta.get('napari_ldae_version')}; {meta.get('started')}; "
+        f"{_fmt(meta.get('seconds'), 3)} s",
+        f"- command: `{meta.get('command') or 'napari_ldae.evaluate.report.evaluate'}`",
+        "",
+        "All image metrics are computed in model space (the bundle's preprocessing contract, "
+        f"intensities in [0, 1]); SSIM is 3D, data range 1, window "
+        f"{_get(meta, 'ssim.kernel_size')} (the reference code's).",
+    ]
+    return "\n".join(lines)
+
+
+def _reconstruction(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
+    rec = report.get("reconstruction", {})
+    rows = [["autoencoder (ceiling)", _DASH, _get(report, "autoencoder.ssim"),
+             _get(report, "autoencoder.mse"), _get(report, "autoencoder.lpips"), _DASH,
+             paper.get("autoencoder.ssim")]]
+    for T in rec.get("steps", []) or []:
+        key = f"T{T}"
+        lpips = _get(rec, f"lpips.{key}") if isinstance(rec.get("lpips"), Mapping) else None
+        rows.append(["LDAE, inverted x_T", T, _get(rec, f"ssim.{key}"), _get(rec, f"mse.{key}"),
+                     lpips,
+                     _get(rec, f"seconds_per_scan.{key}"),
+                     paper.get(f"reconstruction.ssim.{key}")])
+    sem = report.get("semantic_only", {})
+    rows.append(["semantic only, random x_T", sem.get("steps"), sem.get("ssim"), sem.get("mse"),
+                 None, _DASH, paper.get("semantic_only.ssim")])
+    return "## Reconstruction\n\n" + _table(
+        ["decoding", "T", "SSIM", "MSE", "LPIPS", "s/scan", "paper SSIM"], rows)
+
+
+def _probes(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
+    probe = report.get("probe", {})
+    rows = [[f"AD vs CN {m}", _get(probe, f"ad_vs_cn.{m}"), paper.get(f"probe.ad_vs_cn.{m}")]
+            for m in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc")]
+    rows += [[f"age {m} (years)", _get(probe, f"age.{m}"), paper.get(f"probe.age.{m}")]
+             for m in ("mae", "rmse")]
+    text = ["## Linear probes on standardised y", "", f"Protocol: {probe.get('protocol', _DASH)}."
+            f" Positive class: {_get(probe, 'ad_vs_cn.positive_class') or _DASH} (the paper's "
+            "reference code used CN: compare precision/recall/F1 with care).", "",
+            _table(["metric", "ours", "paper"], rows)]
+    directions = probe.get("bundle_directions") or {}
+    if directions:
+        drows = [[name, d.get("meaning"), d.get("roc_auc"), d.get("pearson_r_with_age"),
+                  d.get("n")] for name, d in directions.items()]
+        text += ["", "The bundle's own directions on the evaluated scans (no refitting):", "",
+                 _table(["direction", "meaning", "ROC-AUC", "r with age", "n"], drows)]
+    return "\n".join(text)
+
+
+def _interpolation(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
+    it = report.get("interpolation", {})
+    text = ["## Interpolation between visits", "",
+            f"{_fmt(it.get('n_triplets'))} triplets from {_fmt(it.get('n_subjects'))} subjects; "
+            f"reference: {it.get('reference', _DASH)}; copy baseline: "
+            f"{it.get('copy_baseline', _DASH)}. Pixel metrics reward \"no change\": the "
+            "interpolation is only useful where it beats copying "
+            f"(it does on {_fmt(it.get('beats_copy_fraction'), 3)} of the triplets).", "",
+            _table(["", "SSIM", "MSE", "copy SSIM", "copy MSE", "n"],
+                   [["all triplets", it.get("ssim_mean"), it.get("mse_mean"),
+                     it.get("copy_baseline_ssim_mean"), it.get("copy_baseline_mse_mean"),
+                     it.get("n_triplets")]])]
+    for gap, title in (("time_gap", "time gap end − start"),
+                       ("prediction_gap", "prediction gap target − start")):
+        table = it.get(f"by_{gap}") or {}
+        if not table:
+            continue
+        rows = [[g, t.get("n"), t.get("ssim_mean"), t.get("copy_baseline_ssim_mean"),
+                 t.get("mse_mean"), t.get("copy_baseline_mse_mean"),
+                 paper.get(f"interpolation.by_time_gap.{g}.ssim_mean") if gap == "time_gap"
+                 else None] for g, t in table.items()]
+        text += ["", f"By {title} (months):", "",
+                 _table(["months", "n", "SSIM", "copy SSIM", "MSE", "copy MSE", "paper SSIM"],
+                        rows)]
+    return "\n".join(text)
+
+
+def _manipulation(report: Mapping[str, Any]) -> str:
+    man = report.get("manipulation", {})
+    val = man.get("segmentation_validation") or {}
+    text = ["## Manipulation toward AD: ventricular volume", ""]
+    if val:
+        rows = [[name, _get(val, f"{name}.pearson_r"), _get(val, f"{name}.mae_ml"),
+                 _get(val, f"{name}.mean_relative_error"), _get(val, f"{name}.bias_ml"),
+                 val.get("n_scans")] for name in ("scans", "autoencoder")]
+        text += ["Ventricle measurement against the cohort's `ventricle_ml` (real scans, and "
+                 "their autoencoder reconstructions):", "",
+                 _table(["measured on", "r", "MAE (ml)", "mean rel. error", "bias (ml)", "n"],
+                        rows), ""]
+    by_strength = man.get("ventricle_ml_by_strength") or {}
+    if by_strength:
+        text += [f"Direction `{man.get('direction')}`, baseline scans edited with "
+                 f"{man.get('steps')} DDIM steps:", "",
+                 _table(["strength", "mean measured ventricles (ml)"],
+                        list(by_strength.items())), ""]
+    text += [_table(["monotonic rise (fraction of subjects)", "mean slope (ml per unit)"],
+                    [[man.get("ventricle_monotonic_fraction"),
+                      man.get("ventricle_change_ml_per_unit")]])]
+    return "\n".join(text)
+
+
+def _notes(report: Mapping[str, Any]) -> str:
+    notes = report.get("notes") or {}
+    if not notes:
+        return ""
+    return "## Notes (why a value is missing)\n\n" + "\n".join(
+        f"- `{k}`: {v}" for k, v in sorted(notes.items()))
