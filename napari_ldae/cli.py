@@ -635,9 +635,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="test: the held-out subjects of the subject-grouped split (as the "
                    "trainer's, same seed and fractions); all: every subject (probes by "
                    "subject-grouped cross-validation). Default test")
-    p.add_argument("--seed", type=int, default=0, help="split and random x_T seed (default 0)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="default 0.1")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="default 0.1")
+    p.add_argument("--seed", type=int, help="split and random x_T seed (default: the bundle's "
+                   "training split seed, else 0)")
+    p.add_argument("--val-fraction", type=float,
+                   help="default: the bundle's training split, else 0.1")
+    p.add_argument("--test-fraction", type=float,
+                   help="default: the bundle's training split, else 0.1")
     p.add_argument("--max-subjects", type=_positive_int, metavar="N",
                    help="at most N subjects per split, diagnoses kept balanced")
     p.add_argument("--strengths", type=float, nargs="+", default=[0.0, 1.0, 2.0, 3.0],

@@ -13,26 +13,10 @@ STEPS = {"encode": 2, "decode": 2, "preview": 1}
 
 
 def tiny_bundle(out: Path, seed: int = 0) -> Path:
-    """A random tiny bundle (32³ at 6 mm, 2-step defaults) whose decodes depend on y.
+    """A random tiny bundle (32³ at 6 mm, 2-step defaults) whose decodes depend on y."""
+    from napari_ldae.core.presets import save_random_bundle
 
-    ``presets.random_model`` keeps the zero-initialised output layers of the UNet's residual
-    blocks, so the semantic code cannot change its decodes; they get small random weights here
-    so that a manipulation visibly changes the volume.
-    """
-    import torch
-
-    from napari_ldae.core.bundle import model_weights, save_bundle
-    from napari_ldae.core.presets import random_model
-
-    model, config = random_model("tiny", seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.unet.parameters():
-            if p.dim() > 1 and not p.any():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    config["steps"] = dict(STEPS)
-    config["provenance"] = {"trained": False, "preset": "tiny", "seed": seed}
-    return save_bundle(out, config, model_weights(model))
+    return save_random_bundle(out, "tiny", seed, steps=STEPS)
 
 
 def tiny_scan(seed: int = 0, flips=(-1, 1, 1), shape=(30, 34, 28)) -> Scan:
@@ -49,3 +33,19 @@ def blank_cache(tmp_path: Path) -> Path:
 
 def volume_like(shape, value: float = 0.5) -> np.ndarray:
     return np.full(shape, value, dtype=np.float32)
+
+
+_SHARED: dict[str, Path] = {}
+
+
+def shared_tiny_bundle() -> Path:
+    """One :func:`tiny_bundle` per test process (read-only: do not modify it)."""
+    if "tiny" not in _SHARED:
+        import atexit
+        import shutil
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="ldae-tiny-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _SHARED["tiny"] = tiny_bundle(folder / "tiny")
+    return _SHARED["tiny"]

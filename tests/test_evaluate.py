@@ -196,3 +196,15 @@ def test_ventricle_measurement_tracks_truth(spacing, shape, subjects):
     relative = np.abs(measured_arr - truth_arr) / truth_arr
     assert np.corrcoef(truth_arr, measured_arr)[0, 1] > 0.9
     assert relative.mean() < 0.15 and relative.max() < 0.3
+
+
+def test_split_defaults_follow_the_bundle():
+    from napari_ldae.evaluate.report import resolve_split
+
+    config = {"provenance": {"seed": 1, "split_seed": 5,
+                             "config": {"data": {"test_fraction": 0.2}}}}
+    resolved = resolve_split(EvaluateOptions(), config)
+    assert (resolved.seed, resolved.val_fraction, resolved.test_fraction) == (5, 0.1, 0.2)
+    mine = resolve_split(EvaluateOptions(seed=2, test_fraction=0.3), config)
+    assert (mine.seed, mine.test_fraction) == (2, 0.3)
+    assert resolve_split(EvaluateOptions()).seed == 0

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ldae_factory import tiny_bundle, tiny_scan
+from ldae_factory import shared_tiny_bundle, tiny_scan
 
 from napari_ldae.data.io import write_scan
 from napari_ldae.gui import _jobs
@@ -32,8 +32,8 @@ WAIT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return tiny_bundle(tmp_path_factory.mktemp("gui-bundle") / "tiny")
+def bundle():
+    return shared_tiny_bundle()
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,13 @@ def _idle(qtbot, controls):
     qtbot.waitUntil(lambda: not controls.busy, timeout=WAIT_MS)
 
 
+def _no_workers(qtbot):
+    from qtpy.QtCore import QThreadPool
+
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0,
+                    timeout=WAIT_MS)
+
+
 def _assert_idle_ui(controls):
     assert not controls.busy and controls.button.isEnabled()
     assert controls.button.text() == controls.text and not controls.bar.isVisible()
@@ -104,8 +111,8 @@ def test_widgets_through_the_manifest_share_one_state(make_napari_viewer):
 
 def test_npe2_validate():
     npe2 = shutil.which("npe2") or str(Path(sys.executable).with_name("npe2"))
-    out = subprocess.run([npe2, "validate", "napari-ldae"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([npe2, "validate", "--imports", "napari-ldae"], capture_output=True,
+                         text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -184,6 +191,16 @@ def test_encode_then_slider_updates_one_layer_in_place(viewer, scan_file, qtbot)
     assert lo == pytest.approx(-hi) and hi > 0
     assert diff.blending == "translucent" and diff.colormap.name.startswith("ldae Δ")
     assert edit.metadata["ldae_provenance"]["strength"] == -3.0
+
+    for value in (1.0, 4.0, 2.5):  # quick successive requests: the latest wins
+        manip.slider.blockSignals(True)
+        manip.slider.setValue(value)
+        manip.slider.blockSignals(False)
+        manip.render("full")
+    _idle(qtbot, manip.controls)
+    _no_workers(qtbot)  # stale workers have reported (and must not have changed anything)
+    assert manip.quality.text() == "full (1 steps) · strength +2.50"
+    assert edit.metadata["ldae_provenance"]["strength"] == 2.5 and len(viewer.layers) == n_layers
 
 
 def test_preview_then_full_quality(viewer, scan_file, qtbot, monkeypatch):

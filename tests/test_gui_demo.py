@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from ldae_factory import tiny_bundle, tiny_scan
+from ldae_factory import shared_tiny_bundle, tiny_scan
 
 from napari_ldae import cli
 from napari_ldae.gui import _jobs, demo
@@ -29,7 +29,7 @@ def test_demo_screenshot_steps(make_napari_viewer, tmp_path, monkeypatch):
 
     monkeypatch.setattr(synthetic, "make_subject", _small_subject)
     monkeypatch.setenv(_jobs.SYNC_ENV, "1")
-    session = Session(tiny_bundle(tmp_path / "tiny"), device="cpu", cache_dir=tmp_path / "c")
+    session = Session(shared_tiny_bundle(), device="cpu", cache_dir=tmp_path / "c")
     viewer = make_napari_viewer()
     get_state(viewer).set_session(session)
     get_state(viewer).set_steps({"encode": 1, "decode": 1, "preview": 1})

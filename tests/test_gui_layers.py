@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ldae_factory import tiny_bundle
+from ldae_factory import shared_tiny_bundle
 from nifti_factory import make_affine, rotation
 
 from napari_ldae.data.io import Scan
@@ -25,8 +25,8 @@ GEOMETRIES = {
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    bundle = tiny_bundle(tmp_path_factory.mktemp("layers-bundle") / "tiny")
-    return Session(bundle, device="cpu", cache_dir=tmp_path_factory.mktemp("layers-cache"))
+    cache = tmp_path_factory.mktemp("layers-cache")
+    return Session(shared_tiny_bundle(), device="cpu", cache_dir=cache)
 
 
 def _blob_scan(affine: np.ndarray, shape=(28, 30, 26)) -> Scan:

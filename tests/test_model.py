@@ -10,14 +10,19 @@ from napari_ldae.core.presets import random_model
 from napari_ldae.core.progress import Progress
 
 STEPS = 3
-# Batched and one-by-one convolutions sum in different orders: float32 noise of ~1e-5 on
-# voxels in [0, 1] (measured 1.5e-5 at most), far below any visible difference.
-BATCH_ATOL = 1e-4
+# Batched and one-by-one convolutions sum in different orders: float32 noise (measured
+# 6e-6 at most on voxels in [0, 1]).
+BATCH_ATOL = 2e-5
 
 
 @pytest.fixture(scope="module")
 def model():
-    return random_model("tiny", seed=1)[0]
+    """A random tiny model without the x̂0 clamp: with random weights the clamp makes DDIM
+    chaotic (x_T grows to ~80 and float noise is amplified 100×), which would hide the
+    identities tested here. The clamp itself is tested against the reference fixtures."""
+    m = random_model("tiny", seed=1)[0]
+    m.clamp = False
+    return m
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ldae_factory import STEPS, tiny_bundle, tiny_scan
+from ldae_factory import STEPS, shared_tiny_bundle, tiny_scan
 
 from napari_ldae import session as session_mod
 from napari_ldae.core.progress import drain
@@ -25,8 +25,8 @@ from napari_ldae.session import (
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+def bundle():
+    return shared_tiny_bundle()
 
 
 @pytest.fixture(scope="module")

@@ -111,9 +111,12 @@ def test_stage_files_and_checkpoints_are_pickle_free(run_all):
         assert state["global_step"] == 4
         assert (out / stage / "logs" / "csv" / "version_0" / "metrics.csv").is_file()
         assert any((out / stage / "logs" / "tensorboard").glob("events.*"))
-    # generator steps only: the discriminator stepped too (after the warm-up) without counting
+    # global_step counts generator steps: 4 batches for 4 steps, though the discriminator
+    # stepped on each of them too
+    state = torch.load(out / "autoencoder" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["ready"] == 4
     csv = (out / "autoencoder" / "logs" / "csv" / "version_0" / "metrics.csv").read_text()
-    assert "train/d" in csv.splitlines()[0]
+    assert "train/d" in csv.splitlines()[0] and "train/g_adv" in csv.splitlines()[0]
     # stage 3 checkpoints leave out the frozen autoencoder and UNet half
     state = torch.load(out / "representation" / "checkpoints" / "best.ckpt", weights_only=True)
     assert not any(k.startswith(representation.FROZEN_PREFIXES) for k in state["state_dict"])
@@ -182,7 +185,8 @@ def test_resume_continues_at_the_same_step_with_the_same_weights(run_all, tiny_c
         train("latent", _latent_config(run_all, tiny_cohort, max_steps=2 * k), out,
               callbacks=[_SigtermAt(1)])
     last = out / "latent" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 1
+    at_step_1 = torch.load(last, weights_only=True)
+    assert at_step_1["global_step"] == 1
     train("latent", _latent_config(run_all, tiny_cohort, max_steps=k), out, resume=True)
     assert json.loads((out / "latent" / "latent.json").read_text())["global_step"] == k
     train("latent", _latent_config(run_all, tiny_cohort, max_steps=2 * k), out, resume=True)
@@ -191,6 +195,8 @@ def test_resume_continues_at_the_same_step_with_the_same_weights(run_all, tiny_c
     reference = _weights(full)
     for key, value in _weights(out).items():
         torch.testing.assert_close(value, reference[key], atol=RESUME_ATOL, rtol=0, msg=key)
+    moved = [k for k, v in at_step_1["state_dict"].items() if not torch.equal(v, reference[k])]
+    assert len(moved) > len(reference) // 4  # training did change the weights after step 1
     logs = sorted((out / "latent" / "logs" / "csv").glob("version_*/metrics.csv"))
     assert len(logs) == 3  # one CSV per invocation, none erased
 

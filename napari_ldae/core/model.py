@@ -195,10 +195,9 @@ class LDAEModel:
         w = self._direction_vector(direction)
         s = torch.as_tensor(list(strengths), dtype=torch.float32, device=self.device)
         codes = codes.to(self.device)
-        y_std = (codes.y - self.semantic_mean) / self.semantic_std  # (B, d)
-        step = math.sqrt(self.semantic_dim) * w / w.norm()
-        moved = y_std[:, None, :] + s[None, :, None] * step  # (B, S, d)
-        y = (moved * self.semantic_std + self.semantic_mean).reshape(-1, self.semantic_dim)
+        # destandardise(standardise(y) + s·√d·w/‖w‖) = y + s·√d·(w/‖w‖)·std: exact at s = 0
+        step = math.sqrt(self.semantic_dim) * w / w.norm() * self.semantic_std
+        y = (codes.y[:, None, :] + s[None, :, None] * step).reshape(-1, self.semantic_dim)
         x_T = codes.x_T.repeat_interleave(len(s), dim=0)
         return Codes(y, x_T, codes.steps)
 

@@ -85,7 +85,8 @@ def preset(name: str) -> dict[str, Any]:
 
 def random_model(name_or_config: str | dict[str, Any] = "tiny", seed: int = 0,
                  directions: dict[str, str] | None = None, device: str = "cpu"):
-    """An untrained :class:`LDAEModel` (random weights, non-zero shift branch) and its config.
+    """An untrained :class:`LDAEModel` and its config. Layers that training would start at
+    zero (output convolutions) get small random weights, so that decodes depend on y.
 
     ``directions`` maps names to meanings; each gets a random unit vector.
     """
@@ -96,9 +97,11 @@ def random_model(name_or_config: str | dict[str, Any] = "tiny", seed: int = 0,
     config = preset(name_or_config) if isinstance(name_or_config, str) else name_or_config
     torch.manual_seed(seed)
     nets = build_networks(config)
-    with torch.no_grad():  # the branch's output conv starts at zero: wake it up for testing
-        for p in nets["unet"].shift_out.parameters():
-            p.normal_(0.0, 0.02)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # zero-initialised layers would make decodes independent of y
+        for p in nets["unet"].parameters():
+            if p.dim() > 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
     d = config["encoder"]["emb_dim"]
     semantic = {"mean": torch.randn(d) * 0.1, "std": torch.rand(d) + 0.5}
     directions = directions or {"AD": "toward AD", "age": "older"}
@@ -114,10 +117,13 @@ def random_model(name_or_config: str | dict[str, Any] = "tiny", seed: int = 0,
     return model, config
 
 
-def save_random_bundle(out, name: str = "tiny", seed: int = 0, overwrite: bool = False):
+def save_random_bundle(out, name: str = "tiny", seed: int = 0, overwrite: bool = False,
+                       steps: dict[str, int] | None = None):
     """Write an untrained bundle (tests, benchmarks, GUI development)."""
     from napari_ldae.core.bundle import model_weights, save_bundle
 
     model, config = random_model(name, seed)
     config["provenance"] = {"trained": False, "preset": name, "seed": seed}
+    if steps:
+        config["steps"] = dict(steps)
     return save_bundle(out, config, model_weights(model), overwrite=overwrite)

@@ -22,7 +22,9 @@ def load_shift_unet(config: Mapping, state_dict: Mapping[str, torch.Tensor]) -> 
     return shift_unet_from_reference(config, state_dict)
 
 
-def load_semantic_encoder(config: Mapping, state_dict: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+def load_semantic_encoder(
+    config: Mapping, state_dict: Mapping[str, torch.Tensor]
+) -> torch.nn.Module:
     """Build the 2.5D semantic encoder from a reference configuration
     (``semantic_encoder_tiny_config.json``; the backbone is read from the state dict's shapes)
     and load a reference ``AttentionSemanticEncoder`` state dict.

@@ -40,6 +40,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _percent(value: Any) -> str:
+    return _DASH if value is None else f"{100 * value:.0f} %"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
@@ -72,33 +76,40 @@ def _header(report: Mapping[str, Any]) -> str:
 
 def _reconstruction(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
     rec = report.get("reconstruction", {})
-    rows = [["autoencoder (ceiling)", _DASH, _get(report, "autoencoder.ssim"),
-             _get(report, "autoencoder.mse"), _get(report, "autoencoder.lpips"), _DASH,
-             paper.get("autoencoder.ssim")]]
+    if rec.get("skipped"):
+        return f"## Reconstruction\n\n_{rec['skipped']}_"
+    rows = [["autoencoder (ceiling)", _DASH,
+             *(_get(report, f"autoencoder.{m}") for m in ("ssim", "mse", "lpips")), _DASH,
+             *(paper.get(f"autoencoder.{m}") for m in ("ssim", "mse", "lpips"))]]
     for T in rec.get("steps", []) or []:
-        key = f"T{T}"
-        lpips = _get(rec, f"lpips.{key}") if isinstance(rec.get("lpips"), Mapping) else None
-        rows.append(["LDAE, inverted x_T", T, _get(rec, f"ssim.{key}"), _get(rec, f"mse.{key}"),
-                     lpips,
-                     _get(rec, f"seconds_per_scan.{key}"),
-                     paper.get(f"reconstruction.ssim.{key}")])
+        ours = [_get(rec, f"{m}.T{T}") if isinstance(rec.get(m), Mapping) else None
+                for m in ("ssim", "mse", "lpips")]
+        rows.append(["LDAE, inverted x_T", T, *ours, _get(rec, f"seconds_per_scan.T{T}"),
+                     *(paper.get(f"reconstruction.{m}.T{T}") for m in ("ssim", "mse", "lpips"))])
     sem = report.get("semantic_only", {})
-    rows.append(["semantic only, random x_T", sem.get("steps"), sem.get("ssim"), sem.get("mse"),
-                 None, _DASH, paper.get("semantic_only.ssim")])
+    T = sem.get("steps")
+    rows.append(["semantic only, random x_T", T, sem.get("ssim"), sem.get("mse"),
+                 sem.get("lpips"), _DASH,
+                 *(paper.get(f"semantic_only.{m}.T{T}") for m in ("ssim", "mse", "lpips"))])
     return "## Reconstruction\n\n" + _table(
-        ["decoding", "T", "SSIM", "MSE", "LPIPS", "s/scan", "paper SSIM"], rows)
+        ["decoding", "T", "SSIM", "MSE", "LPIPS", "s/scan", "paper SSIM", "paper MSE",
+         "paper LPIPS"], rows)
 
 
 def _probes(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
     probe = report.get("probe", {})
-    rows = [[f"AD vs CN {m}", _get(probe, f"ad_vs_cn.{m}"), paper.get(f"probe.ad_vs_cn.{m}")]
-            for m in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc")]
-    rows += [[f"age {m} (years)", _get(probe, f"age.{m}"), paper.get(f"probe.age.{m}")]
-             for m in ("mae", "rmse")]
+    if probe.get("skipped"):
+        return f"## Linear probes on standardised y\n\n_{probe['skipped']}_"
+    keys = [f"ad_vs_cn.{m}" for m in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc")]
+    keys += ["age.mae", "age.rmse"]
+    rows = [[key.replace("ad_vs_cn.", "AD vs CN ").replace("age.", "age (years) "),
+             _get(probe, key), paper.get(f"probe.{key}"), paper.get(f"dae.probe.{key}"),
+             paper.get(f"supervised.probe.{key}")] for key in keys]
     text = ["## Linear probes on standardised y", "", f"Protocol: {probe.get('protocol', _DASH)}."
             f" Positive class: {_get(probe, 'ad_vs_cn.positive_class') or _DASH} (the paper's "
             "reference code used CN: compare precision/recall/F1 with care).", "",
-            _table(["metric", "ours", "paper"], rows)]
+            _table(["metric", "ours", "paper LDAE", "paper voxel DAE", "paper supervised"],
+                   rows)]
     directions = probe.get("bundle_directions") or {}
     if directions:
         drows = [[name, d.get("meaning"), d.get("roc_auc"), d.get("pearson_r_with_age"),
@@ -110,12 +121,14 @@ def _probes(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
 
 def _interpolation(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
     it = report.get("interpolation", {})
+    if it.get("skipped"):
+        return f"## Interpolation between visits\n\n_{it['skipped']}_"
     text = ["## Interpolation between visits", "",
             f"{_fmt(it.get('n_triplets'))} triplets from {_fmt(it.get('n_subjects'))} subjects; "
             f"reference: {it.get('reference', _DASH)}; copy baseline: "
             f"{it.get('copy_baseline', _DASH)}. Pixel metrics reward \"no change\": the "
-            "interpolation is only useful where it beats copying "
-            f"(it does on {_fmt(it.get('beats_copy_fraction'), 3)} of the triplets).", "",
+            "interpolation is only useful where it beats copying (it does on "
+            f"{_percent(it.get('beats_copy_fraction'))} of the triplets).", "",
             _table(["", "SSIM", "MSE", "copy SSIM", "copy MSE", "n"],
                    [["all triplets", it.get("ssim_mean"), it.get("mse_mean"),
                      it.get("copy_baseline_ssim_mean"), it.get("copy_baseline_mse_mean"),
@@ -127,8 +140,7 @@ def _interpolation(report: Mapping[str, Any], paper: Mapping[str, float]) -> str
             continue
         rows = [[g, t.get("n"), t.get("ssim_mean"), t.get("copy_baseline_ssim_mean"),
                  t.get("mse_mean"), t.get("copy_baseline_mse_mean"),
-                 paper.get(f"interpolation.by_time_gap.{g}.ssim_mean") if gap == "time_gap"
-                 else None] for g, t in table.items()]
+                 paper.get(f"interpolation.by_{gap}.{g}.ssim_mean")] for g, t in table.items()]
         text += ["", f"By {title} (months):", "",
                  _table(["months", "n", "SSIM", "copy SSIM", "MSE", "copy MSE", "paper SSIM"],
                         rows)]
@@ -137,6 +149,8 @@ def _interpolation(report: Mapping[str, Any], paper: Mapping[str, float]) -> str
 
 def _manipulation(report: Mapping[str, Any]) -> str:
     man = report.get("manipulation", {})
+    if man.get("skipped"):
+        return f"## Manipulation toward AD: ventricular volume\n\n_{man['skipped']}_"
     val = man.get("segmentation_validation") or {}
     text = ["## Manipulation toward AD: ventricular volume", ""]
     if val:

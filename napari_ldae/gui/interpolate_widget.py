@@ -120,13 +120,18 @@ class InterpolateWidget(LDAEWidget):
         scan_a, scan_b = scan_from_layer(la), scan_from_layer(lb)
         return session, la, lb, scan_a, scan_b, ResultGeometry.of(session, scan_a)
 
-    def _work(self, session, scan_a, scan_b, alphas, steps, encode_steps):
+    @staticmethod
+    def _work(session, scan_a, scan_b, alphas, steps, encode_steps, geometry):
+        """Images and differences to each visit, placed for display (in the worker)."""
         codes_a = yield from session.iter_encode(scan_a, encode_steps)
         codes_b = yield from session.iter_encode(scan_b, encode_steps)
         rec_a = yield from session.iter_reconstruction(codes_a, steps)
         rec_b = yield from session.iter_reconstruction(codes_b, steps)
         vols = yield from session.iter_interpolate(codes_a, codes_b, alphas, steps)
-        return vols, rec_a, rec_b
+        if len(alphas) == 1:
+            vols = vols[0]
+        image, diff_a = geometry.for_display(vols, rec_a)
+        return image, diff_a, geometry.for_display(vols, rec_b)[1]
 
     def _run(self, controls: RunControls, months: list[float], tag: str) -> None:
         try:
@@ -144,19 +149,16 @@ class InterpolateWidget(LDAEWidget):
         def done(result) -> None:
             if request != self._request:
                 return
-            vols, rec_a, rec_b = result
-            if len(months) == 1:
-                vols = vols[0]
+            image, diff_a, diff_b = result
             prov = {"operation": "interpolate", "visit_a": la.name, "visit_b": lb.name,
                     "months_a": self.months_a.value(), "months_b": self.months_b.value(),
                     "months": months if len(months) > 1 else months[0],
                     "alpha": alphas if len(alphas) > 1 else alphas[0], "steps": steps,
                     "encode_steps": encode_steps}
             name = f"{la.name} → {lb.name} [{tag}]"
-            show_image(self.viewer, name, geometry.units(geometry.place(vols)), geometry, la,
+            show_image(self.viewer, name, image, geometry, la,
                        geometry.result_metadata("image", prov, la.name))
-            for visit, rec in ((la, rec_a), (lb, rec_b)):
-                diff = geometry.units(geometry.place(vols - rec), difference=True)
+            for visit, diff in ((la, diff_a), (lb, diff_b)):
                 show_difference(self.viewer, f"{name} Δ to {visit.name}", diff, geometry,
                                 geometry.result_metadata("difference", prov, la.name),
                                 visible=visit is la)
@@ -168,7 +170,8 @@ class InterpolateWidget(LDAEWidget):
                          + (" on the first dims slider" if len(months) > 1 else ""))
 
         def work():
-            return (yield from self._work(session, scan_a, scan_b, alphas, steps, encode_steps))
+            return (yield from self._work(session, scan_a, scan_b, alphas, steps, encode_steps,
+                                          geometry))
 
         self.run_job(controls, work, f"Interpolate ({tag})", done)
 

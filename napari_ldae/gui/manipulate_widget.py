@@ -162,28 +162,25 @@ class ManipulateWidget(LDAEWidget):
             codes = yield from session.iter_encode(scan, encode_steps)
             recon = yield from session.iter_reconstruction(codes, steps)
             edit = yield from session.iter_manipulate(codes, direction, [strength], steps)
-            return edit[0], recon
+            return geometry.for_display(edit[0], recon)
 
         def done(result) -> None:
             if request != self._request:
                 return  # a newer value was asked for
-            edit, recon = result
             prov = {"operation": "manipulate", "direction": direction, "strength": strength,
                     "steps": steps, "encode_steps": encode_steps}
-            self._show(layer, geometry, edit, recon, prov)
+            self._show(layer, geometry, *result, prov)
             self.quality.setText(f"{quality} ({steps} steps) · strength {strength:+.2f}")
             self.controls.say(f"{direction} {strength:+.2f}: {quality} quality")
 
         self.quality.setText(f"{quality} ({steps} steps) · strength {strength:+.2f} …")
         self.run_job(self.controls, work, f"Manipulate ({quality})", done)
 
-    def _show(self, layer, geometry, edit, recon, prov) -> None:
+    def _show(self, layer, geometry, image, diff, prov) -> None:
         meta = geometry.result_metadata("image", prov, layer.name)
-        image = geometry.units(geometry.place(edit))
         show_image(self.viewer, f"{layer.name} [edit]", image, geometry, layer, meta)
         self._shown = {"source": layer.name, **prov}
         if self.with_diff.isChecked():
-            diff = geometry.units(geometry.place(edit - recon), difference=True)
             dmeta = geometry.result_metadata("difference", prov, layer.name)
             show_difference(self.viewer, f"{layer.name} [Δ edit]", diff, geometry, dmeta)
 
@@ -227,18 +224,17 @@ class ManipulateWidget(LDAEWidget):
             codes = yield from session.iter_encode(scan, encode_steps)
             recon = yield from session.iter_reconstruction(codes, steps)
             vols = yield from session.iter_manipulate(codes, direction, strengths, steps)
-            return vols, recon
+            return geometry.for_display(vols, recon[None])
 
         def done(result) -> None:
-            vols, recon = result
+            images, diffs = result
             prov = {"operation": "manipulate sweep", "direction": direction,
                     "strength": strengths, "steps": steps, "encode_steps": encode_steps}
             meta = geometry.result_metadata("image", prov, layer.name)
             show_image(self.viewer, f"{layer.name} [sweep {direction}]",
-                       geometry.units(geometry.place(vols)), geometry, layer, meta)
+                       images, geometry, layer, meta)
             if self.with_diff.isChecked():
-                diff = geometry.units(geometry.place(vols - recon[None]), difference=True)
-                show_difference(self.viewer, f"{layer.name} [Δ sweep {direction}]", diff,
+                show_difference(self.viewer, f"{layer.name} [Δ sweep {direction}]", diffs,
                                 geometry, geometry.result_metadata("difference", prov,
                                                                    layer.name))
             label_sweep_axis(self.viewer)

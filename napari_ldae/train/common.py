@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -182,12 +183,16 @@ def make_trainer(config: Mapping[str, Any], stage: str, stage_dir: Path,
     s, t = config[stage], config["trainer"]
     accelerator = resolve_accelerator(t["accelerator"])
     strategy = DDPStrategy(**_no_buffer_sync()) if _distributed(t, accelerator) else "auto"
+    precision = stage_precision(config, stage, accelerator)
+    if manual_optimization and precision == "16-mixed":
+        raise TrainingError(f"{stage}: 16-mixed is not supported here (two optimizers would "
+                            "share one gradient scaler); use bf16-mixed or 32")
     ckpt = Checkpoints(stage_dir / "checkpoints", s["checkpoint_every_n_steps"], monitor)
     logs = stage_dir / "logs"
     accumulate = s["accumulate_grad_batches"]
     trainer = pl.Trainer(
         accelerator=accelerator, devices=t["devices"], num_nodes=t["num_nodes"],
-        strategy=strategy, precision=stage_precision(config, stage, accelerator),
+        strategy=strategy, precision=precision,
         max_steps=s["max_steps"], max_epochs=-1,
         accumulate_grad_batches=1 if manual_optimization else accumulate,
         gradient_clip_val=None if manual_optimization else s["gradient_clip_val"],
@@ -322,6 +327,17 @@ def handoff(trainer: pl.Trainer, write) -> None:
     if trainer.is_global_zero:
         write()
     trainer.strategy.barrier("handoff")
+
+
+def is_global_zero() -> bool:
+    """Whether this process is the first of the job, outside a Trainer (probe stage, run files).
+
+    Lightning reads RANK (torchrun), SLURM_PROCID or LOCAL_RANK (its own launcher); a node
+    other than the first also has NODE_RANK > 0 when Lightning launches each node itself.
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
 
 def git_commit() -> str | None:

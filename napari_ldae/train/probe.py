@@ -60,8 +60,8 @@ def load_encoder(config: Mapping[str, Any], path: Path) -> SemanticEncoder:
 # ----------------------------------------------------------------------------- probes
 def fit_linear(x: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor], loss: str,
                optimizer: str, lr: float, steps: int, seed: int) -> nn.Linear:
-    """One linear layer on full batches of ``x["train"]``; the step with the lowest
-    validation loss wins (the last step without a validation split)."""
+    """One linear layer on full batches of ``x["train"]``; the step with the lowest loss on
+    ``x["val"]`` wins (the last step without a validation split)."""
     torch.manual_seed(seed)
     layer = nn.Linear(x["train"].shape[1], 1)
     opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}.get(optimizer.lower())
@@ -74,7 +74,7 @@ def fit_linear(x: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor], los
         opt.zero_grad()
         loss_fn(layer(x["train"]).squeeze(1), y["train"]).backward()
         opt.step()
-        if len(y["val"]):
+        if len(y.get("val", ())):
             with torch.no_grad():
                 val = float(loss_fn(layer(x["val"]).squeeze(1), y["val"]))
             if val < best:
@@ -94,7 +94,7 @@ def classifier_probe(z: Mapping[str, torch.Tensor], recs: Mapping[str, list[Scan
     """AD-vs-CN probe: its weight (+ → AD) and test metrics; ``None`` without both classes."""
     pos, neg = hp["positive"], hp["negative"]
     x, y = {}, {}
-    for split in SPLITS:
+    for split in (s for s in SPLITS if s in z):
         x[split], kept = _select(recs[split], z[split], lambda r: r.diagnosis in (pos, neg))
         y[split] = torch.tensor([float(r.diagnosis == pos) for r in kept])
     if len(set(y["train"].tolist())) < 2:
@@ -111,7 +111,7 @@ def age_probe(z: Mapping[str, torch.Tensor], recs: Mapping[str, list[ScanRecord]
               hp: Mapping[str, Any], seed: int) -> tuple[torch.Tensor, dict] | None:
     """Age regression probe on the standardised age: its weight (+ → older), test MAE/RMSE."""
     x, age = {}, {}
-    for split in SPLITS:
+    for split in (s for s in SPLITS if s in z):
         x[split], kept = _select(recs[split], z[split], lambda r: r.age is not None)
         age[split] = torch.tensor([float(r.age) for r in kept])
     if len(age["train"]) < 2:
@@ -133,9 +133,7 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
 
     ``resume`` and ``callbacks`` are accepted for symmetry with the other stages (unused).
     """
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    if rank_zero_only.rank != 0:
+    if not common.is_global_zero():
         return None
     model = model_config(config)
     contract = PreprocessContract.from_dict(model["preprocessing"])

@@ -84,11 +84,11 @@ def train(stage: str, config: Mapping[str, Any], out: str | os.PathLike,
 def _record(config: Mapping[str, Any], out: Path) -> None:
     """Write the resolved config and the subject splits (rank 0)."""
     import yaml
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+    from napari_ldae.train.common import is_global_zero
     from napari_ldae.train.data import atomic_write, load_splits, write_splits
 
-    if rank_zero_only.rank != 0:
+    if not is_global_zero():
         return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False).encode())
