@@ -206,3 +206,17 @@ def test_import_refuses_non_tensor_pickles(tmp_path):
     torch.save({"state_dict": Evil()}, files["encoder"])
     with pytest.raises(BundleError, match="weights_only"):
         import_official(**files, out=tmp_path / "x", config=ref["config"])
+
+
+def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
+    model, config = random_model("tiny", seed=3)
+    full = save_bundle(tmp_path / "f32", config, model_weights(model))
+    half = save_bundle(tmp_path / "f16", config, model_weights(model), storage_dtype="float16")
+    size = (full / "unet.safetensors").stat().st_size
+    assert (half / "unet.safetensors").stat().st_size < 0.55 * size
+    loaded = load_bundle(half).load_model()
+    assert all(p.dtype == torch.float32 for p in loaded.unet.parameters())
+    w = model.unet.input_blocks[0][0].weight
+    torch.testing.assert_close(loaded.unet.input_blocks[0][0].weight, w.half().float())
+    assert loaded.semantic_std.dtype == torch.float32
+    torch.testing.assert_close(loaded.semantic_std, model.semantic_std, atol=0, rtol=0)

@@ -60,7 +60,8 @@ class Bundle:
         from safetensors.torch import load
 
         try:
-            return load(self._bytes(f"{part}.safetensors"))
+            tensors = load(self._bytes(f"{part}.safetensors"))
+            return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
         except BundleError:
             raise
         except Exception as err:  # safetensors raises several types on corrupt data
@@ -245,13 +246,21 @@ def _is_torch_zip(path: Path) -> bool:
 # --------------------------------------------------------------------------------- saving
 def save_bundle(out: str | os.PathLike, config: Mapping[str, Any],
                 weights: Mapping[str, Mapping[str, torch.Tensor]], *,
-                overwrite: bool = False) -> Path:
-    """Write a bundle directory atomically (or a zipped ``.ldae`` file if ``out`` ends so)."""
+                overwrite: bool = False, storage_dtype: str = "float32") -> Path:
+    """Write a bundle directory atomically (or a zipped ``.ldae`` file if ``out`` ends so).
+
+    ``storage_dtype="float16"`` halves the network weights on disk (the demo bundle); they are
+    computed with in float32 after loading. Semantic statistics always stay float32.
+    """
     from safetensors.torch import save_file
 
     out = Path(out).expanduser()
     config = {"format": FORMAT, "format_version": BUNDLE_FORMAT_VERSION, **dict(config)}
     config.setdefault("steps", dict(DEFAULT_STEPS))
+    config["weights_dtype"] = storage_dtype
+    dtype = {"float32": torch.float32, "float16": torch.float16}.get(storage_dtype)
+    if dtype is None:
+        raise BundleError(f"storage_dtype must be float32 or float16, not {storage_dtype!r}")
     config.setdefault("provenance", {}).setdefault("napari_ldae_version", __version__)
     validate_config(config, out)
     missing = [p for p in PARTS if p not in weights]
@@ -264,7 +273,7 @@ def save_bundle(out: str | os.PathLike, config: Mapping[str, Any],
     try:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
         for part in PARTS:
-            tensors = {k: v.detach().to("cpu", copy=True).contiguous()
+            tensors = {k: _stored(v, dtype if part != "semantic" else torch.float32)
                        for k, v in weights[part].items()}
             if part == "encoder":
                 tensors = {k: v for k, v in tensors.items()
@@ -274,6 +283,11 @@ def save_bundle(out: str | os.PathLike, config: Mapping[str, Any],
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _stored(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    tensor = tensor.detach().to("cpu", copy=True)
+    return (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous()
 
 
 def _publish(tmp: Path, out: Path) -> None:

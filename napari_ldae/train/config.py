@@ -91,6 +91,7 @@ DEFAULTS: dict[str, Any] = {
         "negative": "CN",
         "classifier": {"optimizer": "adam", "lr": 1e-3, "steps": 2000},
         "age": {"optimizer": "sgd", "lr": 1e-3, "steps": 2000},
+        "bundle_dtype": "float32",  # float16 halves the bundle on disk (the demo bundle)
     },
 }
 

@@ -213,7 +213,8 @@ def write_bundle(config: Mapping[str, Any], out: Path, model: dict[str, Any],
         "encoder": common.load_safetensors(out / "representation" / stage3.ENCODER, "encoder"),
         "semantic": semantic,
     }
-    path = save_bundle(out / "bundle", bundle_config, weights, overwrite=True)
+    path = save_bundle(out / "bundle", bundle_config, weights, overwrite=True,
+                       storage_dtype=config["probe"]["bundle_dtype"])
     print(f"wrote bundle {path}")
     return path
 
