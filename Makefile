@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check napari_ldae tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 demo: $(STAMP)
@@ -29,7 +29,7 @@ screenshots: $(STAMP)
 	$(BIN)/python docs/make_screenshots.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check napari_ldae tests benchmarks
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -690,8 +690,8 @@ def _refit(folds: list[dict[str, list[ScanRecord]]], codes: dict[str, torch.Tens
     """Fit the trainer's probes on each fold (y standardised by its training scans)."""
     import copy
 
+    from napari_ldae.evaluate.probes import age_probe, classifier_probe
     from napari_ldae.train.config import DEFAULTS
-    from napari_ldae.train.probe import age_probe, classifier_probe
 
     hp = copy.deepcopy(DEFAULTS["probe"])
     if options.probe_steps:
