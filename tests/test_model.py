@@ -145,3 +145,25 @@ def test_frozen_parts_stay_in_eval(model):
     model.autoencoder.train()
     assert not model.autoencoder.net.training
     assert not model.unet.input_blocks.training
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch")
+def test_onednn_convolutions_match_stock_ones_and_keep_the_weights(model):
+    from torch import nn
+
+    from napari_ldae.core.device import OneDNNConv3d, use_onednn_convolutions
+
+    assert any(isinstance(m, OneDNNConv3d) for m in model.unet.modules())
+    assert any(isinstance(m, OneDNNConv3d) for m in model.autoencoder.modules())
+    conv = nn.Conv3d(8, 16, 3, padding=1)
+    x = torch.randn(1, 8, 6, 10, 8)  # one small volume: PyTorch would take slow_conv3d
+    keys = list(conv.state_dict())
+    with torch.no_grad():
+        stock = conv(x)
+        fast = use_onednn_convolutions(conv)(x)
+    assert type(conv) is OneDNNConv3d and list(conv.state_dict()) == keys
+    torch.testing.assert_close(fast, stock, rtol=1e-5, atol=1e-5)
+    x.requires_grad_()
+    conv(x).sum().backward()  # with gradients: the stock path, training is unchanged
+    assert x.grad is not None
+    assert type(use_onednn_convolutions(conv, False)) is nn.Conv3d

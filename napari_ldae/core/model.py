@@ -17,7 +17,7 @@ import torch
 
 from napari_ldae.core import diffusion
 from napari_ldae.core.autoencoder import LatentAutoencoder
-from napari_ldae.core.device import autocast
+from napari_ldae.core.device import autocast, use_onednn_convolutions
 from napari_ldae.core.progress import Progress, ProgressGen, drain
 from napari_ldae.errors import LDAEError
 
@@ -81,9 +81,9 @@ class LDAEModel:
                  directions: dict[str, Direction] | None = None,
                  schedule: diffusion.Schedule = diffusion.DEFAULT_SCHEDULE, clamp: bool = True,
                  device: str = "cpu", precision: str = "fp32", max_batch: int = 8) -> None:
-        self.autoencoder = autoencoder.eval()
-        self.unet = unet.eval()
-        self.encoder = encoder.eval()
+        self.autoencoder = use_onednn_convolutions(autoencoder.eval())
+        self.unet = use_onednn_convolutions(unet.eval())
+        self.encoder = use_onednn_convolutions(encoder.eval())
         self.semantic_mean = semantic_mean.float()
         self.semantic_std = semantic_std.float()
         self.input_shape = tuple(int(n) for n in input_shape)

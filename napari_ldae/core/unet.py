@@ -453,15 +453,15 @@ class ShiftUNet(LatentUNet):
         _check_keys(state_dict, expected, "stage-2 UNet")
         _load(self, state_dict, strict=False)
 
+    def shift(self, h: Tensor, skips: Sequence[Tensor], emb: Tensor, y: Tensor) -> Tensor:
+        """The gradient-estimator branch on the outputs of `encode`: the shift G for ``y``."""
+        return self._decode(self.shift_middle_block, self.shift_output_blocks, self.shift_out,
+                            h, skips, emb, self.label_emb(y))
+
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(eps, shift)`` for ``x_t`` at original timesteps ``t``, semantic code ``y``."""
         h, skips, emb = self.encode(x_t, t)
-        eps = self.decode(h, skips, emb)
-        emb_z = self.label_emb(y)
-        shift = self._decode(
-            self.shift_middle_block, self.shift_output_blocks, self.shift_out, h, skips, emb, emb_z
-        )
-        return eps, shift
+        return self.decode(h, skips, emb), self.shift(h, skips, emb, y)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 from napari_ldae.evaluate import metrics
 
 #: SSIM window of the reference code (GenerativeModels ``kernel_size=4``).
-SSIM_KERNEL = 4
+SSIM_KERNEL = metrics.SSIM_KERNEL
 
 VolumeMetric = Callable[[torch.Tensor, torch.Tensor], list[float]]
 

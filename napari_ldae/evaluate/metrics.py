@@ -16,6 +16,9 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor | list
 
 
+#: SSIM window of the reference code (GenerativeModels ``SSIMMetric(kernel_size=4)``).
+SSIM_KERNEL = 4
+
 def _np(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float64).numpy()
@@ -84,9 +87,9 @@ def regression_metrics(targets: ArrayLike, predictions: ArrayLike) -> dict:
             "n": len(err)}
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, kernel_size: int = 3,
+def ssim(pred: torch.Tensor, target: torch.Tensor, kernel_size: int = SSIM_KERNEL,
          data_range: float = 1.0) -> torch.Tensor:
-    """3D SSIM per volume (B,) of ``(B, 1, X, Y, Z)`` tensors (MONAI, Gaussian window)."""
+    """3D SSIM per volume (B,) of ``(B, 1, X, Y, Z)`` tensors (MONAI, Gaussian window σ 1.5)."""
     from monai.metrics import SSIMMetric
 
     metric = SSIMMetric(spatial_dims=3, data_range=data_range, win_size=kernel_size,

@@ -33,8 +33,10 @@ class LDAEWidget(QWidget):
 
     def run_job(self, controls: RunControls, gen_func: Callable, desc: str,
                 on_result: Callable[[Any], None], *,
-                on_cancel: Callable[[], None] | None = None) -> Job:
-        """Run ``gen_func()`` as the controls' job; errors and cancels reset the controls."""
+                on_cancel: Callable[[], None] | None = None, activity: bool = True) -> Job:
+        """Run ``gen_func()`` as the controls' job; errors and cancels reset the controls.
+
+        ``activity=False``: no bar in napari's activity dock (see :class:`Job`)."""
         job: Job
 
         def error(message: str, _err: BaseException) -> None:
@@ -49,7 +51,7 @@ class LDAEWidget(QWidget):
 
         job = Job(gen_func, desc=desc, on_result=on_result, on_error=error,
                   on_cancel=cancelled, on_progress=lambda p: _if_current(controls, job, p),
-                  on_done=lambda: controls.finished(job))
+                  on_done=lambda: controls.finished(job), activity=activity)
         controls.started(job)
         return job.start()
 

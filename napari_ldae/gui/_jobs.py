@@ -50,6 +50,9 @@ class Job:
 
     ``on_result(value)``, ``on_error(message, exc)``, ``on_cancel()`` and ``on_progress(p)``
     are called on the GUI thread; exactly one of the first three, then ``on_done()``.
+    ``activity=False`` shows no bar in napari's activity dock (frequent, short jobs such as
+    slider renders: while a bar is open napari animates an "in progress" indicator, which
+    repaints the whole window ~30 times a second, costly with software OpenGL).
     """
 
     def __init__(self, gen_func: Callable[[], Generator[Progress, None, Any]], *, desc: str,
@@ -57,12 +60,13 @@ class Job:
                  on_error: Callable[[str, BaseException], None] | None = None,
                  on_cancel: Callable[[], None] | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
-                 on_done: Callable[[], None] | None = None, notify: bool = True) -> None:
+                 on_done: Callable[[], None] | None = None, notify: bool = True,
+                 activity: bool = True) -> None:
         self._gen_func = gen_func
         self.desc = desc
         self._on_result, self._on_error, self._on_cancel = on_result, on_error, on_cancel
         self._on_progress, self._on_done = on_progress, on_done
-        self._notify = notify
+        self._notify, self._activity = notify, activity
         self._pbar: _JobProgress | None = None
         self.worker = None
         self.running = False
@@ -71,7 +75,8 @@ class Job:
     # ------------------------------------------------------------------------- control
     def start(self) -> Job:
         self.running = True
-        self._pbar = _JobProgress(total=0, desc=self.desc, cancel_callback=self.cancel)
+        if self._activity:
+            self._pbar = _JobProgress(total=0, desc=self.desc, cancel_callback=self.cancel)
         if sync_mode():
             self._run_sync()
             return self

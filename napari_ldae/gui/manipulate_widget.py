@@ -1,10 +1,12 @@
 """Manipulate: move a scan's semantic code along a learned direction with a live slider.
 
 While the slider moves, a preview (``steps["preview"]`` DDIM steps) is rendered after a short
-debounce; when it rests (or is released) the full-quality decode (``steps["decode"]``) follows.
-The latest request wins: a new value cancels the running decode at its next step and stale
-results are dropped. The edit and its signed difference to the reconstruction (edit −
-strength-0 decode, which removes the autoencoder's blur) are updated in place.
+debounce; when it rests (or is released) the full-quality decode (``steps["decode"]``) follows,
+after the preview of that same value if one is running (on a slow CPU the preview is the first
+image the user sees). The latest request wins: a new value cancels the running decode at its
+next step and stale results are dropped. The edit and its signed difference to the
+reconstruction (edit − strength-0 decode, which removes the autoencoder's blur) are updated in
+place.
 """
 
 from __future__ import annotations
@@ -66,12 +68,14 @@ class ManipulateWidget(LDAEWidget):
         self._source_key = None
         self._source = None
         self._request = 0
+        self._running: tuple | None = None  # (quality, direction, strength) of the last render
+        self._full_next = False  # render full quality when the running preview is shown
         self._shown: dict | None = None
         self._preview_later = qdebounced(self._render_preview, timeout=PREVIEW_DEBOUNCE_MS)
         self._rest_timer = QTimer(self)
         self._rest_timer.setSingleShot(True)
         self._rest_timer.setInterval(REST_MS)
-        self._rest_timer.timeout.connect(self.render_full)
+        self._rest_timer.timeout.connect(self._rest)
         self.slider.valueChanged.connect(self._value_changed)
         self.slider.sliderReleased.connect(self._released)
         self.state.session_changed.connect(self._fill_directions)
@@ -134,7 +138,15 @@ class ManipulateWidget(LDAEWidget):
     def _released(self) -> None:
         self._preview_later.cancel()
         self._rest_timer.stop()
-        self.render_full()
+        self._rest()
+
+    def _rest(self) -> None:
+        """The slider rests: full quality, after the running preview of this very value."""
+        value = ("preview", self.direction.currentData(), self.strength)
+        if self.controls.busy and self._running == value:
+            self._full_next = True
+        else:
+            self.render_full()
 
     def _render_preview(self) -> None:
         self.render("preview")
@@ -157,6 +169,7 @@ class ManipulateWidget(LDAEWidget):
             self.controls.job.cancel()
         self._request += 1
         request = self._request
+        self._running, self._full_next = (quality, direction, strength), False
 
         def work():
             codes = yield from session.iter_encode(scan, encode_steps)
@@ -172,9 +185,12 @@ class ManipulateWidget(LDAEWidget):
             self._show(layer, geometry, *result, prov)
             self.quality.setText(f"{quality} ({steps} steps) · strength {strength:+.2f}")
             self.controls.say(f"{direction} {strength:+.2f}: {quality} quality")
+            if self._full_next:  # after this job has finished
+                QTimer.singleShot(0, self.render_full)
 
         self.quality.setText(f"{quality} ({steps} steps) · strength {strength:+.2f} …")
-        self.run_job(self.controls, work, f"Manipulate ({quality})", done)
+        # the widget's own bar and Cancel only: slider renders are frequent and short
+        self.run_job(self.controls, work, f"Manipulate ({quality})", done, activity=False)
 
     def _show(self, layer, geometry, image, diff, prov) -> None:
         meta = geometry.result_metadata("image", prov, layer.name)

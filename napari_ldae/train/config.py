@@ -68,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "discriminator": {"channels": 64, "num_layers_d": 3},
         "perceptual_weight": 1e-3,
         "perceptual_weights": None,  # local LPIPS (SqueezeNet) state dict; None: no perceptual
-        "ssim_kernel_size": 3,
+        "ssim_kernel_size": 4,
     },
     "latent": {
         **_COMMON,
@@ -82,7 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "ema_decay": 0.999,
         "snr_gamma": 0.1,
         "val_ddim_steps": 100,
-        "ssim_kernel_size": 3,
+        "ssim_kernel_size": 4,
         "early_stop_patience": None,  # validations without improvement; None: off
     },
     "probe": {
