@@ -57,13 +57,14 @@ class OneDNNConv3d(nn.Conv3d):
     PyTorch sends 3D convolutions of one volume with 3×3×3 kernels and small N·C·D·H (every
     convolution on the demo model's latent grid) to its unblocked ``slow_conv3d`` kernel,
     4-10× slower there than oneDNN. Same weights, same state dict; with gradients enabled,
-    or off the CPU, it is an ordinary ``Conv3d``.
+    off the CPU or under ``torch.compile`` (which picks its own kernels), it is an ordinary
+    ``Conv3d``.
     """
 
     def _conv_forward(self, input, weight, bias):
         if (input.device.type == "cpu" and input.dtype == torch.float32
                 and not torch.is_grad_enabled() and self.padding_mode == "zeros"
-                and not isinstance(self.padding, str)):
+                and not isinstance(self.padding, str) and not torch.compiler.is_compiling()):
             return torch.mkldnn_convolution(input, weight, bias, self.padding, self.stride,
                                             self.dilation, self.groups)
         return super()._conv_forward(input, weight, bias)
