@@ -41,9 +41,9 @@ def render(results: dict[str, Any]) -> str:
         f"Measured {m['date']} at commit `{m['commit']}` with `{results['command']}` "
         f"({results['mode']} mode).", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['threads']} "
-        f"threads, Python {m['python']}, CUDA: {m['cuda'] or 'none'}; load average "
-        f"{fmt(m['load_average'])} at the start, {fmt(m.get('load_average_end', '?'))} at the "
-        "end.", ""]
+        f"thread{'s' * (m['threads'] != 1)}, Python {m['python']}, CUDA: "
+        f"{m['cuda'] or 'none'}; load average {fmt(m['load_average'])} at the start, "
+        f"{fmt(m.get('load_average_end', '?'))} at the end.", ""]
     if results.get("note"):
         lines += [f"**Note:** {results['note']}", ""]
     sections = results["sections"]

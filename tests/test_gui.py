@@ -218,21 +218,17 @@ def test_preview_then_full_quality(viewer, scan_file, qtbot, monkeypatch):
 def test_release_during_a_preview_shows_it_then_full_quality(viewer, scan_file, qtbot):
     """On a slow machine the preview is the first image: resting or releasing the slider
     while it runs queues full quality after it instead of cancelling it."""
-    get_state(viewer).set_steps({"preview": 30, "decode": 40})
+    get_state(viewer).set_steps({"preview": 10, "decode": 12})  # not cached: a long preview
     _open(viewer, scan_file)
     manip = _widget(viewer, "ManipulateWidget")
-    manip.render("full")  # codes and reconstructions cached: the moves below only edit
-    _idle(qtbot, manip.controls)
-    manip.render("preview")
-    _idle(qtbot, manip.controls)
     shown, show = [], manip._show
     manip._show = lambda *args: (shown.append(args[-1]["steps"]), show(*args))
     manip.slider.setValue(1.5)
     qtbot.waitUntil(lambda: manip.controls.busy, timeout=WAIT_MS)  # the debounced preview
     manip.slider.sliderReleased.emit()
-    qtbot.waitUntil(lambda: manip.quality.text() == "full (40 steps) · strength +1.50",
+    qtbot.waitUntil(lambda: manip.quality.text() == "full (12 steps) · strength +1.50",
                     timeout=WAIT_MS)
-    assert shown == [30, 40]
+    assert shown == [10, 12]
 
 
 def test_keep_and_sweep(viewer, scan_file, monkeypatch):
