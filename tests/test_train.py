@@ -309,6 +309,27 @@ def test_config_rejects_unknown_keys_and_applies_overrides(tiny_cohort):
         resolve(TINY, tiny_cohort, ["data.preprocessing={shape: [30, 32, 32]}"])
 
 
+def test_autoencoder_crops_are_windows_of_each_volume(tiny_cohort):
+    from napari_ldae.train.autoencoder import random_crop
+
+    x = torch.arange(2 * 8 * 12 * 8, dtype=torch.float32).reshape(2, 1, 8, 12, 8)
+    assert random_crop(x, None) is x
+    torch.manual_seed(0)
+    crops = random_crop(x, [4, 8, 4])
+    assert crops.shape == (2, 1, 4, 8, 4)
+    for volume, crop in zip(x, crops, strict=True):
+        # a window keeps unit strides: its first voxel locates it in the volume
+        i, j, k = (int(v) for v in torch.nonzero(volume[0] == crop[0, 0, 0, 0])[0])
+        torch.testing.assert_close(crop, volume[:, i:i + 4, j:j + 8, k:k + 4])
+    with pytest.raises(TrainingError, match="does not fit"):
+        random_crop(x, [16, 8, 4])
+    assert resolve(TINY, tiny_cohort, ["autoencoder.crop_size=[16, 16, 16]"])[
+        "autoencoder"]["crop_size"] == [16, 16, 16]
+    for bad in ("[15, 16, 16]", "[16, 16]", "[64, 16, 16]"):
+        with pytest.raises(TrainingError, match="crop_size"):
+            resolve(TINY, tiny_cohort, [f"autoencoder.crop_size={bad}"])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_train_all_on_gpu_in_mixed_precision(tiny_cohort, tmp_path):

@@ -98,7 +98,7 @@ class AutoencoderModule(pl.LightningModule):
         return self.hp["adversarial_weight"] * 0.5 * (fake + real)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        x = batch["image"]
+        x = random_crop(batch["image"], self.hp["crop_size"])
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         k = self.hp["accumulate_grad_batches"]
@@ -136,6 +136,27 @@ class AutoencoderModule(pl.LightningModule):
         self.val_l1.update((recon - x).abs().flatten(1).mean(1))
         self.log("val/ssim", self.val_ssim, prog_bar=True)
         self.log("val/l1", self.val_l1)
+
+
+def random_crop(x: torch.Tensor, size: Sequence[int] | None) -> torch.Tensor:
+    """One random ``size`` window of each ``(C, *spatial)`` volume in the batch (``None``: all).
+
+    The autoencoder is fully convolutional, so windows train it like whole volumes for a
+    fraction of the cost per step; offsets come from torch's generator (seeded per step).
+    """
+    if size is None:
+        return x
+    spatial = x.shape[2:]
+    if len(size) != len(spatial) or any(s > n for s, n in zip(size, spatial, strict=True)):
+        raise TrainingError(f"autoencoder.crop_size {list(size)} does not fit volumes of "
+                            f"shape {list(spatial)}")
+    windows = []
+    for volume in x:
+        starts = [int(torch.randint(0, n - s + 1, ())) for s, n in zip(size, spatial,
+                                                                       strict=True)]
+        windows.append(volume[(slice(None), *(slice(a, a + s) for a, s in zip(
+            starts, size, strict=True)))])
+    return torch.stack(windows)
 
 
 def _step_uncounted(optimizer) -> None:

@@ -69,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
         "perceptual_weight": 1e-3,
         "perceptual_weights": None,  # local LPIPS (SqueezeNet) state dict; None: no perceptual
         "ssim_kernel_size": 4,
+        "crop_size": None,  # train on random windows of this size (validation: whole volumes)
     },
     "latent": {
         **_COMMON,
@@ -173,7 +174,23 @@ def validate(config: Mapping[str, Any]) -> None:
         raise TrainingError("trainer.num_nodes must be a positive integer")
     if config["trainer"]["strategy"] not in ("auto", "ddp"):
         raise TrainingError("trainer.strategy must be 'auto' or 'ddp'")
-    model_config(config)  # the architecture and the contract fit together
+    model = model_config(config)  # the architecture and the contract fit together
+    _check_crop(config["autoencoder"]["crop_size"], model)
+
+
+def _check_crop(crop: Any, model: Mapping[str, Any]) -> None:
+    """``autoencoder.crop_size``: None, or a window inside the volume the autoencoder can halve."""
+    if crop is None:
+        return
+    from napari_ldae.core.autoencoder import downsampling_factor
+
+    shape = list(model["preprocessing"]["shape"])
+    f = downsampling_factor(model["autoencoder"])
+    if not (isinstance(crop, list) and len(crop) == len(shape)
+            and all(isinstance(c, int) and 0 < c <= n and c % f == 0
+                    for c, n in zip(crop, shape, strict=True))):
+        raise TrainingError(f"autoencoder.crop_size must be null or {len(shape)} integers, each "
+                            f"a multiple of {f} and at most the volume shape {shape}; got {crop!r}")
 
 
 def model_config(config: Mapping[str, Any]) -> dict[str, Any]:
