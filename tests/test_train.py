@@ -309,6 +309,20 @@ def test_config_rejects_unknown_keys_and_applies_overrides(tiny_cohort):
         resolve(TINY, tiny_cohort, ["data.preprocessing={shape: [30, 32, 32]}"])
 
 
+def test_learning_rate_warm_down_is_a_function_of_the_step(tiny_cohort):
+    from napari_ldae.train.common import WarmDown, warmdown_factor
+
+    assert [warmdown_factor(s, 10, 4) for s in (0, 6, 7, 9, 10)] == [1.0, 1.0, 0.75, 0.25, 0.0]
+    assert warmdown_factor(9, 10, 0) == 1.0
+    gen = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    disc = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    trainer = type("T", (), {"optimizers": [gen, disc], "global_step": 8})()
+    WarmDown([1.0, 2.0], 10, 4).on_train_batch_start(trainer)
+    assert gen.param_groups[0]["lr"] == 0.5 and disc.param_groups[0]["lr"] == 1.0
+    with pytest.raises(TrainingError, match="lr_warmdown_steps"):
+        resolve(TINY, tiny_cohort, ["latent.lr_warmdown_steps=-1"])
+
+
 def test_autoencoder_crops_are_windows_of_each_volume(tiny_cohort):
     from napari_ldae.train.autoencoder import random_crop
 

@@ -85,6 +85,29 @@ class EMAUpdate(Callback):
             ema.update()
 
 
+# ----------------------------------------------------------------------------- learning rate
+def warmdown_factor(step: int, max_steps: int, warmdown_steps: int) -> float:
+    """1 until the last ``warmdown_steps`` of ``max_steps``, then linearly down to 0."""
+    if warmdown_steps <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (max_steps - step) / warmdown_steps))
+
+
+class WarmDown(Callback):
+    """Set every optimizer's learning rate from the step alone: the configured rate, falling
+    linearly to 0 over the last ``warmdown_steps`` (a stateless schedule, so a resumed run
+    follows exactly the same rates)."""
+
+    def __init__(self, lrs: list[float], max_steps: int, warmdown_steps: int) -> None:
+        self.lrs, self.max_steps, self.warmdown = lrs, max_steps, warmdown_steps
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *_) -> None:
+        f = warmdown_factor(trainer.global_step, self.max_steps, self.warmdown)
+        for opt, lr in zip(trainer.optimizers, self.lrs, strict=True):
+            for group in opt.param_groups:
+                group["lr"] = lr * f
+
+
 # ----------------------------------------------------------------------------- seeding
 class StepSeed(Callback):
     """Seed torch before each batch from ``(seed, global step, micro-batch, rank)``.
@@ -174,8 +197,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- trainer
 def make_trainer(config: Mapping[str, Any], stage: str, stage_dir: Path,
                  callbacks: list[Callback], monitor: str | None = None,
-                 manual_optimization: bool = False) -> tuple[pl.Trainer, Checkpoints]:
-    """A Lightning ``Trainer`` for one stage, with its checkpoints, logs and seeding."""
+                 manual_optimization: bool = False,
+                 lrs: list[float] | None = None) -> tuple[pl.Trainer, Checkpoints]:
+    """A Lightning ``Trainer`` for one stage, with its checkpoints, logs and seeding.
+
+    ``lrs``: the learning rate of each of the stage's optimizers (default ``[lr]``), for the
+    warm-down schedule.
+    """
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -199,7 +227,8 @@ def make_trainer(config: Mapping[str, Any], stage: str, stage_dir: Path,
         val_check_interval=s["val_every_n_steps"] * accumulate, check_val_every_n_epoch=None,
         limit_val_batches=s["limit_val_batches"], num_sanity_val_steps=t["num_sanity_val_steps"],
         log_every_n_steps=s["log_every_n_steps"] or t["log_every_n_steps"],
-        callbacks=[*callbacks, ckpt, StepSeed(config["seed"])],
+        callbacks=[*callbacks, ckpt, StepSeed(config["seed"]),
+                   WarmDown(lrs or [s["lr"]], s["max_steps"], s["lr_warmdown_steps"])],
         # one TensorBoard run across resumes; one CSV file per invocation (it would be erased)
         logger=[TensorBoardLogger(logs, name="tensorboard", version=""),
                 CSVLogger(logs, name="csv")],

@@ -25,6 +25,7 @@ NETWORK_STAGES = STAGES[:3]
 _COMMON: dict[str, Any] = {
     "batch_size": 1,  # per device
     "lr": 1e-4,
+    "lr_warmdown_steps": 0,  # the last N optimizer steps: lr falls linearly to 0
     "max_steps": 1000,  # optimizer steps
     "accumulate_grad_batches": 1,
     "gradient_clip_val": None,
@@ -167,6 +168,9 @@ def validate(config: Mapping[str, Any]) -> None:
                     "checkpoint_every_n_steps"):
             if not isinstance(s[key], int) or s[key] < 1:
                 raise TrainingError(f"{stage}.{key} must be a positive integer, got {s[key]!r}")
+        if not isinstance(s["lr_warmdown_steps"], int) or s["lr_warmdown_steps"] < 0:
+            raise TrainingError(f"{stage}.lr_warmdown_steps must be a non-negative integer, "
+                                f"got {s['lr_warmdown_steps']!r}")
     t = config["trainer"]
     if not (t["devices"] == -1 or (isinstance(t["devices"], int) and t["devices"] >= 1)):
         raise TrainingError("trainer.devices must be a positive integer or -1 (all GPUs)")
