@@ -6,7 +6,6 @@ probe stage and ``napari-ldae evaluate``. Plain torch: no Lightning.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,8 +22,12 @@ SPLITS = ("train", "val", "test")
 
 def fit_linear(x: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor], loss: str,
                optimizer: str, lr: float, steps: int, seed: int) -> nn.Linear:
-    """One linear layer on full batches of ``x["train"]``; the step with the lowest loss on
-    ``x["val"]`` wins (the last step without a validation split)."""
+    """One linear layer trained for ``steps`` full-batch steps on ``x["train"]``.
+
+    No step is picked on the validation split: with the few subjects a validation split
+    holds, its loss is noisier than the probe's progress, and picking its minimum chose the
+    untrained initialisation (a random direction) on the demo cohort.
+    """
     torch.manual_seed(seed)
     layer = nn.Linear(x["train"].shape[1], 1)
     opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}.get(optimizer.lower())
@@ -32,18 +35,10 @@ def fit_linear(x: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor], los
         raise TrainingError(f"probe optimizer must be adam or sgd, not {optimizer!r}")
     opt = opt_cls(layer.parameters(), lr=lr)
     loss_fn = F.binary_cross_entropy_with_logits if loss == "bce" else F.mse_loss
-    best, best_state = math.inf, None
     for _ in range(steps):
         opt.zero_grad()
         loss_fn(layer(x["train"]).squeeze(1), y["train"]).backward()
         opt.step()
-        if len(y.get("val", ())):
-            with torch.no_grad():
-                val = float(loss_fn(layer(x["val"]).squeeze(1), y["val"]))
-            if val < best:
-                best, best_state = val, {k: v.clone() for k, v in layer.state_dict().items()}
-    if best_state is not None:
-        layer.load_state_dict(best_state)
     return layer
 
 

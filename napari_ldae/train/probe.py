@@ -2,7 +2,7 @@
 
 Every scan is embedded by the stage-3 EMA encoder; y is standardised with the training split's
 per-dimension mean/std. Two linear probes are fitted on the training split (the validation
-split picks the best step): AD vs CN (one linear layer, BCE, Adam 1e-3 by default; AD is the
+split is not used): AD vs CN (one linear layer, BCE, Adam 1e-3 by default; AD is the
 positive class) and age (one linear layer, MSE on the standardised age, SGD 1e-3 by default).
 Their weights become the bundle's directions ``"AD"`` ("toward AD": + raises the AD logit) and
 ``"age"`` ("older"); their test-split metrics go with them. The bundle lands in ``OUT/bundle``.
