@@ -247,8 +247,8 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
     data = CohortData(config, "autoencoder", common.cache_dir(config, out))
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     module = AutoencoderModule(config)
-    hp = config["autoencoder"]
-    lrs = [hp["lr"]] + ([hp["lr_discriminator"]] if module.discriminator is not None else [])
+    has_d = module.discriminator is not None
+    lrs = [module.hp["lr"]] + ([module.hp["lr_discriminator"]] if has_d else [])
     trainer, ckpt = common.make_trainer(config, "autoencoder", stage_dir, list(callbacks),
                                         monitor="val/ssim", manual_optimization=True, lrs=lrs)
     common.fit(trainer, module, data, ckpt, resume)
