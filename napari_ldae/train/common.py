@@ -218,6 +218,8 @@ def make_trainer(config: Mapping[str, Any], stage: str, stage_dir: Path,
     ckpt = Checkpoints(stage_dir / "checkpoints", s["checkpoint_every_n_steps"], monitor)
     logs = stage_dir / "logs"
     accumulate = s["accumulate_grad_batches"]
+    warmdown = [WarmDown(lrs or [s["lr"]], s["max_steps"], s["lr_warmdown_steps"])] \
+        if s["lr_warmdown_steps"] else []  # 0: the optimizers' rates are left alone
     trainer = pl.Trainer(
         accelerator=accelerator, devices=t["devices"], num_nodes=t["num_nodes"],
         strategy=strategy, precision=precision,
@@ -227,8 +229,7 @@ def make_trainer(config: Mapping[str, Any], stage: str, stage_dir: Path,
         val_check_interval=s["val_every_n_steps"] * accumulate, check_val_every_n_epoch=None,
         limit_val_batches=s["limit_val_batches"], num_sanity_val_steps=t["num_sanity_val_steps"],
         log_every_n_steps=s["log_every_n_steps"] or t["log_every_n_steps"],
-        callbacks=[*callbacks, ckpt, StepSeed(config["seed"]),
-                   WarmDown(lrs or [s["lr"]], s["max_steps"], s["lr_warmdown_steps"])],
+        callbacks=[*callbacks, ckpt, StepSeed(config["seed"]), *warmdown],
         # one TensorBoard run across resumes; one CSV file per invocation (it would be erased)
         logger=[TensorBoardLogger(logs, name="tensorboard", version=""),
                 CSVLogger(logs, name="csv")],
