@@ -96,6 +96,7 @@ def test_report_details(run, bundle, longitudinal_cohort):
     probe = report["probe"]
     assert "2-fold" in probe["protocol"] and probe["ad_vs_cn"]["n_test_scans"] == 12
     assert set(probe["bundle_directions"]) == {"AD", "age"}
+    assert 0.0 < probe["semantic_spread"] < 10.0
     man = report["manipulation"]
     assert man["direction"] == "AD" and len(man["per_subject"]) == 4
     assert all(len(v) == 4 for v in man["per_subject"].values())
@@ -109,6 +110,7 @@ def test_markdown(run):
     for heading in ("## Reconstruction", "## Linear probes", "## Interpolation",
                     "## Manipulation", "## Notes"):
         assert heading in text
+    assert "Spread of y between scans" in text
     assert "0.962" in text and "0.8948" in text  # the paper's numbers beside ours
 
 

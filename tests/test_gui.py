@@ -196,35 +196,65 @@ def test_encode_then_slider_updates_one_layer_in_place(viewer, scan_file, qtbot)
         manip.slider.blockSignals(True)
         manip.slider.setValue(value)
         manip.slider.blockSignals(False)
-        manip.render("full")
+        manip.render_full()
     _idle(qtbot, manip.controls)
     _no_workers(qtbot)  # stale workers have reported (and must not have changed anything)
     assert manip.quality.text() == "full (1 steps) · strength +2.50"
     assert edit.metadata["ldae_provenance"]["strength"] == 2.5 and len(viewer.layers) == n_layers
 
 
-def test_preview_then_full_quality(viewer, scan_file, qtbot, monkeypatch):
+def test_live_preview_blends_anchors_then_full_quality(viewer, scan_file, qtbot, monkeypatch):
+    """The first move decodes the anchor strengths once; later moves are blends of them,
+    shown with no network call; resting renders full quality of the exact value."""
     monkeypatch.setenv(_jobs.SYNC_ENV, "1")
     get_state(viewer).set_steps({"decode": 2, "preview": 1})
-    _open(viewer, scan_file)
+    source = _open(viewer, scan_file)
     manip = _widget(viewer, "ManipulateWidget")
-    manip.render("preview")
-    assert manip.quality.text().startswith("preview (1 steps)")
-    manip.slider.setValue(1.0)  # debounced preview, then full when the slider rests
-    qtbot.waitUntil(lambda: manip.quality.text().startswith("full (2 steps) · strength +1.00"),
-                    timeout=WAIT_MS)
+    manip.slider.setValue(1.0)
+    qtbot.waitUntil(lambda: manip._anchors is not None, timeout=WAIT_MS)
+    anchors = manip._anchors
+    assert list(anchors["strengths"]) == [-5.0, -2.5, 0.0, 2.5, 5.0]
+    assert anchors["volumes"].shape[0] == 5
+    np.testing.assert_array_equal(anchors["volumes"][2], anchors["recon"])  # 0 = recon
+    session = get_state(viewer).session
+    calls = []
+    monkeypatch.setattr(session.model, "_net", lambda *a: calls.append(a))  # must not be used
+    manip._rest_timer.stop()
+    manip.slider.setValue(3.75)  # halfway between the anchors +2.5 and +5
+    qtbot.waitUntil(lambda: manip.quality.text().startswith("live preview"), timeout=WAIT_MS)
+    assert manip.quality.text() == "live preview (blend, 1 steps) · strength +3.75"
+    assert calls == [] and manip._anchors is anchors
+    edit = viewer.layers[f"{source.name} [edit]"]
+    geometry = anchors["geometry"]
+    expected = geometry.for_display(0.5 * (anchors["volumes"][3] + anchors["volumes"][4]))[0]
+    np.testing.assert_allclose(edit.data, expected, rtol=1e-5, atol=1e-5)
+    assert "blend" in edit.metadata["ldae_provenance"]["preview"]
+    monkeypatch.undo()  # the real network for the full-quality render
+    monkeypatch.setenv(_jobs.SYNC_ENV, "1")
+    manip._released()
+    assert manip.quality.text() == "full (2 steps) · strength +3.75"
+    assert "preview" not in edit.metadata["ldae_provenance"]
 
 
-def test_release_during_a_preview_shows_it_then_full_quality(viewer, scan_file, qtbot):
-    """On a slow machine the preview is the first image: resting or releasing the slider
-    while it runs queues full quality after it instead of cancelling it."""
-    get_state(viewer).set_steps({"preview": 10, "decode": 12})  # not cached: a long preview
+def test_blend_anchors_is_piecewise_linear_and_clipped():
+    from napari_ldae.gui.manipulate_widget import blend_anchors
+
+    strengths = np.array([-2.0, 0.0, 2.0])
+    volumes = np.array([np.full((2, 2, 2), v, np.float32) for v in (10.0, 0.0, 4.0)])
+    for s, value in ((-2.0, 10.0), (-1.0, 5.0), (0.0, 0.0), (0.5, 1.0), (2.0, 4.0), (9.0, 4.0)):
+        np.testing.assert_allclose(blend_anchors(strengths, volumes, s), value)
+
+
+def test_release_while_anchors_are_made_queues_full_quality(viewer, scan_file, qtbot):
+    """On a slow machine the anchors come first: resting or releasing the slider while they
+    are decoded queues full quality after them instead of cancelling them."""
+    get_state(viewer).set_steps({"preview": 10, "decode": 12})  # not cached: long anchors
     _open(viewer, scan_file)
     manip = _widget(viewer, "ManipulateWidget")
     shown, show = [], manip._show
     manip._show = lambda *args: (shown.append(args[-1]["steps"]), show(*args))
     manip.slider.setValue(1.5)
-    qtbot.waitUntil(lambda: manip.controls.busy, timeout=WAIT_MS)  # the debounced preview
+    qtbot.waitUntil(lambda: manip.controls.busy, timeout=WAIT_MS)  # the anchors
     manip.slider.sliderReleased.emit()
     qtbot.waitUntil(lambda: manip.quality.text() == "full (12 steps) · strength +1.50",
                     timeout=WAIT_MS)
@@ -235,7 +265,7 @@ def test_keep_and_sweep(viewer, scan_file, monkeypatch):
     monkeypatch.setenv(_jobs.SYNC_ENV, "1")
     source = _open(viewer, scan_file)
     manip = _widget(viewer, "ManipulateWidget")
-    manip.render("full")
+    manip.render_full()
     kept = manip.keep()
     assert [k.name for k in kept] == [f"{source.name} AD +0.00", f"{source.name} Δ AD +0.00"]
     manip.sweep_from.setValue(-2.0)
@@ -278,7 +308,7 @@ def test_injected_errors_reset_the_ui(viewer, scan_file, qtbot, monkeypatch, err
     monkeypatch.setattr(session, "iter_manipulate", broken)
     _open(viewer, scan_file)
     manip = _widget(viewer, "ManipulateWidget")
-    manip.render("full")
+    manip.render_full()
     _idle(qtbot, manip.controls)
     _assert_idle_ui(manip.controls)
     expected = OOM_HINT if isinstance(error, torch.OutOfMemoryError) else "boom"
@@ -286,7 +316,7 @@ def test_injected_errors_reset_the_ui(viewer, scan_file, qtbot, monkeypatch, err
     assert not _open_progress_bars()
     monkeypatch.undo()  # the UI works again
     monkeypatch.setenv(_jobs.SYNC_ENV, "1")
-    manip.render("full")
+    manip.render_full()
     assert "full quality" in manip.controls.status.text()
 
 
@@ -334,7 +364,7 @@ def test_export_overlays_the_source_file_and_never_overwrites_silently(
     source = _open(viewer, scan_file)
     manip = _widget(viewer, "ManipulateWidget")
     manip.slider.setValue(1.5)
-    manip.render("full")
+    manip.render_full()
     exp = _widget(viewer, "ExportWidget")
     exp.folder.setText(str(tmp_path / "out"))
     names = [f"{source.name} [edit]", f"{source.name} [Δ edit]"]

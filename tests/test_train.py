@@ -117,6 +117,8 @@ def test_stage_files_and_checkpoints_are_pickle_free(run_all):
     assert state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["ready"] == 4
     csv = (out / "autoencoder" / "logs" / "csv" / "version_0" / "metrics.csv").read_text()
     assert "train/d" in csv.splitlines()[0] and "train/g_adv" in csv.splitlines()[0]
+    csv = (out / "representation" / "logs" / "csv" / "version_0" / "metrics.csv").read_text()
+    assert {"val/ssim", "val/y_spread"} <= set(csv.splitlines()[0].split(","))
     # stage 3 checkpoints leave out the frozen autoencoder and UNet half
     state = torch.load(out / "representation" / "checkpoints" / "best.ckpt", weights_only=True)
     assert not any(k.startswith(representation.FROZEN_PREFIXES) for k in state["state_dict"])

@@ -47,3 +47,14 @@ def test_ssim_is_one_for_identical_volumes_and_lower_otherwise():
     x = torch.rand(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-5)
     assert (ssim(x, x.flip(2)) < 0.5).all()
+
+
+def test_semantic_spread_is_zero_for_a_collapsed_encoder():
+    from napari_ldae.evaluate.metrics import semantic_spread
+
+    same = torch.tensor([[1.0, -2.0, 3.0]]).repeat(4, 1)
+    assert semantic_spread(same) == pytest.approx(0.0)
+    varied = same + torch.tensor([[0.5], [-0.5], [0.5], [-0.5]])
+    assert semantic_spread(varied) == pytest.approx(float(varied.std(0).mean() / 2.0))
+    with pytest.raises(ValueError, match="N ≥ 2"):
+        semantic_spread(same[:1])

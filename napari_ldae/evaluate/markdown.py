@@ -110,6 +110,10 @@ def _probes(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
             "reference code used CN: compare precision/recall/F1 with care).", "",
             _table(["metric", "ours", "paper LDAE", "paper voxel DAE", "paper supervised"],
                    rows)]
+    if probe.get("semantic_spread") is not None:
+        text += ["", f"Spread of y between scans: {_fmt(probe['semantic_spread'])} (std across "
+                 "scans over mean |y|; near 0 means the encoder gives every brain the same code "
+                 "and the decoder cannot follow an edit)."]
     directions = probe.get("bundle_directions") or {}
     if directions:
         drows = [[name, d.get("meaning"), d.get("roc_auc"), d.get("pearson_r_with_age"),

@@ -87,6 +87,16 @@ def regression_metrics(targets: ArrayLike, predictions: ArrayLike) -> dict:
             "n": len(err)}
 
 
+def semantic_spread(codes: torch.Tensor) -> float:
+    """How much semantic codes ``(N, d)`` differ between scans: the mean over dimensions of
+    their standard deviation across scans, over their mean magnitude. An encoder that has
+    collapsed (the same y for every brain, so the decoder cannot use it) scores near 0."""
+    codes = codes.float()
+    if codes.ndim != 2 or len(codes) < 2:
+        raise ValueError(f"need (N ≥ 2, d) codes, got {tuple(codes.shape)}")
+    return float(codes.std(dim=0).mean() / codes.abs().mean().clamp_min(1e-12))
+
+
 def ssim(pred: torch.Tensor, target: torch.Tensor, kernel_size: int = SSIM_KERNEL,
          data_range: float = 1.0) -> torch.Tensor:
     """3D SSIM per volume (B,) of ``(B, 1, X, Y, Z)`` tensors (MONAI, Gaussian window σ 1.5)."""

@@ -45,6 +45,7 @@ from napari_ldae.core.progress import Progress, ProgressGen, drain
 from napari_ldae.data.cohort import Cohort, ScanRecord
 from napari_ldae.errors import LDAEError
 from napari_ldae.evaluate import SECTIONS
+from napari_ldae.evaluate.metrics import semantic_spread
 from napari_ldae.evaluate import image_metrics as im
 
 SPLITS = ("test", "all")
@@ -650,6 +651,8 @@ def _iter_probe(ctx: _Context, plan: Plan, results: list[_SubjectResult],
                if _key(r) not in codes]
     codes |= yield from _iter_embed(ctx, list({_key(r): r for r in missing}.values()))
     out: dict[str, Any] = {"protocol": plan.protocol}
+    if len(codes) > 1:  # near 0: the encoder gives every brain the same y
+        out["semantic_spread"] = semantic_spread(torch.stack(list(codes.values())))
     try:
         out |= _refit(plan.folds, codes, ctx.options, notes)
     except ImportError as err:

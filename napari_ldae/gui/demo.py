@@ -109,7 +109,7 @@ def screenshots(viewer, widgets: dict, visits: list, out: Path) -> list[Path]:
     manip.slider.blockSignals(True)  # no debounced renders: one full-quality render
     manip.slider.setValue(manip.slider.maximum() * 0.6)
     manip.slider.blockSignals(False)
-    manip.render("full")
+    manip.render_full()
     shoot(paths[1])
     viewer.dims.ndisplay = 3  # the scan in gray, the signed change in red/blue
     viewer.layers[f"{visits[0].name} [edit]"].visible = False

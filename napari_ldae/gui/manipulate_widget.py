@@ -1,12 +1,13 @@
 """Manipulate: move a scan's semantic code along a learned direction with a live slider.
 
-While the slider moves, a preview (``steps["preview"]`` DDIM steps) is rendered after a short
-debounce; when it rests (or is released) the full-quality decode (``steps["decode"]``) follows,
-after the preview of that same value if one is running (on a slow CPU the preview is the first
-image the user sees). The latest request wins: a new value cancels the running decode at its
-next step and stale results are dropped. The edit and its signed difference to the
-reconstruction (edit − strength-0 decode, which removes the autoencoder's blur) are updated in
-place.
+Live preview: the first slider move on a (scan, direction) decodes a few anchor strengths
+spanning the slider (``steps["preview"]`` DDIM steps, one batch); from then on every slider
+value is shown at once as the piecewise-linear blend of its two neighbouring anchors (no network
+call while dragging). When the slider rests (or is released) the full-quality decode
+(``steps["decode"]``) of that exact strength follows, after the anchors if they are still being
+made. The latest request wins: a new value cancels the running decode at its next step and stale
+results are dropped. The edit and its signed difference to the reconstruction (edit −
+strength-0 decode, which removes the autoencoder's blur) are updated in place.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 from superqt import QLabeledDoubleSlider
-from superqt.utils import qdebounced
+from superqt.utils import qthrottled
 
 from napari_ldae.gui._base import LDAEWidget, form_row
 from napari_ldae.gui._controls import LayerCombo, RunControls
@@ -39,8 +40,18 @@ from napari_ldae.gui._layers import (
 )
 from napari_ldae.session import describe_error
 
-PREVIEW_DEBOUNCE_MS = 150
+PREVIEW_THROTTLE_MS = 40  # at most one blended preview per 40 ms while dragging
 REST_MS = 600
+ANCHORS = 5  # anchor strengths of the live preview, evenly over the slider's range
+
+
+def blend_anchors(strengths: np.ndarray, volumes: np.ndarray, strength: float) -> np.ndarray:
+    """Piecewise-linear blend of ``volumes`` (one per sorted anchor strength) at ``strength``
+    (clipped to the anchors' range)."""
+    s = float(np.clip(strength, strengths[0], strengths[-1]))
+    i = int(np.clip(np.searchsorted(strengths, s, side="right") - 1, 0, len(strengths) - 2))
+    w = np.float32((s - strengths[i]) / (strengths[i + 1] - strengths[i]))
+    return (1.0 - w) * volumes[i] + w * volumes[i + 1]
 
 
 class ManipulateWidget(LDAEWidget):
@@ -69,9 +80,10 @@ class ManipulateWidget(LDAEWidget):
         self._source = None
         self._request = 0
         self._running: tuple | None = None  # (quality, direction, strength) of the last render
-        self._full_next = False  # render full quality when the running preview is shown
+        self._full_next = False  # render full quality when the running job has finished
         self._shown: dict | None = None
-        self._preview_later = qdebounced(self._render_preview, timeout=PREVIEW_DEBOUNCE_MS)
+        self._anchors: dict | None = None  # the live preview's decoded anchor strengths
+        self._preview_later = qthrottled(self._preview, timeout=PREVIEW_THROTTLE_MS)
         self._rest_timer = QTimer(self)
         self._rest_timer.setSingleShot(True)
         self._rest_timer.setInterval(REST_MS)
@@ -136,40 +148,93 @@ class ManipulateWidget(LDAEWidget):
         self._rest_timer.start()
 
     def _released(self) -> None:
-        self._preview_later.cancel()
         self._rest_timer.stop()
         self._rest()
 
     def _rest(self) -> None:
-        """The slider rests: full quality, after the running preview of this very value."""
-        value = ("preview", self.direction.currentData(), self.strength)
-        if self.controls.busy and self._running == value:
+        """The slider rests: full quality, after the anchors if they are being made."""
+        if self.controls.busy and self._running == ("anchors", self.direction.currentData()):
             self._full_next = True
         else:
             self.render_full()
 
-    def _render_preview(self) -> None:
-        self.render("preview")
-
-    def render_full(self) -> None:
-        self._rest_timer.stop()
-        self.render("full")
-
-    def render(self, quality: str = "full") -> None:
-        """Decode the current strength (``"preview"`` or ``"full"``); the latest wins."""
+    def _preview(self) -> None:
+        """Show the live preview of the current strength; decode its anchors first."""
         try:
             session, layer, scan, geometry = self._prepare()
         except Exception as err:
             self.fail(self.controls, describe_error(err))
             return
-        steps = self.state.steps["preview" if quality == "preview" else "decode"]
-        encode_steps = self.state.steps["encode"]
-        direction, strength = self.direction.currentData(), self.strength
+        steps = self.state.steps
+        key = (self._source_key, self.direction.currentData(), steps["preview"], steps["encode"])
+        if self._anchors is not None and self._anchors["key"] == key:
+            if self.controls.busy and self._running and self._running[0] == "full":
+                self._new_request()  # a full render of an older value: stale now
+            self._show_blend()
+        elif not (self.controls.busy and self._running == ("anchors", key[1])):
+            self._make_anchors(session, layer, scan, geometry, key)
+
+    def _new_request(self, running: tuple | None = None) -> int:
+        """Cancel the running job (its result would be stale); the number of the next one."""
         if self.controls.busy:
             self.controls.job.cancel()
         self._request += 1
-        request = self._request
-        self._running, self._full_next = (quality, direction, strength), False
+        self._running, self._full_next = running, False
+        return self._request
+
+    def _make_anchors(self, session, layer, scan, geometry, key) -> None:
+        _, direction, steps, encode_steps = key
+        strengths = np.linspace(self.slider.minimum(), self.slider.maximum(), ANCHORS)
+        moved = strengths[strengths != 0]  # strength 0 is the reconstruction
+        request = self._new_request(("anchors", direction))
+
+        def work():
+            codes = yield from session.iter_encode(scan, encode_steps)
+            recon = yield from session.iter_reconstruction(codes, steps)
+            volumes = yield from session.iter_manipulate(codes, direction, moved, steps)
+            if len(moved) < len(strengths):
+                volumes = np.insert(volumes, int(np.searchsorted(moved, 0.0)), recon, axis=0)
+            return volumes, recon
+
+        def done(result) -> None:
+            if request != self._request:
+                return
+            volumes, recon = result
+            self._anchors = {"key": key, "strengths": strengths, "volumes": volumes,
+                             "recon": recon, "layer": layer, "geometry": geometry}
+            self._show_blend()
+            if self._full_next:  # after this job has finished
+                QTimer.singleShot(0, self.render_full)
+
+        self.quality.setText(f"preparing the live preview: {ANCHORS} strengths at {steps} "
+                             "steps …")
+        # the widget's own bar and Cancel only: slider renders are frequent and short
+        self.run_job(self.controls, work, "Manipulate (live preview)", done, activity=False)
+
+    def _show_blend(self) -> None:
+        """The anchors blended at the current strength, shown at once (no network call)."""
+        a, strength = self._anchors, self.strength
+        _, direction, steps, encode_steps = a["key"]
+        volume = blend_anchors(a["strengths"], a["volumes"], strength)
+        image, diff = a["geometry"].for_display(volume, a["recon"])
+        listed = ", ".join(f"{s:+g}" for s in a["strengths"])
+        prov = {"operation": "manipulate", "direction": direction, "strength": strength,
+                "steps": steps, "encode_steps": encode_steps,
+                "preview": f"linear blend of decodes at strengths {listed}"}
+        self._show(a["layer"], a["geometry"], image, diff, prov)
+        self.quality.setText(f"live preview (blend, {steps} steps) · strength {strength:+.2f}")
+
+    def render_full(self) -> None:
+        """Decode the current strength at full quality; the latest request wins."""
+        self._rest_timer.stop()
+        try:
+            session, layer, scan, geometry = self._prepare()
+        except Exception as err:
+            self.fail(self.controls, describe_error(err))
+            return
+        steps, encode_steps = self.state.steps["decode"], self.state.steps["encode"]
+        direction, strength = self.direction.currentData(), self.strength
+        request = self._new_request(("full", direction, strength))
 
         def work():
             codes = yield from session.iter_encode(scan, encode_steps)
@@ -183,14 +248,11 @@ class ManipulateWidget(LDAEWidget):
             prov = {"operation": "manipulate", "direction": direction, "strength": strength,
                     "steps": steps, "encode_steps": encode_steps}
             self._show(layer, geometry, *result, prov)
-            self.quality.setText(f"{quality} ({steps} steps) · strength {strength:+.2f}")
-            self.controls.say(f"{direction} {strength:+.2f}: {quality} quality")
-            if self._full_next:  # after this job has finished
-                QTimer.singleShot(0, self.render_full)
+            self.quality.setText(f"full ({steps} steps) · strength {strength:+.2f}")
+            self.controls.say(f"{direction} {strength:+.2f}: full quality")
 
-        self.quality.setText(f"{quality} ({steps} steps) · strength {strength:+.2f} …")
-        # the widget's own bar and Cancel only: slider renders are frequent and short
-        self.run_job(self.controls, work, f"Manipulate ({quality})", done, activity=False)
+        self.quality.setText(f"full ({steps} steps) · strength {strength:+.2f} …")
+        self.run_job(self.controls, work, "Manipulate", done, activity=False)
 
     def _show(self, layer, geometry, image, diff, prov) -> None:
         meta = geometry.result_metadata("image", prov, layer.name)

@@ -28,7 +28,7 @@ from napari_ldae.core.diffusion import Schedule, ddim_sample, gather, q_sample
 from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder
 from napari_ldae.core.unet import FROZEN_MODULES, ShiftUNet, UNetConfig
 from napari_ldae.errors import BundleError, TrainingError
-from napari_ldae.evaluate.metrics import ssim
+from napari_ldae.evaluate.metrics import semantic_spread, ssim
 from napari_ldae.train import autoencoder as stage1
 from napari_ldae.train import common
 from napari_ldae.train import latent as stage2
@@ -82,6 +82,7 @@ class RepresentationModule(pl.LightningModule):
         self.ema = common.EMA(trainable, self.hp["ema_decay"])
         self.strict_loading = False  # checkpoints leave out FROZEN_PREFIXES
         self.val_ssim = MeanMetric()
+        self._val_codes: list[torch.Tensor] = []
 
     def configure_optimizers(self):
         params = [*self.encoder.parameters(), *self.unet.branch_parameters()]
@@ -100,9 +101,8 @@ class RepresentationModule(pl.LightningModule):
         return loss
 
     @torch.no_grad()
-    def semantic_decode(self, x: torch.Tensor, x_T: torch.Tensor) -> torch.Tensor:
-        """Volumes decoded from the semantic code of ``x`` alone (x_T given, DDIM)."""
-        y = self.encoder(axial_slices(x))
+    def semantic_decode(self, y: torch.Tensor, x_T: torch.Tensor) -> torch.Tensor:
+        """Volumes decoded from semantic codes alone (x_T given, DDIM)."""
         z = ddim_sample(self.unet, x_T, y, self.hp["val_ddim_steps"], self.schedule, self.clamp)
         return self.autoencoder.decode(z).float().clamp(0.0, 1.0)
 
@@ -111,10 +111,18 @@ class RepresentationModule(pl.LightningModule):
         gen = torch.Generator(device=z0.device).manual_seed(int(batch["index"][0]))
         x_T = torch.randn(z0.shape, device=z0.device, generator=gen)
         with self.ema.swapped():
-            pred = self.semantic_decode(x, x_T)
+            y = self.encoder(axial_slices(x))
+            pred = self.semantic_decode(y, x_T)
         target = self.autoencoder.decode(z0).float().clamp(0.0, 1.0)
         self.val_ssim.update(ssim(pred, target, self.hp["ssim_kernel_size"]))
         self.log("val/ssim", self.val_ssim, prog_bar=True)
+        self._val_codes.append(y.detach().float().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/y_spread``: near 0 means the encoder gives every brain the same code."""
+        codes, self._val_codes = self._val_codes, []
+        if sum(len(c) for c in codes) > 1:
+            self.log("val/y_spread", semantic_spread(torch.cat(codes)))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
