@@ -156,7 +156,7 @@ class _Driver:
 
 def _latency(ui: _Driver, mode: Mode, section: Section, steps: dict[str, int]) -> None:
     from napari_ldae.gui._state import get_state
-    from napari_ldae.gui.manipulate_widget import ANCHORS
+    from napari_ldae.gui._preview import ANCHORS
 
     get_state(ui.viewer).set_steps(steps)
     t0 = time.perf_counter()

@@ -213,9 +213,9 @@ def test_live_preview_blends_anchors_then_full_quality(viewer, scan_file, qtbot,
     manip.slider.setValue(1.0)
     qtbot.waitUntil(lambda: manip._anchors is not None, timeout=WAIT_MS)
     anchors = manip._anchors
-    assert list(anchors["strengths"]) == [-5.0, -2.5, 0.0, 2.5, 5.0]
-    assert anchors["volumes"].shape[0] == 5
-    np.testing.assert_array_equal(anchors["volumes"][2], anchors["recon"])  # 0 = recon
+    assert list(anchors.values) == [-5.0, -2.5, 0.0, 2.5, 5.0]
+    assert anchors.volumes.shape[0] == 5
+    np.testing.assert_array_equal(anchors.volumes[2], anchors.extra["recon"])  # 0 = recon
     session = get_state(viewer).session
     calls = []
     monkeypatch.setattr(session.model, "_net", lambda *a: calls.append(a))  # must not be used
@@ -225,8 +225,8 @@ def test_live_preview_blends_anchors_then_full_quality(viewer, scan_file, qtbot,
     assert manip.quality.text() == "live preview (blend, 1 steps) · strength +3.75"
     assert calls == [] and manip._anchors is anchors
     edit = viewer.layers[f"{source.name} [edit]"]
-    geometry = anchors["geometry"]
-    expected = geometry.for_display(0.5 * (anchors["volumes"][3] + anchors["volumes"][4]))[0]
+    geometry = anchors.extra["geometry"]
+    expected = geometry.for_display(0.5 * (anchors.volumes[3] + anchors.volumes[4]))[0]
     np.testing.assert_allclose(edit.data, expected, rtol=1e-5, atol=1e-5)
     assert "blend" in edit.metadata["ldae_provenance"]["preview"]
     monkeypatch.undo()  # the real network for the full-quality render
@@ -237,7 +237,7 @@ def test_live_preview_blends_anchors_then_full_quality(viewer, scan_file, qtbot,
 
 
 def test_blend_anchors_is_piecewise_linear_and_clipped():
-    from napari_ldae.gui.manipulate_widget import blend_anchors
+    from napari_ldae.gui._preview import blend_anchors
 
     strengths = np.array([-2.0, 0.0, 2.0])
     volumes = np.array([np.full((2, 2, 2), v, np.float32) for v in (10.0, 0.0, 4.0)])
@@ -355,6 +355,38 @@ def test_interpolate_dates_and_sweep(viewer, tmp_path, monkeypatch):
     sweep = viewer.layers[f"{a.name} → {b.name} [sweep]"]
     assert sweep.data.shape == (3, 32, 32, 32)
     assert "months 0, 6, 12" in interp.sweep_controls.status.text()
+
+
+def test_interpolate_live_preview_blends_anchor_dates(viewer, tmp_path, monkeypatch, qtbot):
+    monkeypatch.setenv(_jobs.SYNC_ENV, "1")
+    get_state(viewer).set_steps({"decode": 2, "preview": 1})
+    paths = []
+    for i, months in enumerate((0, 12)):
+        scan = tiny_scan(seed=i)
+        paths.append(write_scan(tmp_path / f"sub-01_ses-M{months:02d}_T1w.nii.gz", scan.data,
+                                like=scan))
+    a, b = (_open(viewer, p) for p in paths)
+    interp = _widget(viewer, "InterpolateWidget")
+    interp.combo_a.select(a.name)
+    interp.combo_b.select(b.name)
+    interp.slider.setValue(4.5)  # α 0.375: between the anchors 0.25 and 0.5
+    qtbot.waitUntil(lambda: interp._anchors is not None, timeout=WAIT_MS)
+    anchors = interp._anchors
+    assert list(anchors.values) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    np.testing.assert_array_equal(anchors.volumes[0], anchors.extra["rec_a"])
+    np.testing.assert_array_equal(anchors.volumes[-1], anchors.extra["rec_b"])
+    layer = viewer.layers[f"{a.name} → {b.name} [interp]"]
+    qtbot.waitUntil(lambda: layer.metadata["ldae_provenance"]["months"] == 4.5, timeout=WAIT_MS)
+    prov = layer.metadata["ldae_provenance"]
+    assert prov["alpha"] == 0.375 and "blend" in prov["preview"] and prov["steps"] == 1
+    geometry = anchors.extra["geometry"]
+    expected = geometry.for_display(0.5 * (anchors.volumes[1] + anchors.volumes[2]))[0]
+    np.testing.assert_allclose(layer.data, expected, rtol=1e-5, atol=1e-5)
+    assert "live preview" in interp.controls.status.text()
+    interp.slider.sliderReleased.emit()  # full quality of the exact date
+    prov = layer.metadata["ldae_provenance"]
+    assert prov["steps"] == 2 and "preview" not in prov and prov["alpha"] == 0.375
+    assert "full quality (2 steps)" in interp.controls.status.text()
 
 
 # ----------------------------------------------------------------------------- export

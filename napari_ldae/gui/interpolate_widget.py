@@ -4,7 +4,9 @@ Visits come from image layers (or files opened into layers); their dates (months
 baseline) come from the layer's ``ldae_visit`` metadata, BIDS names or ``sessions.tsv``, or
 are typed. α = (t − t_A)/(t_B − t_A) interpolates the codes (lerp y, slerp x_T). Results are
 shown on visit A's model grid (the two visits should be registered to one another); the
-differences to each visit are interpolation − reconstruction of that visit.
+differences to each visit are interpolation − reconstruction of that visit. Dragging the date
+slider shows a live preview blended from a few anchor dates decoded once (``gui._preview``);
+full quality follows when it rests.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QDoubleSpinBox, QFileDialog, QHBoxLayout, QPushButton, QSpinBox, QWidget
 from superqt import QLabeledDoubleSlider
+from superqt.utils import qthrottled
 
 from napari_ldae.gui._base import LDAEWidget, form_row
 from napari_ldae.gui._controls import LayerCombo, RunControls
@@ -26,7 +29,7 @@ from napari_ldae.gui._layers import (
     show_difference,
     show_image,
 )
-from napari_ldae.gui.manipulate_widget import REST_MS
+from napari_ldae.gui._preview import ANCHORS, REST_MS, THROTTLE_MS, Anchors
 from napari_ldae.session import alpha_from_months, describe_error, months_from_bids
 
 
@@ -50,8 +53,13 @@ class InterpolateWidget(LDAEWidget):
         self._rest = QTimer(self)
         self._rest.setSingleShot(True)
         self._rest.setInterval(REST_MS)
-        self._rest.timeout.connect(self.interpolate)
-        self.slider.valueChanged.connect(lambda _v: self._rest.start())
+        self._rest.timeout.connect(self._rested)
+        self._preview_later = qthrottled(self._preview, timeout=THROTTLE_MS)
+        self._anchors: Anchors | None = None
+        self._running: str | None = None  # "anchors" or "full": the controls' running job
+        self._full_next = False
+        self.slider.valueChanged.connect(self._value_changed)
+        self.slider.sliderReleased.connect(self._rested)
         self.combo_a.currentTextChanged.connect(lambda _t: self._dates_from(self.combo_a, 0))
         self.combo_b.currentTextChanged.connect(lambda _t: self._dates_from(self.combo_b, 1))
         for box in (self.months_a, self.months_b):
@@ -100,8 +108,11 @@ class InterpolateWidget(LDAEWidget):
     def _update_range(self, *_) -> None:
         a, b = self.months_a.value(), self.months_b.value()
         lo, hi = min(a, b), max(a, b)
+        hi = hi if hi > lo else lo + 1.0
+        if (self.slider.minimum(), self.slider.maximum()) == (lo, hi):
+            return  # same visits (layer lists refresh often): keep the user's date
         self.slider.blockSignals(True)
-        self.slider.setRange(lo, hi if hi > lo else lo + 1.0)
+        self.slider.setRange(lo, hi)
         self.slider.setValue((lo + hi) / 2)
         self.slider.blockSignals(False)
 
@@ -133,6 +144,33 @@ class InterpolateWidget(LDAEWidget):
         image, diff_a = geometry.for_display(vols, rec_a)
         return image, diff_a, geometry.for_display(vols, rec_b)[1]
 
+    def _new_request(self, controls: RunControls, running: str | None = None) -> int:
+        """Cancel the controls' running job (its result would be stale); the next number."""
+        if controls.busy:
+            controls.job.cancel()
+        self._request += 1
+        if controls is self.controls:
+            self._running, self._full_next = running, False
+        return self._request
+
+    def _show(self, la, lb, geometry, result, prov: dict, tag: str) -> None:
+        image, diff_a, diff_b = result
+        name = f"{la.name} → {lb.name} [{tag}]"
+        show_image(self.viewer, name, image, geometry, la,
+                   geometry.result_metadata("image", prov, la.name))
+        for visit, diff in ((la, diff_a), (lb, diff_b)):
+            show_difference(self.viewer, f"{name} Δ to {visit.name}", diff, geometry,
+                            geometry.result_metadata("difference", prov, la.name),
+                            visible=visit is la)
+
+    def _provenance(self, la, lb, months: list[float], alphas: list[float], steps: int,
+                    encode_steps: int) -> dict:
+        return {"operation": "interpolate", "visit_a": la.name, "visit_b": lb.name,
+                "months_a": self.months_a.value(), "months_b": self.months_b.value(),
+                "months": months if len(months) > 1 else months[0],
+                "alpha": alphas if len(alphas) > 1 else alphas[0], "steps": steps,
+                "encode_steps": encode_steps}
+
     def _run(self, controls: RunControls, months: list[float], tag: str) -> None:
         try:
             session, la, lb, scan_a, scan_b, geometry = self._prepare()
@@ -141,39 +179,98 @@ class InterpolateWidget(LDAEWidget):
             self.fail(controls, describe_error(err))
             return
         steps, encode_steps = self.state.steps["decode"], self.state.steps["encode"]
-        if controls.busy:
-            controls.job.cancel()
-        self._request += 1
-        request = self._request
+        request = self._new_request(controls, "full")
 
         def done(result) -> None:
             if request != self._request:
                 return
-            image, diff_a, diff_b = result
-            prov = {"operation": "interpolate", "visit_a": la.name, "visit_b": lb.name,
-                    "months_a": self.months_a.value(), "months_b": self.months_b.value(),
-                    "months": months if len(months) > 1 else months[0],
-                    "alpha": alphas if len(alphas) > 1 else alphas[0], "steps": steps,
-                    "encode_steps": encode_steps}
-            name = f"{la.name} → {lb.name} [{tag}]"
-            show_image(self.viewer, name, image, geometry, la,
-                       geometry.result_metadata("image", prov, la.name))
-            for visit, diff in ((la, diff_a), (lb, diff_b)):
-                show_difference(self.viewer, f"{name} Δ to {visit.name}", diff, geometry,
-                                geometry.result_metadata("difference", prov, la.name),
-                                visible=visit is la)
+            prov = self._provenance(la, lb, months, alphas, steps, encode_steps)
+            self._show(la, lb, geometry, result, prov, tag)
             if len(months) > 1:
                 label_sweep_axis(self.viewer)
                 self.viewer.dims.set_current_step(0, len(months) // 2)
             when = ", ".join(f"{m:g}" for m in months)
             controls.say(f"{tag}: months {when} (α {', '.join(f'{a:.2f}' for a in alphas)})"
-                         + (" on the first dims slider" if len(months) > 1 else ""))
+                         + (" on the first dims slider" if len(months) > 1 else
+                            f", full quality ({steps} steps)"))
 
         def work():
             return (yield from self._work(session, scan_a, scan_b, alphas, steps, encode_steps,
                                           geometry))
 
         self.run_job(controls, work, f"Interpolate ({tag})", done)
+
+    # ------------------------------------------------------------------------- live preview
+    def _value_changed(self, _value: float) -> None:
+        steps = self.state.steps
+        if steps["preview"] < steps["decode"]:
+            self._preview_later()
+        self._rest.start()
+
+    def _rested(self) -> None:
+        """The slider rests: full quality, after the anchors if they are being made."""
+        if self.controls.busy and self._running == "anchors":
+            self._full_next = True
+        else:
+            self.interpolate()
+
+    def _preview(self) -> None:
+        """Show the blend of the anchor dates at the slider's date; decode them first."""
+        try:
+            session, la, lb, scan_a, scan_b, geometry = self._prepare()
+        except Exception as err:
+            self.fail(self.controls, describe_error(err))
+            return
+        steps = self.state.steps
+        key = (la.name, id(la.data), lb.name, id(lb.data), self.months_a.value(),
+               self.months_b.value(), steps["preview"], steps["encode"], id(session))
+        if self._anchors is not None and self._anchors.key == key:
+            if self.controls.busy and self._running == "full":
+                self._new_request(self.controls)  # a full render of an older date: stale now
+            self._show_blend()
+        elif not (self.controls.busy and self._running == "anchors"):
+            self._make_anchors(session, la, lb, scan_a, scan_b, geometry, key)
+
+    def _make_anchors(self, session, la, lb, scan_a, scan_b, geometry, key) -> None:
+        steps, encode_steps = key[6], key[7]
+        alphas = np.linspace(0.0, 1.0, ANCHORS)
+        request = self._new_request(self.controls, "anchors")
+
+        def work():
+            codes_a = yield from session.iter_encode(scan_a, encode_steps)
+            codes_b = yield from session.iter_encode(scan_b, encode_steps)
+            rec_a = yield from session.iter_reconstruction(codes_a, steps)
+            rec_b = yield from session.iter_reconstruction(codes_b, steps)
+            inner = yield from session.iter_interpolate(codes_a, codes_b, alphas[1:-1], steps)
+            return np.concatenate([rec_a[None], inner, rec_b[None]]), rec_a, rec_b
+
+        def done(result) -> None:
+            if request != self._request:
+                return
+            volumes, rec_a, rec_b = result
+            self._anchors = Anchors(key, alphas, volumes, {
+                "rec_a": rec_a, "rec_b": rec_b, "layers": (la, lb), "geometry": geometry})
+            self._show_blend()
+            if self._full_next:  # after this job has finished
+                QTimer.singleShot(0, self.interpolate)
+
+        self.controls.say(f"preparing the live preview: {ANCHORS} dates at {steps} steps …")
+        self.run_job(self.controls, work, "Interpolate (live preview)", done, activity=False)
+
+    def _show_blend(self) -> None:
+        """The anchors blended at the slider's date, shown at once (no network call)."""
+        a = self._anchors
+        month = round(float(self.slider.value()), 3)
+        alpha = self.alphas([month])[0]
+        (la, lb), geometry = a.extra["layers"], a.extra["geometry"]
+        volume = a.at(alpha)
+        image, diff_a = geometry.for_display(volume, a.extra["rec_a"])
+        diff_b = geometry.for_display(volume, a.extra["rec_b"])[1]
+        prov = self._provenance(la, lb, [month], [alpha], a.key[6], a.key[7])
+        prov["preview"] = "linear blend of decodes at α " + ", ".join(f"{v:g}" for v in a.values)
+        self._show(la, lb, geometry, (image, diff_a, diff_b), prov, "interp")
+        self.controls.say(f"interp: month {month:g} (α {alpha:.2f}), live preview (blend, "
+                          f"{a.key[6]} steps)")
 
     def interpolate(self) -> None:
         """The scan at the slider's date."""

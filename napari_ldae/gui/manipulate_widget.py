@@ -38,20 +38,8 @@ from napari_ldae.gui._layers import (
     show_image,
     unique_name,
 )
+from napari_ldae.gui._preview import ANCHORS, REST_MS, THROTTLE_MS, Anchors
 from napari_ldae.session import describe_error
-
-PREVIEW_THROTTLE_MS = 40  # at most one blended preview per 40 ms while dragging
-REST_MS = 600
-ANCHORS = 5  # anchor strengths of the live preview, evenly over the slider's range
-
-
-def blend_anchors(strengths: np.ndarray, volumes: np.ndarray, strength: float) -> np.ndarray:
-    """Piecewise-linear blend of ``volumes`` (one per sorted anchor strength) at ``strength``
-    (clipped to the anchors' range)."""
-    s = float(np.clip(strength, strengths[0], strengths[-1]))
-    i = int(np.clip(np.searchsorted(strengths, s, side="right") - 1, 0, len(strengths) - 2))
-    w = np.float32((s - strengths[i]) / (strengths[i + 1] - strengths[i]))
-    return (1.0 - w) * volumes[i] + w * volumes[i + 1]
 
 
 class ManipulateWidget(LDAEWidget):
@@ -82,8 +70,8 @@ class ManipulateWidget(LDAEWidget):
         self._running: tuple | None = None  # (quality, direction, strength) of the last render
         self._full_next = False  # render full quality when the running job has finished
         self._shown: dict | None = None
-        self._anchors: dict | None = None  # the live preview's decoded anchor strengths
-        self._preview_later = qthrottled(self._preview, timeout=PREVIEW_THROTTLE_MS)
+        self._anchors: Anchors | None = None  # the live preview's decoded anchor strengths
+        self._preview_later = qthrottled(self._preview, timeout=THROTTLE_MS)
         self._rest_timer = QTimer(self)
         self._rest_timer.setSingleShot(True)
         self._rest_timer.setInterval(REST_MS)
@@ -167,7 +155,7 @@ class ManipulateWidget(LDAEWidget):
             return
         steps = self.state.steps
         key = (self._source_key, self.direction.currentData(), steps["preview"], steps["encode"])
-        if self._anchors is not None and self._anchors["key"] == key:
+        if self._anchors is not None and self._anchors.key == key:
             if self.controls.busy and self._running and self._running[0] == "full":
                 self._new_request()  # a full render of an older value: stale now
             self._show_blend()
@@ -200,8 +188,8 @@ class ManipulateWidget(LDAEWidget):
             if request != self._request:
                 return
             volumes, recon = result
-            self._anchors = {"key": key, "strengths": strengths, "volumes": volumes,
-                             "recon": recon, "layer": layer, "geometry": geometry}
+            self._anchors = Anchors(key, strengths, volumes,
+                                    {"recon": recon, "layer": layer, "geometry": geometry})
             self._show_blend()
             if self._full_next:  # after this job has finished
                 QTimer.singleShot(0, self.render_full)
@@ -214,14 +202,14 @@ class ManipulateWidget(LDAEWidget):
     def _show_blend(self) -> None:
         """The anchors blended at the current strength, shown at once (no network call)."""
         a, strength = self._anchors, self.strength
-        _, direction, steps, encode_steps = a["key"]
-        volume = blend_anchors(a["strengths"], a["volumes"], strength)
-        image, diff = a["geometry"].for_display(volume, a["recon"])
-        listed = ", ".join(f"{s:+g}" for s in a["strengths"])
+        _, direction, steps, encode_steps = a.key
+        geometry, layer = a.extra["geometry"], a.extra["layer"]
+        image, diff = geometry.for_display(a.at(strength), a.extra["recon"])
+        listed = ", ".join(f"{s:+g}" for s in a.values)
         prov = {"operation": "manipulate", "direction": direction, "strength": strength,
                 "steps": steps, "encode_steps": encode_steps,
                 "preview": f"linear blend of decodes at strengths {listed}"}
-        self._show(a["layer"], a["geometry"], image, diff, prov)
+        self._show(layer, geometry, image, diff, prov)
         self.quality.setText(f"live preview (blend, {steps} steps) · strength {strength:+.2f}")
 
     def render_full(self) -> None:
