@@ -214,7 +214,12 @@ class ResBlock(nn.Module):
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
         if z_cond:
-            self.emb_z_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
+            # zero-initialised (adaLN-Zero, as in DiT; the reference draws it at random): at
+            # the start y cannot perturb the shift, so differences between brains' codes are
+            # not noise for the branch to suppress. With random weights short runs collapsed
+            # the encoder to one code for every brain (val/y_spread 0.0096 → 0.0012).
+            self.emb_z_layers = nn.Sequential(
+                nn.SiLU(), _zero(nn.Linear(emb_channels, 2 * out_channels)))
         self.out_layers = nn.Sequential(
             _norm(out_channels),
             nn.SiLU(),
