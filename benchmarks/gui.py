@@ -155,8 +155,8 @@ class _Driver:
 
 
 def _latency(ui: _Driver, mode: Mode, section: Section, steps: dict[str, int]) -> None:
-    from napari_ldae.gui._state import get_state
     from napari_ldae.gui._preview import ANCHORS
+    from napari_ldae.gui._state import get_state
 
     get_state(ui.viewer).set_steps(steps)
     t0 = time.perf_counter()

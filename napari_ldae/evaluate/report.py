@@ -45,8 +45,8 @@ from napari_ldae.core.progress import Progress, ProgressGen, drain
 from napari_ldae.data.cohort import Cohort, ScanRecord
 from napari_ldae.errors import LDAEError
 from napari_ldae.evaluate import SECTIONS
-from napari_ldae.evaluate.metrics import semantic_spread
 from napari_ldae.evaluate import image_metrics as im
+from napari_ldae.evaluate.metrics import semantic_spread
 
 SPLITS = ("test", "all")
 #: Keys every report has (a number, or ``None`` with a reason in ``notes``).
