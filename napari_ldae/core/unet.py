@@ -216,8 +216,9 @@ class ResBlock(nn.Module):
         if z_cond:
             # zero-initialised (adaLN-Zero, as in DiT; the reference draws it at random): at
             # the start y cannot perturb the shift, so differences between brains' codes are
-            # not noise for the branch to suppress. With random weights short runs collapsed
-            # the encoder to one code for every brain (val/y_spread 0.0096 → 0.0012).
+            # not noise for the branch to suppress. On the demo cohort this halved, but did not
+            # stop, the early shrinking of those differences (val/y_spread after 500 steps
+            # 0.0024 against 0.0012; 0.0096 at initialisation): docs/demo-model.md.
             self.emb_z_layers = nn.Sequential(
                 nn.SiLU(), _zero(nn.Linear(emb_channels, 2 * out_channels)))
         self.out_layers = nn.Sequential(
