@@ -79,11 +79,7 @@ def test_train_all_writes_a_bundle_that_works(run_all):
     recon = model.decode(codes, STEPS)
     assert recon.shape == (2, 1, 32, 32, 32) and torch.isfinite(recon).all()
     edited = model.manipulate(codes[0], "AD", [0.0, 3.0], STEPS)
-    assert edited.shape == (2, 1, 32, 32, 32) and torch.isfinite(edited).all()
-    # four steps leave the zero-initialised conditioning almost at zero, so the decodes may not
-    # differ yet; the codes must (decodes following y: tests/test_model.py)
-    moved = model.edit_codes(codes[0], "AD", [0.0, 3.0]).y
-    assert not torch.allclose(moved[0], moved[1])
+    assert edited.shape == (2, 1, 32, 32, 32) and not torch.equal(edited[0], edited[1])
     between = model.interpolate(codes[0], codes[1], [0.0, 0.5, 1.0], STEPS)
     assert between.shape == (3, 1, 32, 32, 32) and torch.isfinite(between).all()
 

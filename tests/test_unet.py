@@ -91,14 +91,6 @@ def test_fresh_shift_is_zero(fresh, tiny_io):
     assert torch.count_nonzero(shift) == 0
 
 
-def test_semantic_conditioning_starts_at_zero(fresh):
-    """adaLN-Zero: a fresh branch ignores y, so y's differences between brains are not noise
-    for the branch to suppress."""
-    blocks = [m for m in fresh.modules() if getattr(m, "z_cond", False)]
-    assert blocks and all(torch.count_nonzero(b.emb_z_layers[1].weight) == 0 and
-                          torch.count_nonzero(b.emb_z_layers[1].bias) == 0 for b in blocks)
-
-
 def test_frozen_part_stays_eval_and_without_grad(fresh):
     fresh.train()
     fresh.requires_grad_(True)

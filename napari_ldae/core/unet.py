@@ -214,13 +214,7 @@ class ResBlock(nn.Module):
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
         if z_cond:
-            # zero-initialised (adaLN-Zero, as in DiT; the reference draws it at random): at
-            # the start y cannot perturb the shift, so differences between brains' codes are
-            # not noise for the branch to suppress. On the demo cohort this halved, but did not
-            # stop, the early shrinking of those differences (val/y_spread after 500 steps
-            # 0.0024 against 0.0012; 0.0096 at initialisation): docs/demo-model.md.
-            self.emb_z_layers = nn.Sequential(
-                nn.SiLU(), _zero(nn.Linear(emb_channels, 2 * out_channels)))
+            self.emb_z_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
         self.out_layers = nn.Sequential(
             _norm(out_channels),
             nn.SiLU(),
