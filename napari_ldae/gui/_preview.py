@@ -14,7 +14,7 @@ import numpy as np
 
 ANCHORS = 5  # anchor values, evenly over the slider's range
 THROTTLE_MS = 40  # at most one blended preview per 40 ms while dragging
-REST_MS = 600  # the slider rests: full quality
+REST_MS = 300  # the slider rests: full quality (the blend already shows the value)
 
 
 def blend_anchors(values: np.ndarray, volumes: np.ndarray, value: float) -> np.ndarray:
