@@ -200,6 +200,8 @@ def test_encode_then_slider_updates_one_layer_in_place(viewer, scan_file, qtbot)
     _idle(qtbot, manip.controls)
     _no_workers(qtbot)  # stale workers have reported (and must not have changed anything)
     assert manip.quality.text() == "full (1 steps) · strength +2.50"
+    status = manip.controls.status.text()
+    assert "largest change" in status and "% of the scan's range" in status
     assert edit.metadata["ldae_provenance"]["strength"] == 2.5 and len(viewer.layers) == n_layers
 
 
@@ -474,3 +476,13 @@ def test_parse_progress():
     assert parse_progress("step 20/80 loss 0.1") == (0.25, None)
     assert parse_progress("Epoch 2/10") == (None, "epoch 2/10")
     assert parse_progress("hello") == (None, None)
+
+
+def test_change_percent_is_relative_to_the_scan_range():
+    from types import SimpleNamespace
+
+    from napari_ldae.gui.manipulate_widget import change_percent
+
+    geometry = SimpleNamespace(scan=SimpleNamespace(intensity_range=(100.0, 300.0)))
+    diff = np.array([[-4.0, 1.0], [2.0, 0.0]], np.float32)
+    assert change_percent(geometry, diff) == pytest.approx(2.0)

@@ -42,6 +42,13 @@ from napari_ldae.gui._preview import ANCHORS, REST_MS, THROTTLE_MS, Anchors
 from napari_ldae.session import describe_error
 
 
+def change_percent(geometry: ResultGeometry, diff: np.ndarray) -> float:
+    """The largest |Δ| as a percentage of the source scan's intensity range (a model whose edits
+    do nothing shows it: the Δ map's symmetric limits would stretch any change to full colour)."""
+    lo, hi = geometry.scan.intensity_range
+    return 100.0 * float(np.abs(diff).max()) / max(float(hi - lo), 1e-12)
+
+
 class ManipulateWidget(LDAEWidget):
     """Direction dropdown, strength slider, live edit + difference, Keep and Sweep."""
 
@@ -237,7 +244,8 @@ class ManipulateWidget(LDAEWidget):
                     "steps": steps, "encode_steps": encode_steps}
             self._show(layer, geometry, *result, prov)
             self.quality.setText(f"full ({steps} steps) · strength {strength:+.2f}")
-            self.controls.say(f"{direction} {strength:+.2f}: full quality")
+            self.controls.say(f"{direction} {strength:+.2f}: full quality; largest change "
+                              f"{change_percent(geometry, result[1]):.3g} % of the scan's range")
 
         self.quality.setText(f"full ({steps} steps) · strength {strength:+.2f} …")
         self.run_job(self.controls, work, "Manipulate", done, activity=False)
