@@ -388,7 +388,7 @@ def test_interpolate_live_preview_blends_anchor_dates(viewer, tmp_path, monkeypa
     interp.slider.sliderReleased.emit()  # full quality of the exact date
     prov = layer.metadata["ldae_provenance"]
     assert prov["steps"] == 2 and "preview" not in prov and prov["alpha"] == 0.375
-    assert "full quality (2 steps)" in interp.controls.status.text()
+    assert "full quality (2 steps); largest change to visit A" in interp.controls.status.text()
 
 
 # ----------------------------------------------------------------------------- export
@@ -481,7 +481,7 @@ def test_parse_progress():
 def test_change_percent_is_relative_to_the_scan_range():
     from types import SimpleNamespace
 
-    from napari_ldae.gui.manipulate_widget import change_percent
+    from napari_ldae.gui._layers import change_percent
 
     geometry = SimpleNamespace(scan=SimpleNamespace(intensity_range=(100.0, 300.0)))
     diff = np.array([[-4.0, 1.0], [2.0, 0.0]], np.float32)

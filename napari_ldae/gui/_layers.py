@@ -119,6 +119,13 @@ class ResultGeometry:
                 PROVENANCE_KEY: prov}
 
 
+def change_percent(geometry: ResultGeometry, diff: np.ndarray) -> float:
+    """The largest |Δ| as a percentage of the source scan's intensity range (a model whose edits
+    do nothing shows it: the Δ map's symmetric limits would stretch any change to full colour)."""
+    lo, hi = geometry.scan.intensity_range
+    return 100.0 * float(np.abs(diff).max()) / max(float(hi - lo), 1e-12)
+
+
 # ----------------------------------------------------------------------------- showing
 def diff_colormap(ndisplay: int = 2):
     """bwr with a transparent centre: only changes are drawn over the gray scan.

@@ -23,6 +23,7 @@ from napari_ldae.gui._base import LDAEWidget, form_row
 from napari_ldae.gui._controls import LayerCombo, RunControls
 from napari_ldae.gui._layers import (
     ResultGeometry,
+    change_percent,
     is_source_layer,
     label_sweep_axis,
     scan_from_layer,
@@ -192,7 +193,8 @@ class InterpolateWidget(LDAEWidget):
             when = ", ".join(f"{m:g}" for m in months)
             controls.say(f"{tag}: months {when} (α {', '.join(f'{a:.2f}' for a in alphas)})"
                          + (" on the first dims slider" if len(months) > 1 else
-                            f", full quality ({steps} steps)"))
+                            f", full quality ({steps} steps); largest change to visit A "
+                            f"{change_percent(geometry, result[1]):.3g} % of its range"))
 
         def work():
             return (yield from self._work(session, scan_a, scan_b, alphas, steps, encode_steps,

@@ -31,6 +31,7 @@ from napari_ldae.gui._base import LDAEWidget, form_row
 from napari_ldae.gui._controls import LayerCombo, RunControls
 from napari_ldae.gui._layers import (
     ResultGeometry,
+    change_percent,
     is_source_layer,
     label_sweep_axis,
     scan_from_layer,
@@ -40,13 +41,6 @@ from napari_ldae.gui._layers import (
 )
 from napari_ldae.gui._preview import ANCHORS, REST_MS, THROTTLE_MS, Anchors
 from napari_ldae.session import describe_error
-
-
-def change_percent(geometry: ResultGeometry, diff: np.ndarray) -> float:
-    """The largest |Δ| as a percentage of the source scan's intensity range (a model whose edits
-    do nothing shows it: the Δ map's symmetric limits would stretch any change to full colour)."""
-    lo, hi = geometry.scan.intensity_range
-    return 100.0 * float(np.abs(diff).max()) / max(float(hi - lo), 1e-12)
 
 
 class ManipulateWidget(LDAEWidget):
