@@ -213,19 +213,19 @@ def test_live_preview_blends_anchors_then_full_quality(viewer, scan_file, qtbot,
     source = _open(viewer, scan_file)
     manip = _widget(viewer, "ManipulateWidget")
     manip.slider.setValue(1.0)
-    qtbot.waitUntil(lambda: manip._anchors is not None, timeout=WAIT_MS)
-    anchors = manip._anchors
+    qtbot.waitUntil(lambda: manip.preview.anchors is not None, timeout=WAIT_MS)
+    anchors = manip.preview.anchors
     assert list(anchors.values) == [-5.0, -2.5, 0.0, 2.5, 5.0]
     assert anchors.volumes.shape[0] == 5
     np.testing.assert_array_equal(anchors.volumes[2], anchors.extra["recon"])  # 0 = recon
     session = get_state(viewer).session
     calls = []
     monkeypatch.setattr(session.model, "_net", lambda *a: calls.append(a))  # must not be used
-    manip._rest_timer.stop()
+    manip.preview.rest_timer.stop()
     manip.slider.setValue(3.75)  # halfway between the anchors +2.5 and +5
     qtbot.waitUntil(lambda: manip.quality.text().startswith("live preview"), timeout=WAIT_MS)
     assert manip.quality.text() == "live preview (blend, 1 steps) · strength +3.75"
-    assert calls == [] and manip._anchors is anchors
+    assert calls == [] and manip.preview.anchors is anchors
     edit = viewer.layers[f"{source.name} [edit]"]
     geometry = anchors.extra["geometry"]
     expected = geometry.for_display(0.5 * (anchors.volumes[3] + anchors.volumes[4]))[0]
@@ -233,7 +233,7 @@ def test_live_preview_blends_anchors_then_full_quality(viewer, scan_file, qtbot,
     assert "blend" in edit.metadata["ldae_provenance"]["preview"]
     monkeypatch.undo()  # the real network for the full-quality render
     monkeypatch.setenv(_jobs.SYNC_ENV, "1")
-    manip._released()
+    manip.preview.released()
     assert manip.quality.text() == "full (2 steps) · strength +3.75"
     assert "preview" not in edit.metadata["ldae_provenance"]
 
@@ -334,8 +334,8 @@ def test_without_a_model_the_widgets_say_so(make_napari_viewer, scan_file, monke
 
 
 # ----------------------------------------------------------------------------- interpolate
-def test_interpolate_dates_and_sweep(viewer, tmp_path, monkeypatch):
-    monkeypatch.setenv(_jobs.SYNC_ENV, "1")
+def _two_visits(viewer, tmp_path):
+    """Visits at months 0 and 12 (BIDS names) opened and chosen in the interpolate widget."""
     paths = []
     for i, months in enumerate((0, 12)):
         scan = tiny_scan(seed=i)
@@ -345,6 +345,12 @@ def test_interpolate_dates_and_sweep(viewer, tmp_path, monkeypatch):
     interp = _widget(viewer, "InterpolateWidget")
     interp.combo_a.select(a.name)
     interp.combo_b.select(b.name)
+    return a, b, interp
+
+
+def test_interpolate_dates_and_sweep(viewer, tmp_path, monkeypatch):
+    monkeypatch.setenv(_jobs.SYNC_ENV, "1")
+    a, b, interp = _two_visits(viewer, tmp_path)
     assert interp.months_a.value() == 0 and interp.months_b.value() == 12  # from BIDS names
     interp.slider.setValue(3.0)
     interp.interpolate()
@@ -362,18 +368,10 @@ def test_interpolate_dates_and_sweep(viewer, tmp_path, monkeypatch):
 def test_interpolate_live_preview_blends_anchor_dates(viewer, tmp_path, monkeypatch, qtbot):
     monkeypatch.setenv(_jobs.SYNC_ENV, "1")
     get_state(viewer).set_steps({"decode": 2, "preview": 1})
-    paths = []
-    for i, months in enumerate((0, 12)):
-        scan = tiny_scan(seed=i)
-        paths.append(write_scan(tmp_path / f"sub-01_ses-M{months:02d}_T1w.nii.gz", scan.data,
-                                like=scan))
-    a, b = (_open(viewer, p) for p in paths)
-    interp = _widget(viewer, "InterpolateWidget")
-    interp.combo_a.select(a.name)
-    interp.combo_b.select(b.name)
+    a, b, interp = _two_visits(viewer, tmp_path)
     interp.slider.setValue(4.5)  # α 0.375: between the anchors 0.25 and 0.5
-    qtbot.waitUntil(lambda: interp._anchors is not None, timeout=WAIT_MS)
-    anchors = interp._anchors
+    qtbot.waitUntil(lambda: interp.preview.anchors is not None, timeout=WAIT_MS)
+    anchors = interp.preview.anchors
     assert list(anchors.values) == [0.0, 0.25, 0.5, 0.75, 1.0]
     np.testing.assert_array_equal(anchors.volumes[0], anchors.extra["rec_a"])
     np.testing.assert_array_equal(anchors.volumes[-1], anchors.extra["rec_b"])

@@ -14,10 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QDoubleSpinBox, QFileDialog, QHBoxLayout, QPushButton, QSpinBox, QWidget
 from superqt import QLabeledDoubleSlider
-from superqt.utils import qthrottled
 
 from napari_ldae.gui._base import LDAEWidget, form_row
 from napari_ldae.gui._controls import LayerCombo, RunControls
@@ -30,7 +29,7 @@ from napari_ldae.gui._layers import (
     show_difference,
     show_image,
 )
-from napari_ldae.gui._preview import ANCHORS, REST_MS, THROTTLE_MS, Anchors
+from napari_ldae.gui._preview import ANCHORS, Anchors, LivePreview
 from napari_ldae.session import alpha_from_months, describe_error, months_from_bids
 
 
@@ -51,16 +50,9 @@ class InterpolateWidget(LDAEWidget):
         self.controls = self.add_controls(RunControls("Interpolate", self.interpolate))
         self.sweep_controls = self.add_controls(RunControls("Sweep over time", self.sweep))
         self.finish_layout()
-        self._rest = QTimer(self)
-        self._rest.setSingleShot(True)
-        self._rest.setInterval(REST_MS)
-        self._rest.timeout.connect(self._rested)
-        self._preview_later = qthrottled(self._preview, timeout=THROTTLE_MS)
-        self._anchors: Anchors | None = None
-        self._running: str | None = None  # "anchors" or "full": the controls' running job
-        self._full_next = False
-        self.slider.valueChanged.connect(self._value_changed)
-        self.slider.sliderReleased.connect(self._rested)
+        self.preview = LivePreview(self, self.controls, self.slider, key=self._preview_key,
+                                   anchor_job=self._anchor_job, show_blend=self._show_blend,
+                                   render_full=self.interpolate)
         self.combo_a.currentTextChanged.connect(lambda _t: self._dates_from(self.combo_a, 0))
         self.combo_b.currentTextChanged.connect(lambda _t: self._dates_from(self.combo_b, 1))
         for box in (self.months_a, self.months_b):
@@ -69,7 +61,6 @@ class InterpolateWidget(LDAEWidget):
             self.combo_b.setCurrentIndex(self.combo_b.count() - 1)
         self._dates_from(self.combo_a, 0)
         self._dates_from(self.combo_b, 1)
-        self._request = 0
 
     def _visit_row(self, label: str) -> tuple[LayerCombo, QDoubleSpinBox]:
         combo = LayerCombo(self.viewer, is_source_layer)
@@ -145,15 +136,6 @@ class InterpolateWidget(LDAEWidget):
         image, diff_a = geometry.for_display(vols, rec_a)
         return image, diff_a, geometry.for_display(vols, rec_b)[1]
 
-    def _new_request(self, controls: RunControls, running: str | None = None) -> int:
-        """Cancel the controls' running job (its result would be stale); the next number."""
-        if controls.busy:
-            controls.job.cancel()
-        self._request += 1
-        if controls is self.controls:
-            self._running, self._full_next = running, False
-        return self._request
-
     def _show(self, la, lb, geometry, result, prov: dict, tag: str) -> None:
         image, diff_a, diff_b = result
         name = f"{la.name} → {lb.name} [{tag}]"
@@ -180,10 +162,14 @@ class InterpolateWidget(LDAEWidget):
             self.fail(controls, describe_error(err))
             return
         steps, encode_steps = self.state.steps["decode"], self.state.steps["encode"]
-        request = self._new_request(controls, "full")
+        if controls is self.controls:
+            self.preview.rest_timer.stop()
+            request = self.preview.new_request(("full",))
+        elif controls.busy:  # a sweep replaces the running sweep (a cancelled job reports
+            controls.job.cancel()  # no result)
 
         def done(result) -> None:
-            if request != self._request:
+            if controls is self.controls and request != self.preview.request:
                 return
             prov = self._provenance(la, lb, months, alphas, steps, encode_steps)
             self._show(la, lb, geometry, result, prov, tag)
@@ -203,40 +189,18 @@ class InterpolateWidget(LDAEWidget):
         self.run_job(controls, work, f"Interpolate ({tag})", done)
 
     # ------------------------------------------------------------------------- live preview
-    def _value_changed(self, _value: float) -> None:
-        steps = self.state.steps
-        if steps["preview"] < steps["decode"]:
-            self._preview_later()
-        self._rest.start()
-
-    def _rested(self) -> None:
-        """The slider rests: full quality, after the anchors if they are being made."""
-        if self.controls.busy and self._running == "anchors":
-            self._full_next = True
-        else:
-            self.interpolate()
-
-    def _preview(self) -> None:
-        """Show the blend of the anchor dates at the slider's date; decode them first."""
-        try:
-            session, la, lb, scan_a, scan_b, geometry = self._prepare()
-        except Exception as err:
-            self.fail(self.controls, describe_error(err))
-            return
+    def _preview_key(self) -> tuple[tuple, tuple]:
+        session, la, lb, scan_a, scan_b, geometry = self._prepare()
         steps = self.state.steps
         key = (la.name, id(la.data), lb.name, id(lb.data), self.months_a.value(),
                self.months_b.value(), steps["preview"], steps["encode"], id(session))
-        if self._anchors is not None and self._anchors.key == key:
-            if self.controls.busy and self._running == "full":
-                self._new_request(self.controls)  # a full render of an older date: stale now
-            self._show_blend()
-        elif not (self.controls.busy and self._running == "anchors"):
-            self._make_anchors(session, la, lb, scan_a, scan_b, geometry, key)
+        return key, (session, la, lb, scan_a, scan_b, geometry)
 
-    def _make_anchors(self, session, la, lb, scan_a, scan_b, geometry, key) -> None:
+    def _anchor_job(self, key: tuple, context: tuple):
+        """Anchor dates α = 0 … 1, decoded in one batch (the ends are the reconstructions)."""
         steps, encode_steps = key[6], key[7]
+        session, la, lb, scan_a, scan_b, geometry = context
         alphas = np.linspace(0.0, 1.0, ANCHORS)
-        request = self._new_request(self.controls, "anchors")
 
         def work():
             codes_a = yield from session.iter_encode(scan_a, encode_steps)
@@ -244,24 +208,13 @@ class InterpolateWidget(LDAEWidget):
             rec_a = yield from session.iter_reconstruction(codes_a, steps)
             rec_b = yield from session.iter_reconstruction(codes_b, steps)
             inner = yield from session.iter_interpolate(codes_a, codes_b, alphas[1:-1], steps)
-            return np.concatenate([rec_a[None], inner, rec_b[None]]), rec_a, rec_b
+            return np.concatenate([rec_a[None], inner, rec_b[None]]), {
+                "rec_a": rec_a, "rec_b": rec_b, "layers": (la, lb), "geometry": geometry}
 
-        def done(result) -> None:
-            if request != self._request:
-                return
-            volumes, rec_a, rec_b = result
-            self._anchors = Anchors(key, alphas, volumes, {
-                "rec_a": rec_a, "rec_b": rec_b, "layers": (la, lb), "geometry": geometry})
-            self._show_blend()
-            if self._full_next:  # after this job has finished
-                QTimer.singleShot(0, self.interpolate)
+        return alphas, work, "Interpolate (live preview)"
 
-        self.controls.say(f"preparing the live preview: {ANCHORS} dates at {steps} steps …")
-        self.run_job(self.controls, work, "Interpolate (live preview)", done, activity=False)
-
-    def _show_blend(self) -> None:
+    def _show_blend(self, a: Anchors) -> None:
         """The anchors blended at the slider's date, shown at once (no network call)."""
-        a = self._anchors
         month = round(float(self.slider.value()), 3)
         alpha = self.alphas([month])[0]
         (la, lb), geometry = a.extra["layers"], a.extra["geometry"]
@@ -276,7 +229,6 @@ class InterpolateWidget(LDAEWidget):
 
     def interpolate(self) -> None:
         """The scan at the slider's date."""
-        self._rest.stop()
         self._run(self.controls, [round(float(self.slider.value()), 3)], "interp")
 
     def sweep(self) -> None:

@@ -13,7 +13,7 @@ strength-0 decode, which removes the autoencoder's blur) are updated in place.
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -25,7 +25,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 from superqt import QLabeledDoubleSlider
-from superqt.utils import qthrottled
 
 from napari_ldae.gui._base import LDAEWidget, form_row
 from napari_ldae.gui._controls import LayerCombo, RunControls
@@ -39,7 +38,7 @@ from napari_ldae.gui._layers import (
     show_image,
     unique_name,
 )
-from napari_ldae.gui._preview import ANCHORS, REST_MS, THROTTLE_MS, Anchors
+from napari_ldae.gui._preview import ANCHORS, Anchors, LivePreview
 from napari_ldae.session import describe_error
 
 
@@ -67,18 +66,12 @@ class ManipulateWidget(LDAEWidget):
         self.finish_layout()
         self._source_key = None
         self._source = None
-        self._request = 0
-        self._running: tuple | None = None  # (quality, direction, strength) of the last render
-        self._full_next = False  # render full quality when the running job has finished
         self._shown: dict | None = None
-        self._anchors: Anchors | None = None  # the live preview's decoded anchor strengths
-        self._preview_later = qthrottled(self._preview, timeout=THROTTLE_MS)
-        self._rest_timer = QTimer(self)
-        self._rest_timer.setSingleShot(True)
-        self._rest_timer.setInterval(REST_MS)
-        self._rest_timer.timeout.connect(self._rest)
-        self.slider.valueChanged.connect(self._value_changed)
-        self.slider.sliderReleased.connect(self._released)
+        self.preview = LivePreview(self, self.controls, self.slider, key=self._preview_key,
+                                   anchor_job=self._anchor_job, show_blend=self._show_blend,
+                                   render_full=self.render_full)
+        self.slider.valueChanged.connect(
+            lambda _v: self.quality.setText(f"… strength {self.strength:+.2f}"))
         self.state.session_changed.connect(self._fill_directions)
         self._fill_directions(self.state.session)
 
@@ -129,53 +122,18 @@ class ManipulateWidget(LDAEWidget):
         return (session, layer, *self._source)
 
     # ------------------------------------------------------------------------- slider
-    def _value_changed(self, _value: float) -> None:
-        self.quality.setText(f"… strength {self.strength:+.2f}")
-        steps = self.state.steps
-        if steps["preview"] < steps["decode"]:
-            self._preview_later()
-        self._rest_timer.start()
-
-    def _released(self) -> None:
-        self._rest_timer.stop()
-        self._rest()
-
-    def _rest(self) -> None:
-        """The slider rests: full quality, after the anchors if they are being made."""
-        if self.controls.busy and self._running == ("anchors", self.direction.currentData()):
-            self._full_next = True
-        else:
-            self.render_full()
-
-    def _preview(self) -> None:
-        """Show the live preview of the current strength; decode its anchors first."""
-        try:
-            session, layer, scan, geometry = self._prepare()
-        except Exception as err:
-            self.fail(self.controls, describe_error(err))
-            return
+    def _preview_key(self) -> tuple[tuple, tuple]:
+        session, layer, scan, geometry = self._prepare()
         steps = self.state.steps
         key = (self._source_key, self.direction.currentData(), steps["preview"], steps["encode"])
-        if self._anchors is not None and self._anchors.key == key:
-            if self.controls.busy and self._running and self._running[0] == "full":
-                self._new_request()  # a full render of an older value: stale now
-            self._show_blend()
-        elif not (self.controls.busy and self._running == ("anchors", key[1])):
-            self._make_anchors(session, layer, scan, geometry, key)
+        return key, (session, layer, scan, geometry)
 
-    def _new_request(self, running: tuple | None = None) -> int:
-        """Cancel the running job (its result would be stale); the number of the next one."""
-        if self.controls.busy:
-            self.controls.job.cancel()
-        self._request += 1
-        self._running, self._full_next = running, False
-        return self._request
-
-    def _make_anchors(self, session, layer, scan, geometry, key) -> None:
+    def _anchor_job(self, key: tuple, context: tuple):
+        """Anchor strengths over the slider's range, decoded in one batch (0 = the recon)."""
         _, direction, steps, encode_steps = key
+        session, layer, scan, geometry = context
         strengths = np.linspace(self.slider.minimum(), self.slider.maximum(), ANCHORS)
-        moved = strengths[strengths != 0]  # strength 0 is the reconstruction
-        request = self._new_request(("anchors", direction))
+        moved = strengths[strengths != 0]
 
         def work():
             codes = yield from session.iter_encode(scan, encode_steps)
@@ -183,26 +141,13 @@ class ManipulateWidget(LDAEWidget):
             volumes = yield from session.iter_manipulate(codes, direction, moved, steps)
             if len(moved) < len(strengths):
                 volumes = np.insert(volumes, int(np.searchsorted(moved, 0.0)), recon, axis=0)
-            return volumes, recon
+            return volumes, {"recon": recon, "layer": layer, "geometry": geometry}
 
-        def done(result) -> None:
-            if request != self._request:
-                return
-            volumes, recon = result
-            self._anchors = Anchors(key, strengths, volumes,
-                                    {"recon": recon, "layer": layer, "geometry": geometry})
-            self._show_blend()
-            if self._full_next:  # after this job has finished
-                QTimer.singleShot(0, self.render_full)
+        return strengths, work, "Manipulate (live preview)"
 
-        self.quality.setText(f"preparing the live preview: {ANCHORS} strengths at {steps} "
-                             "steps …")
-        # the widget's own bar and Cancel only: slider renders are frequent and short
-        self.run_job(self.controls, work, "Manipulate (live preview)", done, activity=False)
-
-    def _show_blend(self) -> None:
+    def _show_blend(self, a: Anchors) -> None:
         """The anchors blended at the current strength, shown at once (no network call)."""
-        a, strength = self._anchors, self.strength
+        strength = self.strength
         _, direction, steps, encode_steps = a.key
         geometry, layer = a.extra["geometry"], a.extra["layer"]
         image, diff = geometry.for_display(a.at(strength), a.extra["recon"])
@@ -215,7 +160,7 @@ class ManipulateWidget(LDAEWidget):
 
     def render_full(self) -> None:
         """Decode the current strength at full quality; the latest request wins."""
-        self._rest_timer.stop()
+        self.preview.rest_timer.stop()
         try:
             session, layer, scan, geometry = self._prepare()
         except Exception as err:
@@ -223,7 +168,7 @@ class ManipulateWidget(LDAEWidget):
             return
         steps, encode_steps = self.state.steps["decode"], self.state.steps["encode"]
         direction, strength = self.direction.currentData(), self.strength
-        request = self._new_request(("full", direction, strength))
+        request = self.preview.new_request(("full", direction, strength))
 
         def work():
             codes = yield from session.iter_encode(scan, encode_steps)
@@ -232,7 +177,7 @@ class ManipulateWidget(LDAEWidget):
             return geometry.for_display(edit[0], recon)
 
         def done(result) -> None:
-            if request != self._request:
+            if request != self.preview.request:
                 return  # a newer value was asked for
             prov = {"operation": "manipulate", "direction": direction, "strength": strength,
                     "steps": steps, "encode_steps": encode_steps}
