@@ -118,7 +118,10 @@ def test_stage_files_and_checkpoints_are_pickle_free(run_all):
     csv = (out / "autoencoder" / "logs" / "csv" / "version_0" / "metrics.csv").read_text()
     assert "train/d" in csv.splitlines()[0] and "train/g_adv" in csv.splitlines()[0]
     csv = (out / "representation" / "logs" / "csv" / "version_0" / "metrics.csv").read_text()
-    assert {"val/ssim", "val/y_spread"} <= set(csv.splitlines()[0].split(","))
+    assert {"val/ssim", "val/y_spread", "val/y_use"} <= set(csv.splitlines()[0].split(","))
+    csv = (out / "latent" / "logs" / "csv" / "version_0" / "metrics.csv").read_text()
+    assert {f"val/x0_vs_mean_t{t}" for t in latent.HIGH_NOISE_STEPS} <= set(
+        csv.splitlines()[0].split(","))
     # stage 3 checkpoints leave out the frozen autoencoder and UNet half
     state = torch.load(out / "representation" / "checkpoints" / "best.ckpt", weights_only=True)
     assert not any(k.startswith(representation.FROZEN_PREFIXES) for k in state["state_dict"])
@@ -273,14 +276,60 @@ def test_ddp_two_cpu_processes(run_all, tiny_cohort, tmp_path):
 
 
 # ----------------------------------------------------------------------------- pieces
-def test_axial_slices_match_the_model(tmp_path):
+class _FunctionNet(torch.nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.fn(z_t, t)
+
+
+def test_x0_vs_mean_is_zero_for_a_perfect_unet_and_one_for_the_mean(tiny_cohort):
+    module = latent.LatentModule(resolve(TINY, tiny_cohort))
+    z0 = torch.randn(3, 3, 4, 4, 4)
+    module.mean_latent = torch.randn(3, 4, 4, 4)
+    gen, t = torch.Generator().manual_seed(0), 850
+    ac = float(module.schedule.alphas_cumprod[t])
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+    module.unet = _FunctionNet(lambda z_t, tt: noise)  # knows the noise: x̂0 = z0
+    torch.testing.assert_close(module.x0_vs_mean(z0, t, gen), torch.zeros(3), atol=1e-3, rtol=0)
+    # predicts the mean latent whatever the input
+    module.unet = _FunctionNet(lambda z_t, tt: (z_t - ac**0.5 * module.mean_latent)
+                               / (1 - ac) ** 0.5)
+    torch.testing.assert_close(module.x0_vs_mean(z0, t, gen), torch.ones(3))
+
+
+def test_code_use_measures_whether_the_shift_depends_on_y(run_all, tiny_cohort):
+    from napari_ldae.train.common import load_safetensors
+
+    out = run_all[0]
+    module = representation.RepresentationModule(
+        resolve(TINY, tiny_cohort), load_safetensors(out / "latent" / "unet_ema.safetensors", ""),
+        load_safetensors(out / "autoencoder" / "autoencoder.safetensors", ""), 1.0)
+    z0 = module.autoencoder.encode(torch.rand(2, 1, 32, 32, 32))
+    y = torch.randn(2, module.encoder.config.emb_dim)
+    def use(codes: torch.Tensor, other: torch.Tensor) -> float:
+        return float(module.code_use(z0, codes, other, torch.Generator().manual_seed(0)))
+
+    assert use(y, y.roll(1, 0)) == 0.0  # G ≡ 0 at initialisation
+    with torch.no_grad():  # un-zero the branch's zero-initialised output convolutions
+        for param in module.unet.branch_parameters():
+            if not param.any():
+                torch.nn.init.normal_(param, std=0.05)
+    assert use(y, y) == 0.0
+    assert abs(use(y, y.roll(1, 0))) > 1e-4
+
+
+def test_embed_reads_axial_slices_in_batches():
     from napari_ldae.core.presets import random_model
 
     model = random_model("tiny", seed=0)[0]
-    x = torch.rand(1, 1, *model.input_shape)
+    model.max_batch = 2
+    x = torch.rand(3, 1, *model.input_shape)
     with torch.no_grad():
-        torch.testing.assert_close(model.encoder(representation.axial_slices(x)),
-                                   model._embed(x))
+        expected = model.encoder(x.permute(0, 1, 4, 2, 3))  # (B, 1, Z, X, Y): Z slices
+    torch.testing.assert_close(model.embed(x), expected)
 
 
 def test_perceptual_loss_needs_local_weights(tmp_path):

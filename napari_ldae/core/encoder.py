@@ -466,6 +466,12 @@ class SemanticEncoder(nn.Module):
         return drop_aliases(self.state_dict())
 
 
+def axial_slices(volume: Tensor) -> Tensor:
+    """``(B, 1, X, Y, Z)`` RAS volumes → ``(B, 1, Z, X, Y)``: the encoder's input, axial slices
+    first (the one place the slice axis is chosen, for training and inference alike)."""
+    return volume.permute(0, 1, 4, 2, 3)
+
+
 def drop_aliases(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Remove the ``slice_distributed.module.*`` duplicates of the ``backbone.*`` weights."""
     return {k: v for k, v in state_dict.items() if not k.startswith(ALIAS_PREFIX)}

@@ -18,6 +18,7 @@ import torch
 from napari_ldae.core import diffusion
 from napari_ldae.core.autoencoder import LatentAutoencoder
 from napari_ldae.core.device import autocast, use_onednn_convolutions
+from napari_ldae.core.encoder import axial_slices
 from napari_ldae.core.progress import Progress, ProgressGen, drain
 from napari_ldae.errors import LDAEError
 
@@ -118,7 +119,7 @@ class LDAEModel:
 
     def _embed(self, volume: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
-            return self.encoder(volume.permute(0, 1, 4, 2, 3)).float()  # axial slices first
+            return self.encoder(axial_slices(volume)).float()
 
     def _to_latent(self, volume: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
@@ -248,6 +249,12 @@ class LDAEModel:
         return volume.to(self.device, torch.float32)
 
     # ------------------------------------------------------------------- plain methods
+    @torch.inference_mode()
+    def embed(self, volume: torch.Tensor) -> torch.Tensor:
+        """Semantic codes y ``(B, semantic_dim)`` of volumes, without the DDIM inversion."""
+        volume = self._check_volume(volume)
+        return torch.cat([self._embed(volume[sl]) for sl in self._batches(volume.shape[0])])
+
     def encode(self, volume: torch.Tensor, steps: int = 50) -> Codes:
         return drain(self.iter_encode(volume, steps))
 

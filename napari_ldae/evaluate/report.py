@@ -681,8 +681,7 @@ def _iter_embed(ctx: _Context, records: list[ScanRecord]) -> ProgressGen[dict[st
     for i in range(0, len(records), batch):
         chunk = records[i:i + batch]
         x, _ = _load(chunk, ctx.contract)
-        with torch.inference_mode():
-            y = ctx.model._embed(x.to(ctx.model.device)).cpu()
+        y = ctx.model.embed(x).cpu()
         out |= {_key(r): y[n] for n, r in enumerate(chunk)}
         yield Progress(min(i + batch, len(records)), len(records), "embedding probe scans")
     return out

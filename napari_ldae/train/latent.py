@@ -5,6 +5,11 @@ The cohort is encoded once by the stage-1 autoencoder (latent means cached under
 stored (the reference hard-codes 0.8730). Loss: unweighted ε-MSE at t ~ U{0..T−1}. An EMA of
 the UNet is updated once per optimizer step; its final value is the stage's output
 ``OUT/latent/unet_ema.safetensors`` with ``scale_factor.json``.
+
+Validation also logs ``val/x0_vs_mean_t{700,850,950}``: the MSE of the EMA network's x̂₀ at
+those noise levels divided by the MSE of the mean training latent. Below 1 the network knows
+more about a scan than the cohort average; far above 1 stage 3 will spend its training
+correcting the UNet instead of learning to use the semantic code (docs/training.md).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from napari_ldae.train.data import CohortData
 
 WEIGHTS = "unet_ema.safetensors"
 SCALE = "scale_factor.json"
+#: Noise levels of the ``val/x0_vs_mean_t*`` readiness check.
+HIGH_NOISE_STEPS = (700, 850, 950)
 
 
 class LatentModule(pl.LightningModule):
@@ -41,6 +48,12 @@ class LatentModule(pl.LightningModule):
         self.schedule = Schedule.from_dict(model["schedule"])
         self.ema = common.EMA(self.unet.named_parameters(), self.hp["ema_decay"])
         self.val_loss = MeanMetric()
+        self.val_x0 = torch.nn.ModuleDict({str(t): MeanMetric() for t in HIGH_NOISE_STEPS})
+        self.register_buffer("mean_latent", torch.zeros(0), persistent=False)
+
+    def on_fit_start(self) -> None:
+        latents = self.trainer.datamodule.datasets["train"].latents
+        self.mean_latent = torch.as_tensor(latents.mean(0), device=self.device)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.unet.parameters(), lr=self.hp["lr"])
@@ -65,7 +78,21 @@ class LatentModule(pl.LightningModule):
         gen = torch.Generator(device=z0.device).manual_seed(int(batch["index"][0]))
         with self.ema.swapped():
             self.val_loss.update(self.diffusion_loss(z0, gen))
+            for t, metric in self.val_x0.items():
+                metric.update(self.x0_vs_mean(z0, int(t), gen))
         self.log("val/loss", self.val_loss, prog_bar=True)
+        for t, metric in self.val_x0.items():
+            self.log(f"val/x0_vs_mean_t{t}", metric)
+
+    def x0_vs_mean(self, z0: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
+        """Per-sample MSE of x̂₀ at step ``t`` over the MSE of the mean training latent."""
+        tt = torch.full((z0.shape[0],), t, device=z0.device)
+        noise = torch.randn(z0.shape, device=z0.device, generator=generator)
+        ac = float(self.schedule.alphas_cumprod[t])
+        z_t = q_sample(z0, tt, noise, self.schedule)
+        x0 = (z_t - (1.0 - ac) ** 0.5 * self.unet(z_t, tt).float()) / ac**0.5
+        err = (x0 - z0).pow(2).flatten(1).mean(1)
+        return err / (self.mean_latent - z0).pow(2).flatten(1).mean(1).clamp_min(1e-12)
 
 
 def run(config: Mapping[str, Any], out: Path, resume: bool = False,

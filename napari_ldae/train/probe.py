@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from napari_ldae import __version__
 from napari_ldae.core.bundle import save_bundle
-from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder, drop_aliases
+from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder, axial_slices, drop_aliases
 from napari_ldae.data.preprocess import PreprocessContract
 from napari_ldae.errors import TrainingError
 from napari_ldae.evaluate.probes import age_probe, classifier_probe
@@ -41,7 +41,7 @@ def embed(encoder: SemanticEncoder, cache: Path, keys: Sequence[str], device: st
     out = []
     for i in range(0, len(keys), batch_size):
         x = torch.stack([torch.from_numpy(load_volume(cache, k)) for k in keys[i:i + batch_size]])
-        out.append(encoder(stage3.axial_slices(x[:, None].to(device))).float().cpu())
+        out.append(encoder(axial_slices(x[:, None].to(device))).float().cpu())
     return torch.cat(out) if out else torch.zeros((0, encoder.config.emb_dim))
 
 

@@ -10,6 +10,10 @@ with k_t = ``Schedule.shift_coef`` and λ_t = ``Schedule.snr_weight(γ)``. EMA o
 is the paper's: 3D SSIM between the semantic-only decode (EMA networks, random x_T, DDIM) and the
 autoencoder's decode of the true latent; the best checkpoint by it gives
 ``OUT/representation/{encoder_ema,unet_ema}.safetensors``.
+
+Two more validation numbers say whether the code is used at all: ``val/y_spread`` (std of y
+across scans over its mean size) and ``val/y_use``, the relative rise of the weighted loss when
+each scan is given another scan's code (0: the gradient estimator ignores y).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from torchmetrics import MeanMetric
 
 from napari_ldae.core.autoencoder import LatentAutoencoder
 from napari_ldae.core.diffusion import Schedule, ddim_sample, gather, q_sample
-from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder
+from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder, axial_slices
 from napari_ldae.core.unet import FROZEN_MODULES, ShiftUNet, UNetConfig
 from napari_ldae.errors import BundleError, TrainingError
 from napari_ldae.evaluate.metrics import semantic_spread, ssim
@@ -39,11 +43,6 @@ ENCODER = "encoder_ema.safetensors"
 UNET = "unet_ema.safetensors"
 #: Keys left out of checkpoints: they never change and come back from the stage 1/2 files.
 FROZEN_PREFIXES = ("autoencoder.", *(f"unet.{m}." for m in FROZEN_MODULES))
-
-
-def axial_slices(volume: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, X, Y, Z)`` volumes → ``(B, 1, Z, X, Y)`` axial slices, as ``LDAEModel._embed``."""
-    return volume.permute(0, 1, 4, 2, 3)
 
 
 def stage2_unet(out: Path) -> dict[str, torch.Tensor]:
@@ -82,21 +81,26 @@ class RepresentationModule(pl.LightningModule):
         self.ema = common.EMA(trainable, self.hp["ema_decay"])
         self.strict_loading = False  # checkpoints leave out FROZEN_PREFIXES
         self.val_ssim = MeanMetric()
+        self.val_y_use = MeanMetric()
         self._val_codes: list[torch.Tensor] = []
 
     def configure_optimizers(self):
         params = [*self.encoder.parameters(), *self.unet.branch_parameters()]
         return torch.optim.Adam(params, lr=self.hp["lr"])
 
+    def shift_loss(self, z0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+                   noise: torch.Tensor) -> torch.Tensor:
+        """The weighted stage-3 loss, one value per sample."""
+        eps, shift = self.unet(q_sample(z0, t, noise, self.schedule), t, y)
+        k = gather(self.schedule.shift_coef, t, z0)
+        weight = gather(self.schedule.snr_weight(self.hp["snr_gamma"]), t, z0)
+        return (weight * (noise - (eps.float() + k * shift.float())) ** 2).flatten(1).mean(1)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         z0, x = batch["latent"], batch["image"]
         t = torch.randint(0, self.schedule.num_steps, (z0.shape[0],), device=z0.device)
         noise = torch.randn_like(z0)
-        y = self.encoder(axial_slices(x))
-        eps, shift = self.unet(q_sample(z0, t, noise, self.schedule), t, y)
-        k = gather(self.schedule.shift_coef, t, z0)
-        weight = gather(self.schedule.snr_weight(self.hp["snr_gamma"]), t, z0)
-        loss = (weight * (noise - (eps.float() + k * shift.float())) ** 2).mean()
+        loss = self.shift_loss(z0, self.encoder(axial_slices(x)), t, noise).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=z0.shape[0])
         return loss
 
@@ -113,10 +117,26 @@ class RepresentationModule(pl.LightningModule):
         with self.ema.swapped():
             y = self.encoder(axial_slices(x))
             pred = self.semantic_decode(y, x_T)
+            # another scan's code: the next in the batch, else the previous batch's first
+            other = y.roll(1, 0) if len(y) > 1 else \
+                self._val_codes[-1][:1].to(y) if self._val_codes else None
+            if other is not None:
+                self.val_y_use.update(self.code_use(z0, y, other, gen))
+                self.log("val/y_use", self.val_y_use)
         target = self.autoencoder.decode(z0).float().clamp(0.0, 1.0)
         self.val_ssim.update(ssim(pred, target, self.hp["ssim_kernel_size"]))
         self.log("val/ssim", self.val_ssim, prog_bar=True)
         self._val_codes.append(y.detach().float().cpu())
+
+    @torch.no_grad()
+    def code_use(self, z0: torch.Tensor, y: torch.Tensor, other: torch.Tensor,
+                 gen: torch.Generator) -> torch.Tensor:
+        """Relative rise of the loss when the scans get ``other`` codes instead (same t, ε)."""
+        t = torch.randint(0, self.schedule.num_steps, (len(z0),), device=z0.device,
+                          generator=gen)
+        noise = torch.randn(z0.shape, device=z0.device, generator=gen)
+        own = self.shift_loss(z0, y, t, noise)
+        return (self.shift_loss(z0, other, t, noise) - own).mean() / own.mean()
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/y_spread``: near 0 means the encoder gives every brain the same code."""
