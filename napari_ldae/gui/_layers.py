@@ -96,14 +96,11 @@ class ResultGeometry:
         out = unit * np.float32(hi - lo)
         return out if difference else out + np.float32(lo)
 
-    def for_display(self, volumes: np.ndarray, reference: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(image, image − reference) placed and in the scan's units; run it in the worker
-        (placing on an oblique scan's grid resamples)."""
+    def for_display(self, volumes: np.ndarray, *references: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(image, image − reference for each reference), placed and in the scan's units; run it
+        in the worker (placing on an oblique scan's grid resamples)."""
         image = self.units(self.place(volumes))
-        if reference is None:
-            return image, None
-        return image, self.units(self.place(volumes - reference), difference=True)
+        return image, *(self.units(self.place(volumes - r), difference=True) for r in references)
 
     def layer_kwargs(self, ndim: int = 3) -> dict[str, Any]:
         extra = ndim - 3

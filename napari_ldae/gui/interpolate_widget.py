@@ -133,8 +133,7 @@ class InterpolateWidget(LDAEWidget):
         vols = yield from session.iter_interpolate(codes_a, codes_b, alphas, steps)
         if len(alphas) == 1:
             vols = vols[0]
-        image, diff_a = geometry.for_display(vols, rec_a)
-        return image, diff_a, geometry.for_display(vols, rec_b)[1]
+        return geometry.for_display(vols, rec_a, rec_b)
 
     def _show(self, la, lb, geometry, result, prov: dict, tag: str) -> None:
         image, diff_a, diff_b = result
@@ -219,8 +218,7 @@ class InterpolateWidget(LDAEWidget):
         alpha = self.alphas([month])[0]
         (la, lb), geometry = a.extra["layers"], a.extra["geometry"]
         volume = a.at(alpha)
-        image, diff_a = geometry.for_display(volume, a.extra["rec_a"])
-        diff_b = geometry.for_display(volume, a.extra["rec_b"])[1]
+        image, diff_a, diff_b = geometry.for_display(volume, a.extra["rec_a"], a.extra["rec_b"])
         prov = self._provenance(la, lb, [month], [alpha], a.key[6], a.key[7])
         prov["preview"] = "linear blend of decodes at α " + ", ".join(f"{v:g}" for v in a.values)
         self._show(la, lb, geometry, (image, diff_a, diff_b), prov, "interp")
