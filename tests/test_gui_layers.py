@@ -87,3 +87,19 @@ def test_difference_layers_and_in_place_updates(make_napari_viewer, session):
     again = show_difference(viewer, "Δ", -diff, geometry, meta)
     assert again is layer and len(viewer.layers) == 2 and layer.data[3, 4, 5] == -0.2
     assert source.name == "src"
+
+
+@pytest.mark.parametrize("name", ["oblique", "lps_offset"])
+def test_blending_displayed_anchors_equals_displaying_the_blend(session, name):
+    """The live preview blends anchors placed in the worker: placing is linear, so it is exact."""
+    from napari_ldae.gui._preview import Anchors, blend_anchors
+
+    geometry = ResultGeometry.of(session, _blob_scan(GEOMETRIES[name]))
+    rng = np.random.default_rng(0)
+    values = np.array([-2.0, 0.0, 2.0])
+    volumes = rng.random((3, 32, 32, 32), dtype=np.float32)
+    anchors = Anchors(("k",), values, volumes, {}, geometry.for_display(volumes, volumes[1]))
+    image, diff = anchors.shown_at(0.7)
+    expected = geometry.for_display(blend_anchors(values, volumes, 0.7), volumes[1])
+    np.testing.assert_allclose(image, expected[0], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(diff, expected[1], rtol=1e-5, atol=1e-3)

@@ -35,9 +35,13 @@ class Anchors:
     values: np.ndarray  # (A,) sorted
     volumes: np.ndarray  # (A, X, Y, Z)
     extra: dict[str, Any] = field(default_factory=dict)  # references, layers, geometry
+    #: the anchors as displayed (image, differences…; placed and in the scan's units, made in
+    #: the worker): placing and units are linear, so blending these equals placing the blend
+    shown: tuple[np.ndarray, ...] = ()
 
-    def at(self, value: float) -> np.ndarray:
-        return blend_anchors(self.values, self.volumes, value)
+    def shown_at(self, value: float) -> tuple[np.ndarray, ...]:
+        """Image and differences at ``value``, ready to show (no resampling on the GUI thread)."""
+        return tuple(blend_anchors(self.values, arrays, value) for arrays in self.shown)
 
 
 class LivePreview:
@@ -45,8 +49,9 @@ class LivePreview:
 
     The widget gives ``key()`` → ``(key, context)`` for the current inputs (raising on bad
     input), ``anchor_job(key, context)`` → ``(values, gen_func, desc)`` whose generator returns
-    ``(volumes, extra)``, ``show_blend(anchors)`` and ``render_full()``; full renders call
-    :meth:`new_request` too, so that the latest request wins over anchors and renders alike.
+    ``(volumes, extra, shown)`` (see :class:`Anchors`), ``show_blend(anchors)`` and
+    ``render_full()``; full renders call :meth:`new_request` too, so that the latest request
+    wins over anchors and renders alike.
     """
 
     def __init__(self, widget, controls, slider, *, key: Callable, anchor_job: Callable,
@@ -119,8 +124,8 @@ class LivePreview:
         def done(result) -> None:
             if request != self.request:
                 return
-            volumes, extra = result
-            self.anchors = Anchors(key, values, volumes, extra)
+            volumes, extra, shown = result
+            self.anchors = Anchors(key, values, volumes, extra, shown)
             self._show_blend(self.anchors)
             if self.full_next:  # after this job has finished
                 QTimer.singleShot(0, self._render_full)

@@ -207,8 +207,9 @@ class InterpolateWidget(LDAEWidget):
             rec_a = yield from session.iter_reconstruction(codes_a, steps)
             rec_b = yield from session.iter_reconstruction(codes_b, steps)
             inner = yield from session.iter_interpolate(codes_a, codes_b, alphas[1:-1], steps)
-            return np.concatenate([rec_a[None], inner, rec_b[None]]), {
-                "rec_a": rec_a, "rec_b": rec_b, "layers": (la, lb), "geometry": geometry}
+            volumes = np.concatenate([rec_a[None], inner, rec_b[None]])
+            extra = {"rec_a": rec_a, "rec_b": rec_b, "layers": (la, lb), "geometry": geometry}
+            return volumes, extra, geometry.for_display(volumes, rec_a, rec_b)
 
         return alphas, work, "Interpolate (live preview)"
 
@@ -217,8 +218,7 @@ class InterpolateWidget(LDAEWidget):
         month = round(float(self.slider.value()), 3)
         alpha = self.alphas([month])[0]
         (la, lb), geometry = a.extra["layers"], a.extra["geometry"]
-        volume = a.at(alpha)
-        image, diff_a, diff_b = geometry.for_display(volume, a.extra["rec_a"], a.extra["rec_b"])
+        image, diff_a, diff_b = a.shown_at(alpha)
         prov = self._provenance(la, lb, [month], [alpha], a.key[6], a.key[7])
         prov["preview"] = "linear blend of decodes at α " + ", ".join(f"{v:g}" for v in a.values)
         self._show(la, lb, geometry, (image, diff_a, diff_b), prov, "interp")

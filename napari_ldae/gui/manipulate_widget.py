@@ -141,7 +141,8 @@ class ManipulateWidget(LDAEWidget):
             volumes = yield from session.iter_manipulate(codes, direction, moved, steps)
             if len(moved) < len(strengths):
                 volumes = np.insert(volumes, int(np.searchsorted(moved, 0.0)), recon, axis=0)
-            return volumes, {"recon": recon, "layer": layer, "geometry": geometry}
+            extra = {"recon": recon, "layer": layer, "geometry": geometry}
+            return volumes, extra, geometry.for_display(volumes, recon)
 
         return strengths, work, "Manipulate (live preview)"
 
@@ -150,7 +151,7 @@ class ManipulateWidget(LDAEWidget):
         strength = self.strength
         _, direction, steps, encode_steps = a.key
         geometry, layer = a.extra["geometry"], a.extra["layer"]
-        image, diff = geometry.for_display(a.at(strength), a.extra["recon"])
+        image, diff = a.shown_at(strength)
         listed = ", ".join(f"{s:+g}" for s in a.values)
         prov = {"operation": "manipulate", "direction": direction, "strength": strength,
                 "steps": steps, "encode_steps": encode_steps,
