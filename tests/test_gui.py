@@ -216,8 +216,9 @@ def test_live_preview_blends_anchors_then_full_quality(viewer, scan_file, qtbot,
     qtbot.waitUntil(lambda: manip.preview.anchors is not None, timeout=WAIT_MS)
     anchors = manip.preview.anchors
     assert list(anchors.values) == [-5.0, -2.5, 0.0, 2.5, 5.0]
-    assert anchors.volumes.shape[0] == 5
-    np.testing.assert_array_equal(anchors.volumes[2], anchors.extra["recon"])  # 0 = recon
+    image, diff = anchors.shown
+    assert image.shape[0] == diff.shape[0] == 5
+    assert not diff[2].any()  # strength 0 is the reconstruction
     session = get_state(viewer).session
     calls = []
     monkeypatch.setattr(session.model, "_net", lambda *a: calls.append(a))  # must not be used
@@ -227,8 +228,7 @@ def test_live_preview_blends_anchors_then_full_quality(viewer, scan_file, qtbot,
     assert manip.quality.text() == "live preview (blend, 1 steps) · strength +3.75"
     assert calls == [] and manip.preview.anchors is anchors
     edit = viewer.layers[f"{source.name} [edit]"]
-    geometry = anchors.extra["geometry"]
-    expected = geometry.for_display(0.5 * (anchors.volumes[3] + anchors.volumes[4]))[0]
+    expected = 0.5 * (image[3] + image[4])
     np.testing.assert_allclose(edit.data, expected, rtol=1e-5, atol=1e-5)
     assert "blend" in edit.metadata["ldae_provenance"]["preview"]
     monkeypatch.undo()  # the real network for the full-quality render
@@ -373,14 +373,13 @@ def test_interpolate_live_preview_blends_anchor_dates(viewer, tmp_path, monkeypa
     qtbot.waitUntil(lambda: interp.preview.anchors is not None, timeout=WAIT_MS)
     anchors = interp.preview.anchors
     assert list(anchors.values) == [0.0, 0.25, 0.5, 0.75, 1.0]
-    np.testing.assert_array_equal(anchors.volumes[0], anchors.extra["rec_a"])
-    np.testing.assert_array_equal(anchors.volumes[-1], anchors.extra["rec_b"])
+    image, diff_a, diff_b = anchors.shown
+    assert not diff_a[0].any() and not diff_b[-1].any()  # the ends are the reconstructions
     layer = viewer.layers[f"{a.name} → {b.name} [interp]"]
     qtbot.waitUntil(lambda: layer.metadata["ldae_provenance"]["months"] == 4.5, timeout=WAIT_MS)
     prov = layer.metadata["ldae_provenance"]
     assert prov["alpha"] == 0.375 and "blend" in prov["preview"] and prov["steps"] == 1
-    geometry = anchors.extra["geometry"]
-    expected = geometry.for_display(0.5 * (anchors.volumes[1] + anchors.volumes[2]))[0]
+    expected = 0.5 * (image[1] + image[2])
     np.testing.assert_allclose(layer.data, expected, rtol=1e-5, atol=1e-5)
     assert "live preview" in interp.controls.status.text()
     interp.slider.sliderReleased.emit()  # full quality of the exact date

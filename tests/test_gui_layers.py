@@ -98,7 +98,7 @@ def test_blending_displayed_anchors_equals_displaying_the_blend(session, name):
     rng = np.random.default_rng(0)
     values = np.array([-2.0, 0.0, 2.0])
     volumes = rng.random((3, 32, 32, 32), dtype=np.float32)
-    anchors = Anchors(("k",), values, volumes, {}, geometry.for_display(volumes, volumes[1]))
+    anchors = Anchors(("k",), values, geometry.for_display(volumes, volumes[1]))
     image, diff = anchors.shown_at(0.7)
     expected = geometry.for_display(blend_anchors(values, volumes, 0.7), volumes[1])
     np.testing.assert_allclose(image, expected[0], rtol=1e-5, atol=1e-3)

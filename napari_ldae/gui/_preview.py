@@ -29,18 +29,20 @@ def blend_anchors(values: np.ndarray, volumes: np.ndarray, value: float) -> np.n
 
 @dataclass
 class Anchors:
-    """Decoded anchor volumes (model space) for one source and setting (``key``)."""
+    """Decoded anchors for one source and setting (``key``), as displayed.
+
+    ``shown`` holds the image and difference arrays ``(A, …)`` of the anchors, placed and in the
+    scan's units (made in the worker); placing and units are linear, so blending them equals
+    placing the blend, and nothing is resampled on the GUI thread.
+    """
 
     key: tuple
     values: np.ndarray  # (A,) sorted
-    volumes: np.ndarray  # (A, X, Y, Z)
-    extra: dict[str, Any] = field(default_factory=dict)  # references, layers, geometry
-    #: the anchors as displayed (image, differences…; placed and in the scan's units, made in
-    #: the worker): placing and units are linear, so blending these equals placing the blend
-    shown: tuple[np.ndarray, ...] = ()
+    shown: tuple[np.ndarray, ...]
+    extra: dict[str, Any] = field(default_factory=dict)  # layers, geometry
 
     def shown_at(self, value: float) -> tuple[np.ndarray, ...]:
-        """Image and differences at ``value``, ready to show (no resampling on the GUI thread)."""
+        """Image and differences at ``value``, ready to show."""
         return tuple(blend_anchors(self.values, arrays, value) for arrays in self.shown)
 
 
@@ -49,7 +51,7 @@ class LivePreview:
 
     The widget gives ``key()`` → ``(key, context)`` for the current inputs (raising on bad
     input), ``anchor_job(key, context)`` → ``(values, gen_func, desc)`` whose generator returns
-    ``(volumes, extra, shown)`` (see :class:`Anchors`), ``show_blend(anchors)`` and
+    ``(shown, extra)`` (see :class:`Anchors`), ``show_blend(anchors)`` and
     ``render_full()``; full renders call :meth:`new_request` too, so that the latest request
     wins over anchors and renders alike.
     """
@@ -124,8 +126,8 @@ class LivePreview:
         def done(result) -> None:
             if request != self.request:
                 return
-            volumes, extra, shown = result
-            self.anchors = Anchors(key, values, volumes, extra, shown)
+            shown, extra = result
+            self.anchors = Anchors(key, values, shown, extra)
             self._show_blend(self.anchors)
             if self.full_next:  # after this job has finished
                 QTimer.singleShot(0, self._render_full)

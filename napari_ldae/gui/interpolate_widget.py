@@ -208,8 +208,8 @@ class InterpolateWidget(LDAEWidget):
             rec_b = yield from session.iter_reconstruction(codes_b, steps)
             inner = yield from session.iter_interpolate(codes_a, codes_b, alphas[1:-1], steps)
             volumes = np.concatenate([rec_a[None], inner, rec_b[None]])
-            extra = {"rec_a": rec_a, "rec_b": rec_b, "layers": (la, lb), "geometry": geometry}
-            return volumes, extra, geometry.for_display(volumes, rec_a, rec_b)
+            shown = geometry.for_display(volumes, rec_a, rec_b)
+            return shown, {"layers": (la, lb), "geometry": geometry}
 
         return alphas, work, "Interpolate (live preview)"
 

@@ -141,8 +141,7 @@ class ManipulateWidget(LDAEWidget):
             volumes = yield from session.iter_manipulate(codes, direction, moved, steps)
             if len(moved) < len(strengths):
                 volumes = np.insert(volumes, int(np.searchsorted(moved, 0.0)), recon, axis=0)
-            extra = {"recon": recon, "layer": layer, "geometry": geometry}
-            return volumes, extra, geometry.for_display(volumes, recon)
+            return geometry.for_display(volumes, recon), {"layer": layer, "geometry": geometry}
 
         return strengths, work, "Manipulate (live preview)"
 

@@ -88,19 +88,20 @@ class RepresentationModule(pl.LightningModule):
         params = [*self.encoder.parameters(), *self.unet.branch_parameters()]
         return torch.optim.Adam(params, lr=self.hp["lr"])
 
-    def shift_loss(self, z0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
-                   noise: torch.Tensor) -> torch.Tensor:
-        """The weighted stage-3 loss, one value per sample."""
-        eps, shift = self.unet(q_sample(z0, t, noise, self.schedule), t, y)
-        k = gather(self.schedule.shift_coef, t, z0)
-        weight = gather(self.schedule.snr_weight(self.hp["snr_gamma"]), t, z0)
+    def shift_loss(self, noise: torch.Tensor, eps: torch.Tensor, shift: torch.Tensor,
+                   t: torch.Tensor) -> torch.Tensor:
+        """The weighted stage-3 loss of the network outputs, one value per sample."""
+        k = gather(self.schedule.shift_coef, t, noise)
+        weight = gather(self.schedule.snr_weight(self.hp["snr_gamma"]), t, noise)
         return (weight * (noise - (eps.float() + k * shift.float())) ** 2).flatten(1).mean(1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         z0, x = batch["latent"], batch["image"]
         t = torch.randint(0, self.schedule.num_steps, (z0.shape[0],), device=z0.device)
         noise = torch.randn_like(z0)
-        loss = self.shift_loss(z0, self.encoder(axial_slices(x)), t, noise).mean()
+        y = self.encoder(axial_slices(x))
+        eps, shift = self.unet(q_sample(z0, t, noise, self.schedule), t, y)
+        loss = self.shift_loss(noise, eps, shift, t).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=z0.shape[0])
         return loss
 
@@ -118,8 +119,9 @@ class RepresentationModule(pl.LightningModule):
             y = self.encoder(axial_slices(x))
             pred = self.semantic_decode(y, x_T)
             # another scan's code: the next in the batch, else the previous batch's first
-            other = y.roll(1, 0) if len(y) > 1 else \
-                self._val_codes[-1][:1].to(y) if self._val_codes else None
+            other = y.roll(1, 0) if len(y) > 1 else None
+            if other is None and self._val_codes:
+                other = self._val_codes[-1][:1].to(y)
             if other is not None:
                 self.val_y_use.update(self.code_use(z0, y, other, gen))
                 self.log("val/y_use", self.val_y_use)
@@ -135,8 +137,11 @@ class RepresentationModule(pl.LightningModule):
         t = torch.randint(0, self.schedule.num_steps, (len(z0),), device=z0.device,
                           generator=gen)
         noise = torch.randn(z0.shape, device=z0.device, generator=gen)
-        own = self.shift_loss(z0, y, t, noise)
-        return (self.shift_loss(z0, other, t, noise) - own).mean() / own.mean()
+        h, skips, emb = self.unet.encode(q_sample(z0, t, noise, self.schedule), t)
+        eps = self.unet.decode(h, skips, emb)  # the frozen part runs once for both codes
+        own = self.shift_loss(noise, eps, self.unet.shift(h, skips, emb, y), t)
+        swapped = self.shift_loss(noise, eps, self.unet.shift(h, skips, emb, other), t)
+        return (swapped - own).mean() / own.mean()
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/y_spread``: near 0 means the encoder gives every brain the same code."""
