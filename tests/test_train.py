@@ -401,3 +401,21 @@ def test_train_all_on_gpu_in_mixed_precision(tiny_cohort, tmp_path):
     config = resolve(TINY, tiny_cohort, ["trainer.precision=bf16-mixed"], accelerator="gpu")
     bundle = train("all", config, tmp_path / "gpu")
     assert load_bundle(bundle).load_model(device="cuda").directions
+
+
+def test_code_variance_penalty_is_the_hinge_on_the_batch_spread_of_y(tiny_cohort):
+    penalty = representation.RepresentationModule.code_variance_penalty
+    assert float(penalty(torch.ones(2, 8))) == pytest.approx(1.0)  # every brain the same code
+    assert float(penalty(torch.tensor([[3.0] * 8, [-3.0] * 8]))) == 0.0  # std ≥ 1: no penalty
+    close = torch.tensor([[1.1] * 8, [0.9] * 8], requires_grad=True)
+    value = penalty(close)
+    value.backward()
+    assert float(value) == pytest.approx(1.0 - 0.2 / 2**0.5)
+    assert close.grad[0, 0] < 0 < close.grad[1, 0]  # gradient descent pushes the codes apart
+    on = ["representation.code_variance_weight=1", "model.encoder.dropout=0.0"]
+    assert resolve(TINY, tiny_cohort, [*on, "representation.batch_size=2"])
+    with pytest.raises(TrainingError, match="batch_size ≥ 2"):
+        resolve(TINY, tiny_cohort, [*on, "representation.batch_size=1"])
+    with pytest.raises(TrainingError, match="dropout noise would pass for spread"):
+        resolve(TINY, tiny_cohort, ["representation.code_variance_weight=1",
+                                    "model.encoder.dropout=0.1", "representation.batch_size=2"])

@@ -86,6 +86,9 @@ DEFAULTS: dict[str, Any] = {
         "val_ddim_steps": 100,
         "ssim_kernel_size": 4,
         "early_stop_patience": None,  # validations without improvement; None: off
+        # Anti-collapse term (0: the paper's objective): weight · mean over dimensions of
+        # relu(1 − std of y across the batch); needs batch_size ≥ 2.
+        "code_variance_weight": 0.0,
     },
     "probe": {
         "embed_batch_size": 4,
@@ -171,6 +174,8 @@ def validate(config: Mapping[str, Any]) -> None:
         if not isinstance(s["lr_warmdown_steps"], int) or s["lr_warmdown_steps"] < 0:
             raise TrainingError(f"{stage}.lr_warmdown_steps must be a non-negative integer, "
                                 f"got {s['lr_warmdown_steps']!r}")
+    model = model_config(config)  # the architecture and the contract fit together
+    _check_code_variance(config["representation"], model)
     t = config["trainer"]
     if not (t["devices"] == -1 or (isinstance(t["devices"], int) and t["devices"] >= 1)):
         raise TrainingError("trainer.devices must be a positive integer or -1 (all GPUs)")
@@ -178,8 +183,20 @@ def validate(config: Mapping[str, Any]) -> None:
         raise TrainingError("trainer.num_nodes must be a positive integer")
     if config["trainer"]["strategy"] not in ("auto", "ddp"):
         raise TrainingError("trainer.strategy must be 'auto' or 'ddp'")
-    model = model_config(config)  # the architecture and the contract fit together
     _check_crop(config["autoencoder"]["crop_size"], model)
+
+
+def _check_code_variance(rep: Mapping[str, Any], model: Mapping[str, Any]) -> None:
+    """The anti-collapse term measures y's spread over a batch of noise-free codes."""
+    weight = rep["code_variance_weight"]
+    if not isinstance(weight, (int, float)) or weight < 0:
+        raise TrainingError(f"representation.code_variance_weight must be ≥ 0, got {weight!r}")
+    if weight > 0 and rep["batch_size"] < 2:
+        raise TrainingError("representation.code_variance_weight needs batch_size ≥ 2 per "
+                            "device: it measures the spread of y between the scans of a batch")
+    if weight > 0 and model["encoder"]["dropout"] > 0:
+        raise TrainingError("representation.code_variance_weight needs model.encoder.dropout: "
+                            "0; dropout noise would pass for spread between brains")
 
 
 def _check_crop(crop: Any, model: Mapping[str, Any]) -> None:

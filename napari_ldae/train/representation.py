@@ -103,7 +103,19 @@ class RepresentationModule(pl.LightningModule):
         eps, shift = self.unet(q_sample(z0, t, noise, self.schedule), t, y)
         loss = self.shift_loss(noise, eps, shift, t).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=z0.shape[0])
+        if self.hp["code_variance_weight"] > 0:
+            penalty = self.code_variance_penalty(y)
+            self.log("train/code_penalty", penalty, batch_size=z0.shape[0])
+            loss = loss + self.hp["code_variance_weight"] * penalty
         return loss
+
+    @staticmethod
+    def code_variance_penalty(y: torch.Tensor) -> torch.Tensor:
+        """VICReg's variance hinge: mean over dimensions of relu(1 − std of y across the
+        batch). Only scans of the same batch count: codes kept from earlier steps would let the
+        encoder's drift pass for spread between brains (measured: it did, while every brain
+        got the same code in eval mode)."""
+        return torch.relu(1.0 - y.float().std(dim=0)).mean()
 
     @torch.no_grad()
     def semantic_decode(self, y: torch.Tensor, x_T: torch.Tensor) -> torch.Tensor:
