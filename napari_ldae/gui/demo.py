@@ -155,7 +155,7 @@ def _shooter(viewer):
 
 
 def _close_notifications(viewer) -> None:
-    """Dismiss notification toasts (e.g. napari's PyQt5 notice) that would hide the canvas."""
+    """Dismiss notification toasts (e.g. napari's backend notices) that would hide the canvas."""
     try:
         from napari._qt.dialogs.qt_notification import NapariQtNotification
     except ImportError:  # pragma: no cover - napari moved it
