@@ -5,11 +5,13 @@
 
     format: "napari-ldae-bundle", format_version: 1, name, description,
     autoencoder: MONAI AutoencoderKL arguments, scale_factor: s,
+    latent_norm: "scale" (default) or "template_residual",
     unet: UNetConfig, encoder: EncoderConfig, schedule: Schedule, clamp_x0: bool,
     preprocessing: PreprocessContract, steps: {encode, decode, preview},
     directions: {name: {meaning, source, metrics}}, metrics: {...}, provenance: {...}
 
-Weights: ``autoencoder``, ``unet`` (ShiftUNet), ``encoder`` (SemanticEncoder without the
+Weights: ``autoencoder`` (with ``latent_norm.mean``/``latent_norm.std`` for a
+template-residual latent), ``unet`` (ShiftUNet), ``encoder`` (SemanticEncoder without the
 reference's duplicated backbone keys) and ``semantic`` (``mean``, ``std``,
 ``direction.<name>``) ``.safetensors``.
 """
@@ -32,6 +34,7 @@ from typing import Any
 import torch
 
 from napari_ldae import BUNDLE_FORMAT_VERSION, __version__
+from napari_ldae.core.autoencoder import LATENT_NORMS, NORM_KEYS, split_norm_state
 from napari_ldae.errors import BundleError
 
 FORMAT = "napari-ldae-bundle"
@@ -86,10 +89,11 @@ class Bundle:
         """Build the :class:`~napari_ldae.core.model.LDAEModel` of this bundle."""
         from napari_ldae.core.model import LDAEModel
 
-        parts = build_networks(self.config, empty=True)
+        ae_state, norm = split_norm_state(self.read("autoencoder"))
+        parts = build_networks(self.config, empty=True, latent_stats=norm)
         for part in ("unet", "encoder"):
             _load_strict(parts[part], self.read(part), part)
-        _load_strict(parts["autoencoder"].net, self.read("autoencoder"), "autoencoder")
+        _load_strict(parts["autoencoder"].net, ae_state, "autoencoder")
         _check_materialised(parts)
         semantic = self.read("semantic")
         _require(semantic, ("mean", "std"), "semantic")
@@ -104,11 +108,15 @@ class Bundle:
         return model
 
 
-def build_networks(config: Mapping[str, Any], empty: bool = False) -> dict[str, torch.nn.Module]:
+def build_networks(config: Mapping[str, Any], empty: bool = False,
+                   latent_stats: Mapping[str, torch.Tensor] | None = None,
+                   ) -> dict[str, torch.nn.Module]:
     """Untrained networks of a bundle config.
 
     ``empty=True`` builds them on the meta device (no memory, no random initialisation) for
     weights to be loaded with ``assign``: loading a paper-size bundle then skips ~10 s of init.
+    ``latent_stats``: the template-residual statistics (:data:`NORM_KEYS`), required exactly
+    when ``config["latent_norm"]`` is ``template_residual``.
     """
     from napari_ldae.core.autoencoder import LatentAutoencoder
     from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder
@@ -116,12 +124,27 @@ def build_networks(config: Mapping[str, Any], empty: bool = False) -> dict[str, 
 
     unet_config = UNetConfig.from_dict(config["unet"])
     encoder_config = EncoderConfig.from_dict(config["encoder"])
+    stats = _latent_stats(config, latent_stats or {})
     with torch.device("meta") if empty else contextlib.nullcontext():
         return {
-            "autoencoder": LatentAutoencoder(config["autoencoder"], config["scale_factor"]),
+            "autoencoder": LatentAutoencoder(config["autoencoder"], config["scale_factor"],
+                                             *stats),
             "unet": ShiftUNet(unet_config),
             "encoder": SemanticEncoder(encoder_config),
         }
+
+
+def _latent_stats(config: Mapping[str, Any], stats: Mapping[str, torch.Tensor]) -> tuple:
+    norm = config.get("latent_norm", "scale")
+    if norm == "scale":
+        if stats:
+            raise BundleError("autoencoder.safetensors holds template-residual statistics but "
+                              "config.json's latent_norm is 'scale'")
+        return (None, None)
+    if any(k not in stats for k in NORM_KEYS):
+        raise BundleError(f"latent_norm is {norm!r} but autoencoder.safetensors lacks "
+                          f"{[k for k in NORM_KEYS if k not in stats]}")
+    return stats[NORM_KEYS[0]], stats[NORM_KEYS[1]]
 
 
 def _check_materialised(parts: Mapping[str, torch.nn.Module]) -> None:
@@ -214,6 +237,13 @@ def validate_config(config: Mapping[str, Any], where: Path | str = "config.json"
     scale = config["scale_factor"]
     if not isinstance(scale, (int, float)) or not scale > 0:
         raise BundleError(f"{where}: scale_factor must be a positive number, got {scale!r}")
+    if config.get("latent_norm", "scale") not in LATENT_NORMS:
+        raise BundleError(f"{where}: latent_norm must be one of {LATENT_NORMS}, got "
+                          f"{config.get('latent_norm')!r}")
+    try:
+        _schedule(config)
+    except (ValueError, KeyError, TypeError) as err:
+        raise BundleError(f"{where}: schedule: {err}") from err
 
 
 def _check_member(bundle: Bundle, part: str) -> None:
@@ -250,7 +280,7 @@ def save_bundle(out: str | os.PathLike, config: Mapping[str, Any],
     """Write a bundle directory atomically (or a zipped ``.ldae`` file if ``out`` ends so).
 
     ``storage_dtype="float16"`` halves the network weights on disk (the demo bundle); they are
-    computed with in float32 after loading. Semantic statistics always stay float32.
+    computed with in float32 after loading. Semantic and latent statistics stay float32.
     """
     from safetensors.torch import save_file
 
@@ -273,8 +303,8 @@ def save_bundle(out: str | os.PathLike, config: Mapping[str, Any],
     try:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
         for part in PARTS:
-            tensors = {k: _stored(v, dtype if part != "semantic" else torch.float32)
-                       for k, v in weights[part].items()}
+            tensors = {k: _stored(v, torch.float32 if part == "semantic" or k in NORM_KEYS
+                                  else dtype) for k, v in weights[part].items()}
             if part == "encoder":
                 tensors = {k: v for k, v in tensors.items()
                            if not k.startswith("slice_distributed.module.")}
@@ -313,7 +343,8 @@ def model_weights(model) -> dict[str, dict[str, torch.Tensor]]:
     semantic = {"mean": model.semantic_mean, "std": model.semantic_std}
     for name, d in model.directions.items():
         semantic[f"direction.{name}"] = d.vector
-    return {"autoencoder": model.autoencoder.net.state_dict(), "unet": model.unet.state_dict(),
+    autoencoder = {**model.autoencoder.net.state_dict(), **model.autoencoder.norm_state()}
+    return {"autoencoder": autoencoder, "unet": model.unet.state_dict(),
             "encoder": model.encoder.state_dict(), "semantic": semantic}
 
 

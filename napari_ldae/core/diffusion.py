@@ -1,6 +1,6 @@
-"""Diffusion math of LDAE: the linear schedule, the training coefficients of the shifted
-objective, deterministic DDIM sampling and inversion guided by the gradient estimator, and
-the interpolation of codes.
+"""Diffusion math of LDAE: the noise schedules (linear, cosine; ε- or v-prediction), the
+training coefficients of the shifted objective, deterministic DDIM sampling and inversion
+guided by the gradient estimator, and the interpolation of codes.
 
 Notation follows ``docs/method.md``: ᾱ_t is ``alphas_cumprod[t]``, the network returns
 ``(eps, shift)`` and the guided noise of a DDIM step is ``eps - sqrt(1 - ᾱ_t) * shift``.
@@ -25,16 +25,33 @@ from napari_ldae.core.progress import Progress, ProgressGen, drain
 GuidedNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+SCHEDULE_TYPES = ("linear", "cosine")
+PREDICTIONS = ("eps", "v")
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """A DDPM noise schedule (linear β by default: 1000 steps from 1e-4 to 0.02)."""
+    """A DDPM noise schedule and what the UNet predicts.
+
+    ``linear`` (the paper's): 1000 β from 1e-4 to 0.02. ``cosine``: improved DDPM's
+    ᾱ_t = cos²(((t/T) + s)/(1 + s)·π/2) with s = 0.008 and β ≤ 0.999, as in the reference
+    code's ``get_named_beta_schedule("cosine")``. ``prediction`` ``eps`` (the paper's) or
+    ``v`` (v = √ᾱ ε − √(1−ᾱ) z₀); :meth:`to_eps` turns a v output into ε so that the shift
+    formula and the samplers only ever see ε.
+    """
 
     num_steps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    type: str = "linear"
+    prediction: str = "eps"
 
     @cached_property
     def betas(self) -> np.ndarray:
+        if self.type == "cosine":
+            s, n = 0.008, self.num_steps
+            f = np.cos((np.arange(n + 1, dtype=np.float64) / n + s) / (1 + s) * np.pi / 2) ** 2
+            return np.minimum(1.0 - f[1:] / f[:-1], 0.999)
         return np.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=np.float64)
 
     @cached_property
@@ -52,15 +69,47 @@ class Schedule:
         snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
         return snr**gamma / (1.0 + snr)
 
+    def target(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet is trained to output: ε, or v = √ᾱ ε − √(1−ᾱ) z₀."""
+        if self.prediction == "eps":
+            return noise
+        ac = self.alphas_cumprod
+        return gather(np.sqrt(ac), t, z0) * noise - gather(np.sqrt(1.0 - ac), t, z0) * z0
+
+    def to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε from the UNet's output at x_t (identity for ε-prediction; ε = √ᾱ v + √(1−ᾱ) x_t)."""
+        if self.prediction == "eps":
+            return out
+        ac = self.alphas_cumprod
+        return gather(np.sqrt(ac), t, out) * out + gather(np.sqrt(1.0 - ac), t, out) * x_t
+
     def to_dict(self) -> dict:
-        return {"type": "linear", "num_steps": self.num_steps,
-                "beta_start": self.beta_start, "beta_end": self.beta_end}
+        out = {"type": self.type, "num_steps": self.num_steps}
+        if self.type == "linear":
+            out |= {"beta_start": self.beta_start, "beta_end": self.beta_end}
+        return out | ({"prediction": self.prediction} if self.prediction != "eps" else {})
 
     @classmethod
     def from_dict(cls, d: dict) -> Schedule:
-        if d.get("type", "linear") != "linear":
-            raise ValueError(f"unsupported noise schedule {d.get('type')!r} (only 'linear')")
-        return cls(int(d["num_steps"]), float(d["beta_start"]), float(d["beta_end"]))
+        kind, prediction = d.get("type", "linear"), d.get("prediction", "eps")
+        if kind not in SCHEDULE_TYPES:
+            raise ValueError(f"unsupported noise schedule {kind!r} (one of {SCHEDULE_TYPES})")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unsupported prediction {prediction!r} (one of {PREDICTIONS})")
+        return cls(int(d.get("num_steps", 1000)), float(d.get("beta_start", 1e-4)),
+                   float(d.get("beta_end", 0.02)), kind, prediction)
+
+
+def eps_net(net: GuidedNet, schedule: Schedule) -> GuidedNet:
+    """``net`` with its first output turned into ε by the schedule's parameterisation."""
+    if schedule.prediction == "eps":
+        return net
+
+    def wrapped(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
+        out, shift = net(x, t, y)
+        return schedule.to_eps(out.float(), x.float(), t), shift
+
+    return wrapped
 
 
 DEFAULT_SCHEDULE = Schedule()
@@ -109,7 +158,7 @@ def iter_ddim_sample(net: GuidedNet, x_T: torch.Tensor, y: torch.Tensor, steps: 
     """Deterministic shifted DDIM from x_T (grid index N) down to grid index 0 (t = 0)."""
     grid = ddim_grid(steps, schedule.num_steps)
     ac = schedule.alphas_cumprod[grid]
-    x = x_T
+    net, x = eps_net(net, schedule), x_T
     n = len(grid) - 1
     for k, i in enumerate(range(n, 0, -1), start=1):
         x = _ddim_move(net, x, y, grid[i], ac[i], ac[i - 1], clamp)
@@ -123,7 +172,7 @@ def iter_ddim_invert(net: GuidedNet, z0: torch.Tensor, y: torch.Tensor, steps: i
     """Deterministic shifted DDIM inversion of a clean latent z0 (grid index 0) up to x_T."""
     grid = ddim_grid(steps, schedule.num_steps)
     ac = schedule.alphas_cumprod[grid]
-    x = z0
+    net, x = eps_net(net, schedule), z0
     n = len(grid) - 1
     for i in range(n):
         x = _ddim_move(net, x, y, grid[i], ac[i], ac[i + 1], clamp)

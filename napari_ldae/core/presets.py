@@ -80,6 +80,7 @@ def preset(name: str) -> dict[str, Any]:
     config = copy.deepcopy(PRESETS[name])
     config.setdefault("schedule", dict(_SCHEDULE))
     config.setdefault("clamp_x0", True)
+    config.setdefault("latent_norm", "scale")
     config.setdefault("directions", {})
     return config
 

@@ -89,6 +89,13 @@ DEFAULTS: dict[str, Any] = {
         # Anti-collapse term (0: the paper's objective): weight · mean over dimensions of
         # relu(1 − std of y across the batch); needs batch_size ≥ 2.
         "code_variance_weight": 0.0,
+        # The encoder's learning rate is lr · encoder_lr_scale (the branch's is lr).
+        "encoder_lr_scale": 1.0,
+        # Refuse to start when stage 2's x̂₀ at high noise is more than this many times worse
+        # than the mean latent (val/x0_vs_mean_t*); null: report and continue.
+        "max_x0_vs_mean": 2.0,
+        # Diagnostic: y from these ground-truth columns of the cohort instead of the encoder.
+        "oracle": None,
     },
     "probe": {
         "embed_batch_size": 4,
@@ -176,6 +183,7 @@ def validate(config: Mapping[str, Any]) -> None:
                                 f"got {s['lr_warmdown_steps']!r}")
     model = model_config(config)  # the architecture and the contract fit together
     _check_code_variance(config["representation"], model)
+    _check_recipe(config["representation"], model)
     t = config["trainer"]
     if not (t["devices"] == -1 or (isinstance(t["devices"], int) and t["devices"] >= 1)):
         raise TrainingError("trainer.devices must be a positive integer or -1 (all GPUs)")
@@ -184,6 +192,29 @@ def validate(config: Mapping[str, Any]) -> None:
     if config["trainer"]["strategy"] not in ("auto", "ddp"):
         raise TrainingError("trainer.strategy must be 'auto' or 'ddp'")
     _check_crop(config["autoencoder"]["crop_size"], model)
+
+
+def _check_recipe(rep: Mapping[str, Any], model: Mapping[str, Any]) -> None:
+    """The latent normalisation, the schedule and stage 3's learning-rate split."""
+    from napari_ldae.core.autoencoder import LATENT_NORMS
+    from napari_ldae.core.diffusion import Schedule
+
+    if model.get("latent_norm", "scale") not in LATENT_NORMS:
+        raise TrainingError(f"model.latent_norm must be one of {LATENT_NORMS}, got "
+                            f"{model.get('latent_norm')!r}")
+    try:
+        Schedule.from_dict(model["schedule"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise TrainingError(f"model.schedule: {err}") from err
+    if not isinstance(rep["encoder_lr_scale"], (int, float)) or rep["encoder_lr_scale"] <= 0:
+        raise TrainingError("representation.encoder_lr_scale must be a positive number")
+    oracle = rep["oracle"]
+    if oracle is not None and (not isinstance(oracle, list) or not oracle
+                               or not all(isinstance(c, str) for c in oracle)):
+        raise TrainingError("representation.oracle must be null or a list of cohort columns")
+    limit = rep["max_x0_vs_mean"]
+    if limit is not None and (not isinstance(limit, (int, float)) or limit <= 0):
+        raise TrainingError("representation.max_x0_vs_mean must be a positive number or null")
 
 
 def _check_code_variance(rep: Mapping[str, Any], model: Mapping[str, Any]) -> None:

@@ -182,8 +182,9 @@ class CachedScans(Dataset):
     """Cached scans as ``{"image": (1, X, Y, Z)}`` and/or ``{"latent": s·μ (C, x, y, z)}``."""
 
     def __init__(self, cache: Path, keys: Sequence[str], latents: np.ndarray | None = None,
-                 images: bool = True) -> None:
+                 images: bool = True, truth: np.ndarray | None = None) -> None:
         self.cache, self.keys, self.latents, self.images = cache, list(keys), latents, images
+        self.truth = truth
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -194,6 +195,8 @@ class CachedScans(Dataset):
             item["image"] = torch.from_numpy(load_volume(self.cache, self.keys[i]))[None]
         if self.latents is not None:
             item["latent"] = torch.from_numpy(self.latents[i])
+        if self.truth is not None:
+            item["truth"] = torch.from_numpy(self.truth[i])
         return item
 
 
@@ -241,13 +244,17 @@ class CohortData(pl.LightningDataModule):
     """Cached images and/or latents of the cohort's splits, for one training stage.
 
     ``latents``: also cache and serve the autoencoder's latent means (``autoencoder_path``),
-    multiplied by ``scale`` (``None``: s = 1/std of the training latents, see
-    :attr:`scale_factor`).
+    normalised by the model's ``latent_norm``: multiplied by ``scale`` (``None``: s = 1/std of
+    the training latents, see :attr:`scale_factor`), or for ``template_residual`` made
+    ``(z − mean) / std`` with ``stats`` = (mean, std) (``None``: fitted on the training split,
+    see :attr:`latent_stats`).
     """
 
     def __init__(self, config: Mapping[str, Any], stage: str, cache: Path, *,
                  images: bool = True, latents: bool = False,
-                 autoencoder_path: Path | None = None, scale: float | None = None) -> None:
+                 autoencoder_path: Path | None = None, scale: float | None = None,
+                 stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 truth: Sequence[str] | None = None) -> None:
         super().__init__()
         from napari_ldae.train.config import model_config
 
@@ -257,6 +264,9 @@ class CohortData(pl.LightningDataModule):
         self.splits = load_splits(config)
         self.images, self.latents = images, latents
         self.autoencoder_path, self.scale_factor = autoencoder_path, scale
+        self.residual = self.model.get("latent_norm", "scale") == "template_residual"
+        self.latent_stats = stats
+        self.truth = list(truth or [])
         self.datasets: dict[str, CachedScans] = {}
 
     def records(self) -> list[ScanRecord]:
@@ -289,12 +299,41 @@ class CohortData(pl.LightningDataModule):
             keys = json.loads(index.read_text())[name] if index.is_file() else \
                 volume_keys(self.splits[name].records, self.contract, self.cache)
             z = self._latents(keys) if self.latents else None
-            self.datasets[name] = CachedScans(self.cache, keys, z, self.images)
-        if self.latents:
-            if self.scale_factor is None:
-                self.scale_factor = scale_factor(self.datasets["train"].latents)
+            self.datasets[name] = CachedScans(self.cache, keys, z, self.images,
+                                              self._truth(name) if self.truth else None)
+        if self.truth:  # standardised with the training split's statistics
+            mean, std = self.datasets["train"].truth.mean(0), self.datasets["train"].truth.std(0)
             for ds in self.datasets.values():
+                ds.truth = ((ds.truth - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+        if self.latents:
+            self._normalise()
+
+    def _normalise(self) -> None:
+        train = self.datasets["train"].latents
+        if self.scale_factor is None:
+            self.scale_factor = 1.0 if self.residual else scale_factor(train)
+        if self.residual and self.latent_stats is None:
+            from napari_ldae.core.autoencoder import residual_stats
+
+            self.latent_stats = residual_stats(torch.from_numpy(train))
+        for ds in self.datasets.values():
+            if self.residual:
+                mean, std = (v.numpy() for v in self.latent_stats)
+                ds.latents = ((ds.latents - mean) / std.reshape(-1, 1, 1, 1)).astype(np.float32)
+            else:
                 ds.latents = ds.latents * np.float32(self.scale_factor)
+
+    def _truth(self, split: str) -> np.ndarray:
+        """The oracle's ground-truth columns of a split's scans, (N, columns)."""
+        rows = []
+        for r in self.splits[split].records:
+            values = {"age": r.age, "months": r.months, **r.extra}
+            missing = [c for c in self.truth if values.get(c) is None]
+            if missing:
+                raise TrainingError(f"the oracle needs the cohort columns {missing}, which "
+                                    f"{r.subject}/{r.session} lacks")
+            rows.append([float(values[c]) for c in self.truth])
+        return np.asarray(rows, np.float32).reshape(-1, len(self.truth))
 
     def _latents(self, keys: Sequence[str]) -> np.ndarray:
         folder = self.cache / "latents" / file_sha256(self.autoencoder_path)[:24]

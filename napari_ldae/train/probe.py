@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_ldae import __version__
+from napari_ldae.core.autoencoder import NORM_KEYS
 from napari_ldae.core.bundle import save_bundle
 from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder, axial_slices, drop_aliases
 from napari_ldae.data.preprocess import PreprocessContract
@@ -64,6 +65,10 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
     """
     if not common.is_global_zero():
         return None
+    if common.read_json(out / "representation" / "representation.json",
+                        "representation stage").get("oracle"):
+        raise TrainingError("stage 3 of this run was an oracle check (representation.oracle): "
+                            "its decoder takes ground truth, not scans, so it makes no bundle")
     model = model_config(config)
     contract = PreprocessContract.from_dict(model["preprocessing"])
     encoder = load_encoder(config, out / "representation" / stage3.ENCODER)
@@ -127,7 +132,9 @@ def write_bundle(config: Mapping[str, Any], out: Path, model: dict[str, Any],
         "directions": directions,
         "metrics": {"probe": metrics,
                     "autoencoder_val_ssim": stage_info["autoencoder"]["best_val_ssim"],
-                    "semantic_val_ssim": stage_info["representation"]["best_val_ssim"]},
+                    "semantic_val_ssim": stage_info["representation"]["best_val_ssim"],
+                    "stage2_x0_vs_mean": stage_info["latent"].get("x0_vs_mean"),
+                    "code_use": stage_info["representation"].get("code_use")},
         "provenance": {
             "trained": True, "trainer": "napari-ldae train", "config": config,
             "cohort": str(config["data"]["cohort"]), "seed": config["seed"],
@@ -136,8 +143,10 @@ def write_bundle(config: Mapping[str, Any], out: Path, model: dict[str, Any],
             "steps": {s: i["global_step"] for s, i in stage_info.items()},
         },
     }
+    stats = stage2.read_latent_stats(out)
     weights = {
-        "autoencoder": common.load_safetensors(out / "autoencoder" / stage1.WEIGHTS, "AE"),
+        "autoencoder": {**common.load_safetensors(out / "autoencoder" / stage1.WEIGHTS, "AE"),
+                        **(dict(zip(NORM_KEYS, stats, strict=True)) if stats else {})},
         "unet": common.load_safetensors(out / "representation" / stage3.UNET, "ShiftUNet"),
         "encoder": common.load_safetensors(out / "representation" / stage3.ENCODER, "encoder"),
         "semantic": semantic,

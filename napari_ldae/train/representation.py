@@ -11,6 +11,11 @@ is the paper's: 3D SSIM between the semantic-only decode (EMA networks, random x
 autoencoder's decode of the true latent; the best checkpoint by it gives
 ``OUT/representation/{encoder_ema,unet_ema}.safetensors``.
 
+With ``representation.oracle`` (ground-truth columns of the cohort, e.g. ``[atrophy,
+ventricle_ml, age]``) the encoder is replaced by a linear map of the scans' standardised true
+parameters: a diagnostic run that tells whether the branch can use a perfect code at all (if
+not, the branch is the problem, not the encoder). Its weights are not for a bundle.
+
 Two more validation numbers say whether the code is used at all: ``val/y_spread`` (std of y
 across scans over its mean size) and ``val/y_use``, the relative rise of the weighted loss when
 each scan is given another scan's code (0: the gradient estimator ignores y).
@@ -60,7 +65,8 @@ class RepresentationModule(pl.LightningModule):
     """Semantic encoder + gradient-estimator branch over a frozen latent UNet."""
 
     def __init__(self, config: Mapping[str, Any], unet_state: Mapping[str, torch.Tensor],
-                 autoencoder_state: Mapping[str, torch.Tensor], scale_factor: float) -> None:
+                 autoencoder_state: Mapping[str, torch.Tensor], scale_factor: float,
+                 latent_stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         model = model_config(config)
         self.hp = dict(config["representation"])
@@ -72,10 +78,14 @@ class RepresentationModule(pl.LightningModule):
             raise TrainingError(f"the stage-2 UNet does not fit this configuration: {err}") \
                 from err
         self.encoder = SemanticEncoder(EncoderConfig.from_dict(model["encoder"]))
-        self.autoencoder = LatentAutoencoder(model["autoencoder"], scale_factor)
+        columns = self.hp["oracle"] or []
+        self.oracle = torch.nn.Linear(len(columns), model["encoder"]["emb_dim"]) \
+            if columns else None
+        self.autoencoder = LatentAutoencoder(model["autoencoder"], scale_factor,
+                                             *(latent_stats or (None, None)))
         self.autoencoder.net.load_state_dict(dict(autoencoder_state))
         self.schedule = Schedule.from_dict(model["schedule"])
-        trainable = [(f"encoder.{n}", p) for n, p in self.encoder.named_parameters()]
+        trainable = [(f"encoder.{n}", p) for n, p in self.code_net.named_parameters()]
         trainable += [(f"unet.{n}", p) for n, p in self.unet.named_parameters()
                       if p.requires_grad]
         self.ema = common.EMA(trainable, self.hp["ema_decay"])
@@ -85,8 +95,25 @@ class RepresentationModule(pl.LightningModule):
         self._val_codes: list[torch.Tensor] = []
 
     def configure_optimizers(self):
-        params = [*self.encoder.parameters(), *self.unet.branch_parameters()]
-        return torch.optim.Adam(params, lr=self.hp["lr"])
+        lr = self.hp["lr"]
+        return torch.optim.Adam([
+            {"params": list(self.code_net.parameters()), "lr": lr * self.hp["encoder_lr_scale"]},
+            {"params": list(self.unet.branch_parameters()), "lr": lr}])
+
+    @property
+    def code_net(self) -> torch.nn.Module:
+        """What makes y: the semantic encoder, or the oracle's map of true parameters."""
+        return self.oracle if self.oracle is not None else self.encoder
+
+    def codes(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.oracle is not None:
+            return self.oracle(batch["truth"])
+        return self.encoder(axial_slices(batch["image"]))
+
+    def guided(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
+        """(ε, shift) at z_t: the frozen UNet's output turned into ε per the schedule."""
+        out, shift = self.unet(z_t, t, y)
+        return self.schedule.to_eps(out.float(), z_t, t), shift
 
     def shift_loss(self, noise: torch.Tensor, eps: torch.Tensor, shift: torch.Tensor,
                    t: torch.Tensor) -> torch.Tensor:
@@ -96,11 +123,11 @@ class RepresentationModule(pl.LightningModule):
         return (weight * (noise - (eps.float() + k * shift.float())) ** 2).flatten(1).mean(1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        z0, x = batch["latent"], batch["image"]
+        z0 = batch["latent"]
         t = torch.randint(0, self.schedule.num_steps, (z0.shape[0],), device=z0.device)
         noise = torch.randn_like(z0)
-        y = self.encoder(axial_slices(x))
-        eps, shift = self.unet(q_sample(z0, t, noise, self.schedule), t, y)
+        y = self.codes(batch)
+        eps, shift = self.guided(q_sample(z0, t, noise, self.schedule), t, y)
         loss = self.shift_loss(noise, eps, shift, t).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=z0.shape[0])
         if self.hp["code_variance_weight"] > 0:
@@ -124,11 +151,11 @@ class RepresentationModule(pl.LightningModule):
         return self.autoencoder.decode(z).float().clamp(0.0, 1.0)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        z0, x = batch["latent"], batch["image"]
+        z0 = batch["latent"]
         gen = torch.Generator(device=z0.device).manual_seed(int(batch["index"][0]))
         x_T = torch.randn(z0.shape, device=z0.device, generator=gen)
         with self.ema.swapped():
-            y = self.encoder(axial_slices(x))
+            y = self.codes(batch)
             pred = self.semantic_decode(y, x_T)
             # another scan's code: the next in the batch, else the previous batch's first
             other = y.roll(1, 0) if len(y) > 1 else None
@@ -149,8 +176,10 @@ class RepresentationModule(pl.LightningModule):
         t = torch.randint(0, self.schedule.num_steps, (len(z0),), device=z0.device,
                           generator=gen)
         noise = torch.randn(z0.shape, device=z0.device, generator=gen)
-        h, skips, emb = self.unet.encode(q_sample(z0, t, noise, self.schedule), t)
-        eps = self.unet.decode(h, skips, emb)  # the frozen part runs once for both codes
+        z_t = q_sample(z0, t, noise, self.schedule)
+        h, skips, emb = self.unet.encode(z_t, t)
+        # the frozen part runs once for both codes
+        eps = self.schedule.to_eps(self.unet.decode(h, skips, emb).float(), z_t, t)
         own = self.shift_loss(noise, eps, self.unet.shift(h, skips, emb, y), t)
         swapped = self.shift_loss(noise, eps, self.unet.shift(h, skips, emb, other), t)
         return (swapped - own).mean() / own.mean()
@@ -172,13 +201,15 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
     """Train stage 3; returns the EMA encoder and ShiftUNet weight files."""
     stage_dir = out / "representation"
     unet_state = stage2_unet(out)
-    scale = stage2.read_scale_factor(out)
+    readiness = stage2.readiness(out, config["representation"]["max_x0_vs_mean"])
+    scale, stats = stage2.read_scale_factor(out), stage2.read_latent_stats(out)
     ae_path = out / "autoencoder" / stage1.WEIGHTS
     ae_state = common.load_safetensors(ae_path, "representation stage: the autoencoder")
     data = CohortData(config, "representation", common.cache_dir(config, out), images=True,
-                      latents=True, autoencoder_path=ae_path, scale=scale)
+                      latents=True, autoencoder_path=ae_path, scale=scale, stats=stats,
+                      truth=config["representation"]["oracle"])
     pl.seed_everything(config["seed"], workers=True, verbose=False)
-    module = RepresentationModule(config, unet_state, ae_state, scale)
+    module = RepresentationModule(config, unet_state, ae_state, scale, stats)
     callbacks = [common.EMAUpdate(), *callbacks]
     if config["representation"]["early_stop_patience"]:
         from lightning.pytorch.callbacks import EarlyStopping
@@ -201,7 +232,26 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
             "weights_step": step, "best_val_ssim": ckpt.best_score,
             "val_ddim_steps": config["representation"]["val_ddim_steps"],
             "ema_updates": int(module.ema.num_updates), "scale_factor": scale,
+            "stage2_x0_vs_mean": readiness, **code_use_check(trainer.callback_metrics),
+            "oracle": config["representation"]["oracle"],
         })
 
     common.handoff(trainer, write)
     return stage_dir / ENCODER, stage_dir / UNET
+
+
+#: |val/y_use| below this is round-off: the gradient estimator ignores the code.
+Y_USE_ROUND_OFF = 1e-4
+
+
+def code_use_check(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The last ``val/y_use`` and ``val/y_spread``, with a warning (printed and kept) when the
+    decoder ignores the code."""
+    out = {k.split("/")[1]: float(metrics[k]) for k in ("val/y_use", "val/y_spread")
+           if k in metrics}
+    if "y_use" in out and abs(out["y_use"]) < Y_USE_ROUND_OFF:
+        out["warning"] = (f"val/y_use is {out['y_use']:.2g}, at round-off: the decoder ignores "
+                          "the semantic code, so edits and interpolation of y will do nothing "
+                          "(docs/training.md)")
+        print(f"WARNING: {out['warning']}")
+    return {"code_use": out}
