@@ -79,6 +79,10 @@ def _add_make_cohort(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a synthetic cohort already in --out")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--variety", choices=("realistic", "template"), default="realistic",
+                   help="between-subject anatomy: realistic (head size, ventricle and "
+                        "hippocampal size, cortical thickness, asymmetry; default) or template "
+                        "(every subject the template with small warps, generator v1)")
 
     def run(a: argparse.Namespace) -> None:
         from tqdm import tqdm
@@ -96,6 +100,7 @@ def _add_make_cohort(sub: argparse._SubParsersAction) -> None:
             path = make_cohort(
                 a.out, a.subjects, a.seed, spacing=a.spacing, visits=tuple(a.visits),
                 mci=a.mci, overwrite=a.overwrite, workers=a.workers, progress=progress,
+                variety=a.variety,
             )
         finally:
             for bar in bars:

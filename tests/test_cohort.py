@@ -177,3 +177,24 @@ def test_split_edge_cases():
         split_subjects(_synthetic_cohort(1, 1), 0.3, 0.3)
     with pytest.raises(CohortError, match=r"test_fraction must be in"):
         split_subjects(small, 0.1, 1.0)
+
+
+def test_synthetic_cohort_anatomy_reaches_extra(tmp_path):
+    """The realistic synthetic cohort's per-subject anatomy arrives in every visit's extra,
+    numeric; the template variety has none of it. Both write the same bytes whatever workers."""
+    pytest.importorskip("nilearn")
+    from napari_ldae.data.synthetic import ANATOMY_COLUMNS, make_cohort
+
+    kw = dict(subjects=2, seed=2, spacing=6.0, visits=(2, 2))
+    real = read_cohort(make_cohort(tmp_path / "real", **kw, workers=2))
+    assert len(real) == 4
+    for r in real:
+        assert set(ANATOMY_COLUMNS) <= set(r.extra) and isinstance(r.extra["brain_ml"], float)
+        assert 0.9 <= r.extra["brain_scale"] <= 1.1 and r.extra["ventricle_ml"] > 0
+    first, second = (real.visits(s)[0].extra["brain_ml"] for s in real.subjects())
+    assert first != second
+    plain = read_cohort(make_cohort(tmp_path / "plain", **kw, variety="template"))
+    assert not set(ANATOMY_COLUMNS) & {k for r in plain for k in r.extra}
+    again = make_cohort(tmp_path / "again", **kw, variety="template", workers=2)
+    files = sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert all((again / f).read_bytes() == (tmp_path / "plain" / f).read_bytes() for f in files)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,6 +19,14 @@ from napari_ldae.errors import CohortError, LDAEError
 
 SPACING = 6.0  # 32×40×32: fast; the production default (3 mm) is checked once below
 SESSION_COLUMNS = ["session_id", "months", "age", "ventricle_ml", "hippocampus_ml", "atrophy"]
+V1_COLUMNS = ["participant_id", "diagnosis", "age", "sex", "seed"]
+ANATOMY = ["brain_scale", "brain_ml", "ventricle_step", "hippocampus_step", "cortex_step",
+           "asymmetry"]
+# make_cohort(subjects=2, seed=3, spacing=6, visits=(2, 3)) written by generator v1, before the
+# realistic variety existed: every file but dataset_description.json, .nii.gz decompressed
+# (see _content_hash). The floating-point results depend on these versions.
+V1_HASH = "55e31e4c070759b8414f4715bb447dc17470513f5a885d037bbc37130155323b"
+V1_VERSIONS = {"numpy": "2.4.6", "scipy": "1.17.1", "nibabel": "5.4.2", "nilearn": "0.14.1"}
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -27,6 +37,18 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def _tree_bytes(root: Path) -> dict[str, bytes]:
     files = sorted(p for p in root.rglob("*") if p.is_file())
     return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+def _content_hash(root: Path) -> str:
+    """sha256 of every file but dataset_description.json, .nii.gz decompressed (zlib-proof)."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "dataset_description.json":
+            data = p.read_bytes()
+            if p.name.endswith(".gz"):
+                data = gzip.decompress(data)
+            h.update(str(p.relative_to(root)).encode() + b"\0" + data)
+    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +136,14 @@ def test_cohort_tree_and_columns(cohort: Path) -> None:
     import nibabel as nib
 
     participants = _rows(cohort / "participants.tsv")
-    assert list(participants[0]) == ["participant_id", "diagnosis", "age", "sex", "seed"]
+    assert list(participants[0]) == V1_COLUMNS + ANATOMY  # the default: realistic variety
     assert [p["participant_id"] for p in participants] == [f"sub-{i:03d}" for i in range(1, 7)]
     assert {p["diagnosis"] for p in participants} == {"CN", "AD"}
     assert all(55 <= float(p["age"]) <= 90 and p["sex"] in {"F", "M"} for p in participants)
     desc = json.loads((cohort / "dataset_description.json").read_text())
     assert desc["GeneratedBy"][0]["Name"] == "napari-ldae" and "--seed 7" in desc["Command"]
-    assert desc["GeneratorVersion"] == S.GENERATOR_VERSION
+    assert desc["GeneratorVersion"] == S.GENERATOR_VERSION == "2"
+    assert desc["Parameters"]["variety"] == "realistic" and "--variety realistic" in desc["Command"]
     for p in participants:
         sub = p["participant_id"]
         sessions = _rows(cohort / sub / f"{sub}_sessions.tsv")
@@ -129,6 +152,7 @@ def test_cohort_tree_and_columns(cohort: Path) -> None:
             ses = row["session_id"]
             img = nib.load(cohort / sub / ses / "anat" / f"{sub}_{ses}_T1w.nii.gz")
             assert img.shape == (32, 40, 32) and img.get_data_dtype() == np.int16
+            assert img.header["descrip"].tobytes().startswith(b"napari-ldae synthetic v2")
             np.testing.assert_allclose(img.affine, S.template_grid(SPACING).affine)
     # a scan on disk is make_subject(seed from participants.tsv) up to int16 quantisation
     first = participants[0]
@@ -209,3 +233,123 @@ def test_default_resolution_subject() -> None:
     subj = S.make_subject(seed=0, n_visits=2)
     assert subj.visits[0].data.shape == (64, 80, 64)
     np.testing.assert_allclose(np.diag(subj.visits[0].affine), [3, 3, 3, 1])
+
+
+# --------------------------------------------------------------------------- variety
+
+
+def test_template_variety_reproduces_generator_v1(tmp_path: Path) -> None:
+    import nibabel
+    import nilearn
+    import scipy
+
+    out = S.make_cohort(tmp_path / "v1", subjects=2, seed=3, spacing=SPACING, visits=(2, 3),
+                        variety="template")
+    assert list(_rows(out / "participants.tsv")[0]) == V1_COLUMNS
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["GeneratorVersion"] == S.GENERATOR_VERSIONS["template"] == "1"
+    assert desc["Parameters"]["variety"] == "template" and "--variety template" in desc["Command"]
+    scan = next(out.rglob("*.nii.gz"))
+    assert gzip.decompress(scan.read_bytes())[148:172] == b"napari-ldae synthetic v1"
+    versions = {m.__name__: m.__version__ for m in (np, scipy, nibabel, nilearn)}
+    if versions != V1_VERSIONS:
+        pytest.skip(f"v1 hash recorded with {V1_VERSIONS}, running {versions}")
+    assert _content_hash(out) == V1_HASH
+
+
+def test_varieties_share_everything_but_the_anatomy(tmp_path: Path) -> None:
+    real = S.make_subject(seed=21, spacing=SPACING, n_visits=3)
+    tmpl = S.make_subject(seed=21, spacing=SPACING, n_visits=3, variety="template")
+    assert (real.variety, tmpl.variety) == ("realistic", "template")
+    assert (real.diagnosis, real.age, real.sex) == (tmpl.diagnosis, tmpl.age, tmpl.sex)
+    assert [v.months for v in real.visits] == [v.months for v in tmpl.visits]
+    assert [v.truth["atrophy"] for v in real.visits] == [v.truth["atrophy"] for v in tmpl.visits]
+    assert tmpl.anatomy == {} and list(real.anatomy) == ANATOMY
+    assert not np.array_equal(real.visits[0].data, tmpl.visits[0].data)
+    with pytest.raises(LDAEError, match="variety"):
+        S.make_subject(seed=0, spacing=SPACING, variety="ADNI")
+    with pytest.raises(LDAEError, match="variety"):
+        S.make_cohort(tmp_path / "never", subjects=1, seed=0, variety="ADNI")
+    assert not (tmp_path / "never").exists()
+
+
+def test_anatomy_draws_sex_differences_and_ranges() -> None:
+    from napari_ldae.data.synthetic_subject import _Constitution
+
+    draws = {sex: [_Constitution.draw(seed, sex) for seed in range(400)] for sex in "FM"}
+    volume = {sex: np.array([d.brain_scale for d in ds]) ** 3 for sex, ds in draws.items()}
+    vent = {sex: np.array([d.ventricle_step for d in ds]) for sex, ds in draws.items()}
+    assert 1.08 < volume["M"].mean() / volume["F"].mean() < 1.18  # men: larger heads
+    assert 0.06 < volume["F"].std() / volume["F"].mean() < 0.11  # within sex, ≈ 8.5 %
+    assert vent["M"].mean() > vent["F"].mean()  # and slightly larger ventricles
+    every = [d for ds in draws.values() for d in ds]
+    steps = np.array([d.ventricle_step for d in every])
+    assert steps.min() >= -4 and steps.max() <= 10 and np.median(steps) < steps.mean()  # skewed
+    for name, bound in (("hippocampus_step", 0.9), ("cortex_step", 0.9), ("asymmetry", 1.2)):
+        values = np.array([getattr(d, name) for d in every])
+        assert np.abs(values).max() <= bound and values.std() > bound / 5
+    assert np.mean([d.asymmetry for d in every]) > 0  # left ventricles usually larger
+
+
+def test_realistic_subjects_differ_far_more_than_the_template() -> None:
+    """Same diagnosis and age: the spread is anatomy. The template variety gives a ventricle
+    ratio ≈ 1.4 (CV 0.10), hippocampal CV 0.04 and brain CV 0.05 on these seeds."""
+    subjects = [S.make_subject(seed, SPACING, 1, "CN", age=70.0) for seed in range(12)]
+    vent = np.array([s.visits[0].truth["ventricle_ml"] for s in subjects])
+    hipp = np.array([s.visits[0].truth["hippocampus_ml"] for s in subjects])
+    brain = np.array([s.anatomy["brain_ml"] for s in subjects])
+    assert vent.max() / vent.min() > 1.8 and vent.std() / vent.mean() > 0.18
+    assert hipp.std() / hipp.mean() > 0.06
+    assert 0.04 < brain.std() / brain.mean() < 0.2 and 1200 < brain.min() < brain.max() < 2800
+    for s in subjects:
+        a = s.anatomy
+        assert 0.9 <= a["brain_scale"] <= 1.1 and -4 <= a["ventricle_step"] <= 10
+        assert abs(a["hippocampus_step"]) <= 0.9 and abs(a["cortex_step"]) <= 0.9
+        assert abs(a["asymmetry"]) <= 1.2
+
+
+def test_constitution_is_invertible_and_asymmetric() -> None:
+    from scipy import ndimage as ndi
+
+    from napari_ldae.data.synthetic_subject import _constitute, _Constitution
+    from napari_ldae.data.synthetic_template import _template
+
+    tpl = _template(SPACING)
+    extremes = (_Constitution(1.0, 10.0, 0.9, 0.9, 1.2), _Constitution(1.0, -4.0, -0.9, -0.9, -1.2))
+    for body in extremes:
+        q = _constitute(tpl, tpl.world, body.weights())
+        jac = np.stack([np.stack(np.gradient(q[i], SPACING)) for i in range(3)])
+        assert np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1))).min() > 0  # no folding
+
+    def left_right(asymmetry: float, channel: int) -> tuple[float, float]:
+        q = _constitute(tpl, tpl.world, _Constitution(1.0, 0.0, 0.0, 0.0, asymmetry).weights())
+        mask = ndi.map_coordinates(tpl.masks[channel], tpl.work.to_voxel(q), order=1)
+        return float((mask * (q[0] < 0)).sum()), float((mask * (q[0] >= 0)).sum())
+
+    left, right = left_right(1.0, 0)
+    assert left > 1.3 * right  # ventricles: left larger
+    left, right = left_right(1.0, 1)
+    assert right > 1.1 * left  # hippocampi: the other way
+    left, right = left_right(0.0, 0)
+    assert left == pytest.approx(right, rel=0.05)
+
+
+def test_realistic_cohort_anatomy_matches_make_subject(cohort: Path) -> None:
+    first = _rows(cohort / "participants.tsv")[0]
+    n = len(_rows(cohort / "sub-001" / "sub-001_sessions.tsv"))
+    subj = S.make_subject(int(first["seed"]), SPACING, n, first["diagnosis"])
+    for key, fmt in S.ANATOMY_COLUMNS.items():
+        assert first[key] == fmt.format(subj.anatomy[key])
+    brains = [float(p["brain_ml"]) for p in _rows(cohort / "participants.tsv")]
+    assert len(set(brains)) == len(brains)
+
+
+def test_cli_make_cohort_variety(tmp_path: Path) -> None:
+    args = ["make-cohort", "--subjects", "1", "--seed", "4", "--spacing", str(SPACING),
+            "--visits", "1", "1"]
+    assert main([*args, "--out", str(tmp_path / "t"), "--variety", "template"]) == 0
+    assert list(_rows(tmp_path / "t" / "participants.tsv")[0]) == V1_COLUMNS
+    assert main([*args, "--out", str(tmp_path / "r")]) == 0
+    assert list(_rows(tmp_path / "r" / "participants.tsv")[0]) == V1_COLUMNS + ANATOMY
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "x"), "--variety", "adni"])
