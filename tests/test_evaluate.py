@@ -1,5 +1,6 @@
-"""`napari-ldae evaluate` on a tiny random bundle and a tiny synthetic cohort, and the ventricle
-measurement against the synthetic ground truth (at 6 mm and 3 mm).
+"""`napari-ldae evaluate` on a tiny random bundle and a tiny synthetic cohort, the ventricle and
+hippocampal measurements against the synthetic ground truth (at 6 mm and 3 mm), and the identity,
+code-use and probe-ceiling measures on constructed inputs.
 
 DDIM step counts are 1 and 2 to stay fast: the paper's T = 10 and 50 are then ``null`` with the
 reason in ``notes``, which the tests check too.
@@ -7,6 +8,7 @@ reason in ``notes``, which the tests check too.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -29,6 +31,10 @@ from napari_ldae.evaluate.report import (
 
 #: Required keys that may be null in the fast run, each with its reason.
 NULL_IN_FAST_RUN = {"reconstruction.ssim.T10", "reconstruction.ssim.T50"}
+#: Required keys that may be null in the fast run when the random model's edits do not look like
+#: a brain to the hippocampal measurement (it then says so).
+UNMEASURABLE_EDITS = {"manipulation.hippocampus_monotonic_fraction",
+                      "manipulation.hippocampus_change_ml_per_unit"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,13 +76,19 @@ def test_every_required_key(run):
         value = lookup(report, key)
         if key in NULL_IN_FAST_RUN:
             assert value is None and "--steps" in report["notes"][key], key
+        elif key in UNMEASURABLE_EDITS and value is None:
+            assert "measurement failed on the edits" in report["notes"][key], key
         else:
             assert _is_number(value), f"{key} = {value!r} ({report['notes'].get(key)})"
     for key in ("reconstruction.ssim.T1", "reconstruction.ssim.T2", "reconstruction.mse.T2",
                 "reconstruction.seconds_per_scan.T1", "autoencoder.mse", "semantic_only.mse",
                 "probe.ad_vs_cn.f1", "probe.age.rmse", "interpolation.mse_mean",
-                "interpolation.copy_baseline_mse_mean"):
+                "interpolation.copy_baseline_mse_mean", "probe.ceiling.ad_vs_cn.accuracy",
+                "probe.ceiling.age.rmse", "manipulation.hippocampus_validation.scans.mae_ml",
+                "code_use.swap_fraction_min"):
         assert _is_number(lookup(report, key)), key
+    assert 0.0 <= report["manipulation"]["identity_kept_fraction"] <= 1.0
+    assert report["code_use"]["swap_fraction_mean"] >= 0.0
 
 
 def test_report_details(run, bundle, longitudinal_cohort):
@@ -102,6 +114,17 @@ def test_report_details(run, bundle, longitudinal_cohort):
     assert all(len(v) == 4 for v in man["per_subject"].values())
     validation = man["segmentation_validation"]["scans"]
     assert validation["pearson_r"] > 0.9 and validation["mean_relative_error"] < 0.2
+    hippocampus = man["hippocampus_validation"]
+    assert hippocampus["n_scans"] == 12 and hippocampus["scans"]["n"] == 12
+    assert hippocampus["scans"]["mean_relative_error"] < 0.3  # 4 subjects at 6 mm: r is noisy
+    assert man["identity_strength"] == 3.0 and man["identity_n_subjects"] == 4
+    code_use = report["code_use"]
+    assert code_use["n_pairs"] == 4 and len(code_use["per_pair"]) == 4
+    assert "sub-004→sub-001" in code_use["per_pair"]
+    features = probe["ceiling"]["features"]
+    assert {"ventricle_ml", "hippocampus_ml"} <= set(features)
+    assert not {"age", "diagnosis", "seed", "months"} & set(features)
+    assert probe["ceiling"]["ad_vs_cn"]["n_test_scans"] == 12
 
 
 def test_markdown(run):
@@ -111,6 +134,9 @@ def test_markdown(run):
                     "## Manipulation", "## Notes"):
         assert heading in text
     assert "Spread of y between scans" in text
+    for words in ("## Code use", "Identity kept at strength 3", "ceiling (true measures)",
+                  "`hippocampus_ml`", "mean measured hippocampi (ml)"):
+        assert words in text, words
     assert "0.962" in text and "0.8948" in text  # the paper's numbers beside ours
 
 
@@ -122,7 +148,7 @@ def test_existing_report_is_not_overwritten(run, bundle, longitudinal_cohort, ca
 
 
 def test_nulls_are_explained(bundle, tiny_cohort, tmp_path):
-    """Two visits (no triplets), no ventricle_ml column, a one-subject (one-class) test split."""
+    """Two visits (no triplets), no ground-truth columns, a one-subject (one-class) test split."""
     from napari_ldae.data.cohort import read_cohort
 
     rows = ["path,subject,session,months,diagnosis,age"]
@@ -139,6 +165,10 @@ def test_nulls_are_explained(bundle, tiny_cohort, tmp_path):
         assert _is_number(value) or (value is None and notes.get(key)), key
     assert "triplets" in notes["interpolation.ssim_mean"]
     assert "ventricle_ml" in notes["manipulation.ventricle_monotonic_fraction"]
+    assert "hippocampus_ml" in notes["manipulation.hippocampus_change_ml_per_unit"]
+    assert "two" in notes["manipulation.identity_kept_fraction"]
+    assert "two" in notes["code_use.swap_fraction_mean"]
+    assert "ground-truth" in notes["probe.ceiling.age.mae"]
     assert "skipped" in notes["reconstruction.ssim.T10"]
     assert "one class" in notes["probe.ad_vs_cn.roc_auc"]
 
@@ -173,31 +203,145 @@ def test_image_metrics():
     assert metric is None and "LPIPS" in reason
 
 
-@pytest.mark.parametrize(("spacing", "shape", "subjects"), [
-    (6.0, (32, 32, 32), 8),  # the tiny preset's grid
-    (3.0, (64, 80, 64), 5),  # the demo preset's grid
-])
-def test_ventricle_measurement_tracks_truth(spacing, shape, subjects):
-    """Measured on the model grid after preprocessing, against the true volumes of subjects the
-    synthetic generator makes (various ages, diagnoses and constitutional ventricle sizes)."""
+@functools.lru_cache(maxsize=2)
+def _model_space_subjects(spacing: float, shape: tuple[int, int, int],
+                          subjects: int) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+    """Baseline scans of subjects the synthetic generator makes (various ages, diagnoses and
+    constitutions), on the model grid after preprocessing: (volume, affine, truth)."""
     from napari_ldae.data.io import Scan
     from napari_ldae.data.preprocess import PreprocessContract, model_affine, preprocess
     from napari_ldae.data.synthetic import make_subject
-    from napari_ldae.evaluate.ventricles import segment_ventricles
 
     contract = PreprocessContract(spacing=(spacing,) * 3, shape=shape)
-    truth, measured = [], []
+    out = []
     for seed in range(100, 100 + subjects):
         visit = make_subject(seed, spacing=spacing, n_visits=1).visits[0]
         scan = Scan.from_array(visit.data, visit.affine)
-        seg = segment_ventricles(preprocess(scan, contract), model_affine(scan, contract))
+        out.append((preprocess(scan, contract), model_affine(scan, contract), visit.truth))
+    return out
+
+
+#: (spacing, grid, subjects generated, of which the ventricle test uses, minimum r of the
+#: hippocampal measurement): the tiny preset's grid, then the demo preset's.
+GRIDS = [(6.0, (32, 32, 32), 16, 8, 0.5),
+         (3.0, (64, 80, 64), 5, 5, 0.7)]
+
+
+@pytest.mark.parametrize(("spacing", "shape", "subjects", "used", "min_r"), GRIDS)
+def test_ventricle_measurement_tracks_truth(spacing, shape, subjects, used, min_r):
+    """Measured on the model grid after preprocessing, against the true volumes."""
+    from napari_ldae.evaluate.ventricles import segment_ventricles
+
+    truth, measured = [], []
+    for volume, affine, true in _model_space_subjects(spacing, shape, subjects)[:used]:
+        seg = segment_ventricles(volume, affine)
         assert seg.fraction.shape == shape and 0 <= seg.fraction.min() <= seg.fraction.max() <= 1
-        truth.append(visit.truth["ventricle_ml"])
+        truth.append(true["ventricle_ml"])
         measured.append(seg.ml)
     truth_arr, measured_arr = np.asarray(truth), np.asarray(measured)
     relative = np.abs(measured_arr - truth_arr) / truth_arr
     assert np.corrcoef(truth_arr, measured_arr)[0, 1] > 0.9
     assert relative.mean() < 0.15 and relative.max() < 0.3
+
+
+@pytest.mark.parametrize(("spacing", "shape", "subjects", "used", "min_r"), GRIDS)
+def test_hippocampus_measurement_tracks_truth(spacing, shape, subjects, used, min_r):
+    """The same subjects, more of them at 6 mm: a coarser measurement (on these subjects r ≈ 0.7
+    at 6 mm, 0.9 at 3 mm, mean relative error ≈ 0.1; in both generator varieties), see
+    napari_ldae.evaluate.hippocampus."""
+    from napari_ldae.evaluate.hippocampus import measure_hippocampus
+
+    truth, measured = [], []
+    for volume, affine, true in _model_space_subjects(spacing, shape, subjects):
+        m = measure_hippocampus(volume, affine)
+        assert 0.7 < m.scale < 1.4 and m.gain > 0 and m.template_ml > 0
+        truth.append(true["hippocampus_ml"])
+        measured.append(m.ml)
+    truth_arr, measured_arr = np.asarray(truth), np.asarray(measured)
+    relative = np.abs(measured_arr - truth_arr) / truth_arr
+    assert np.corrcoef(truth_arr, measured_arr)[0, 1] > min_r
+    assert relative.mean() < 0.15 and relative.max() < 0.4
+
+
+def test_hippocampus_measurement_refuses_what_is_not_a_brain():
+    """Decoded noise (or a blank volume) is not measured: nan, or an error off the MNI grid."""
+    from napari_ldae.evaluate.hippocampus import measure_hippocampus
+
+    volume, affine, _ = _model_space_subjects(*GRIDS[0][:3])[0]
+    noise = np.random.default_rng(0).random(volume.shape).astype(np.float32)
+    assert math.isnan(measure_hippocampus(noise, affine).ml)
+    with pytest.raises(ValueError, match="MNI152"):
+        measure_hippocampus(np.zeros_like(volume), affine)
+    far = affine.copy()
+    far[:3, 3] += 500.0
+    with pytest.raises(ValueError, match="MNI152"):
+        measure_hippocampus(volume, far)
+
+
+def test_identity_kept_fraction():
+    from napari_ldae.evaluate.manipulation import identity_kept_fraction, pairwise_mse
+
+    gen = torch.Generator().manual_seed(0)
+    recons = [torch.rand((1, 8, 8, 8), generator=gen) for _ in range(4)]
+    close = [r + 0.01 * torch.randn(r.shape, generator=gen) for r in recons]
+    assert identity_kept_fraction(reconstructions=recons, edits=close) == 1.0
+    swapped = close[1:] + close[:1]  # each edit is the next subject's brain
+    assert identity_kept_fraction(reconstructions=recons, edits=swapped) == 0.0
+    half = [close[0], close[1], close[3], close[2]]
+    assert identity_kept_fraction(reconstructions=recons, edits=half) == 0.5
+    distances = pairwise_mse(recons, [r.half() for r in close])  # float16 as kept in a run
+    assert distances.shape == (4, 4) and identity_kept_fraction(distances) == 1.0
+    assert identity_kept_fraction(np.array([[1.0, 1.0], [0.0, 2.0]])) == 0.0  # a tie is lost
+    with pytest.raises(ValueError):
+        identity_kept_fraction(np.zeros((1, 1)))
+
+
+def test_swap_fraction():
+    from napari_ldae.evaluate.code_use import pairs, swap_fraction
+
+    a, b = torch.zeros((1, 6, 6, 6)), torch.ones((1, 6, 6, 6))
+    assert swap_fraction(a, b, a) == 0.0  # y ignored: swapping it changes nothing
+    assert swap_fraction(a, b, b) == pytest.approx(1.0)  # y carries the whole difference
+    assert swap_fraction(a, b, 0.25 * b) == pytest.approx(0.25)
+    assert swap_fraction(a, b, a - 0.5 * b) == pytest.approx(0.5)  # a norm: direction-free
+    assert math.isnan(swap_fraction(a, a, b))
+    with pytest.raises(ValueError):
+        swap_fraction(a, b, torch.zeros((1, 5, 5, 5)))
+    assert pairs(3) == [(0, 1), (1, 2), (2, 0)] and pairs(2) == [(0, 1), (1, 0)]
+    assert pairs(1) == []
+
+
+def test_structure_change_follows_the_expected_direction():
+    from napari_ldae.evaluate.manipulation import structure_change
+
+    notes: dict[str, str] = {}
+    falling = {"s1": [5.0, 4.8, 4.5, 4.4], "s2": [4.0, 4.1, 3.9, 3.8]}
+    out = structure_change("hippocampus", falling, [0, 1, 2, 3], notes, "")
+    assert out["hippocampus_monotonic_fraction"] == 0.5
+    assert out["hippocampus_change_ml_per_unit"] < 0
+    assert out["hippocampus_per_subject"]["s1"] == [5.0, 4.8, 4.5, 4.4]
+    assert structure_change("ventricle", falling, [0, 1, 2, 3], notes,
+                            "")["ventricle_monotonic_fraction"] == 0.0
+    out = structure_change("hippocampus", {"s1": [math.nan] * 4}, [0, 1, 2, 3], notes, "")
+    assert out["hippocampus_monotonic_fraction"] is None
+    assert "failed on the edits" in notes["manipulation.hippocampus_monotonic_fraction"]
+
+
+def test_ceiling_never_uses_a_target():
+    from napari_ldae.data.cohort import ScanRecord
+    from napari_ldae.evaluate.probe_report import truth_columns
+
+    extra = {"ventricle_ml": 20.0, "hippocampus_ml": 5.0, "atrophy": 3.0, "AGE": 71.0,
+             "age_bl": 70.0, "baseline_age": 70.0, "DX_bl": 1, "diagnosis_code": 2,
+             "group": 0, "seed": 1234, "participant_id": 3, "sex": "F", "missing": None,
+             "flag": True, "inf": math.inf, "average_thickness": 2.5}
+    records = [ScanRecord(Path(f"s{i}.nii.gz"), f"s{i}", "", 0.0, "AD", 70.0 + i, dict(extra))
+               for i in range(3)]
+    assert truth_columns(records) == ["atrophy", "average_thickness", "hippocampus_ml",
+                                      "ventricle_ml"]
+    records[0].extra.pop("atrophy")  # a column missing in one scan is not used
+    assert "atrophy" not in truth_columns(records)
+    assert truth_columns([]) == []
 
 
 def test_split_defaults_follow_the_bundle():

@@ -16,6 +16,7 @@ def render(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
         _probes(report, paper),
         _interpolation(report, paper),
         _manipulation(report),
+        _code_use(report),
         _notes(report),
     ]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -103,13 +104,17 @@ def _probes(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
     keys = [f"ad_vs_cn.{m}" for m in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc")]
     keys += ["age.mae", "age.rmse"]
     rows = [[key.replace("ad_vs_cn.", "AD vs CN ").replace("age.", "age (years) "),
-             _get(probe, key), paper.get(f"probe.{key}"), paper.get(f"dae.probe.{key}"),
-             paper.get(f"supervised.probe.{key}")] for key in keys]
+             _get(probe, key), _get(probe, f"ceiling.{key}"), paper.get(f"probe.{key}"),
+             paper.get(f"dae.probe.{key}"), paper.get(f"supervised.probe.{key}")]
+            for key in keys]
+    features = _get(probe, "ceiling.features")
     text = ["## Linear probes on standardised y", "", f"Protocol: {probe.get('protocol', _DASH)}."
             f" Positive class: {_get(probe, 'ad_vs_cn.positive_class') or _DASH} (the paper's "
             "reference code used CN: compare precision/recall/F1 with care).", "",
-            _table(["metric", "ours", "paper LDAE", "paper voxel DAE", "paper supervised"],
-                   rows)]
+            _table(["metric", "ours", "ceiling (true measures)", "paper LDAE", "paper voxel DAE",
+                    "paper supervised"], rows), "",
+            "Ceiling: the same probes on the same folds, fitted on the cohort's true measures "
+            f"instead of y ({', '.join(f'`{f}`' for f in features) if features else 'none'})."]
     if probe.get("semantic_spread") is not None:
         text += ["", f"Spread of y between scans: {_fmt(probe['semantic_spread'])} (std across "
                  "scans over mean |y|; near 0 means the encoder gives every brain the same code "
@@ -151,30 +156,62 @@ def _interpolation(report: Mapping[str, Any], paper: Mapping[str, float]) -> str
     return "\n".join(text)
 
 
+_STRUCTURES = (("ventricle", "segmentation_validation", "ventricle_ml", "rise"),
+               ("hippocampus", "hippocampus_validation", "hippocampus_ml", "fall"))
+
+
 def _manipulation(report: Mapping[str, Any]) -> str:
     man = report.get("manipulation", {})
+    title = "## Manipulation toward AD: ventricles, hippocampi, identity"
     if man.get("skipped"):
-        return f"## Manipulation toward AD: ventricular volume\n\n_{man['skipped']}_"
-    val = man.get("segmentation_validation") or {}
-    text = ["## Manipulation toward AD: ventricular volume", ""]
-    if val:
-        rows = [[name, _get(val, f"{name}.pearson_r"), _get(val, f"{name}.mae_ml"),
-                 _get(val, f"{name}.mean_relative_error"), _get(val, f"{name}.bias_ml"),
-                 val.get("n_scans")] for name in ("scans", "autoencoder")]
-        text += ["Ventricle measurement against the cohort's `ventricle_ml` (real scans, and "
-                 "their autoencoder reconstructions):", "",
+        return f"{title}\n\n_{man['skipped']}_"
+    text = [title, ""]
+    for name, key, column, _ in _STRUCTURES:
+        val = man.get(key) or {}
+        if not val:
+            continue
+        rows = [[on, _get(val, f"{on}.pearson_r"), _get(val, f"{on}.mae_ml"),
+                 _get(val, f"{on}.mean_relative_error"), _get(val, f"{on}.bias_ml"),
+                 _get(val, f"{on}.n")] for on in ("scans", "autoencoder")]
+        text += [f"{name.capitalize()} measurement against the cohort's `{column}`, on the "
+                 "real scans and on their autoencoder reconstructions (method: "
+                 f"{val.get('method')}):", "",
                  _table(["measured on", "r", "MAE (ml)", "mean rel. error", "bias (ml)", "n"],
                         rows), ""]
-    by_strength = man.get("ventricle_ml_by_strength") or {}
-    if by_strength:
+    by_strength = {name: man.get(f"{name}_ml_by_strength") or {} for name, *_ in _STRUCTURES}
+    strengths = sorted({s for v in by_strength.values() for s in v}, key=float)
+    if strengths:
         text += [f"Direction `{man.get('direction')}`, baseline scans edited with "
                  f"{man.get('steps')} DDIM steps:", "",
-                 _table(["strength", "mean measured ventricles (ml)"],
-                        list(by_strength.items())), ""]
-    text += [_table(["monotonic rise (fraction of subjects)", "mean slope (ml per unit)"],
-                    [[man.get("ventricle_monotonic_fraction"),
-                      man.get("ventricle_change_ml_per_unit")]])]
+                 _table(["strength", "mean measured ventricles (ml)",
+                         "mean measured hippocampi (ml)"],
+                        [[s, by_strength["ventricle"].get(s), by_strength["hippocampus"].get(s)]
+                         for s in strengths]), ""]
+    rows = [[name, expected, man.get(f"{name}_monotonic_fraction"),
+             man.get(f"{name}_change_ml_per_unit")] for name, _, _, expected in _STRUCTURES]
+    text += [_table(["structure", "expected", "monotonic (fraction of subjects)",
+                     "mean slope (ml per unit)"], rows), "",
+             f"Identity kept at strength {_fmt(man.get('identity_strength'))}: "
+             f"{_percent(man.get('identity_kept_fraction'))} of the edits are closer (MSE) to "
+             "their own subject's reconstruction than to any other evaluated subject's (mean MSE "
+             f"to their own {_fmt(man.get('identity_mse_own_mean'))}, to the nearest other "
+             f"{_fmt(man.get('identity_mse_nearest_other_mean'))})."]
     return "\n".join(text)
+
+
+def _code_use(report: Mapping[str, Any]) -> str:
+    cu = report.get("code_use", {})
+    title = "## Code use: does the decoder follow y?"
+    if cu.get("skipped"):
+        return f"{title}\n\n_{cu['skipped']}_"
+    return "\n".join([
+        title, "",
+        "One subject's x_T decoded with another subject's y, against the same x_T with its own "
+        "y: ‖decode(x_T_a, y_b) − decode(x_T_a, y_a)‖ / ‖decode(x_T_b, y_b) − decode(x_T_a, "
+        "y_a)‖ (0: y is ignored; 1: y alone carries the whole difference between the subjects).",
+        "", _table(["swap fraction, mean", "min", "max", "pairs", "T"],
+                   [[cu.get("swap_fraction_mean"), cu.get("swap_fraction_min"),
+                     cu.get("swap_fraction_max"), cu.get("n_pairs"), cu.get("steps")]])])
 
 
 def _notes(report: Mapping[str, Any]) -> str:

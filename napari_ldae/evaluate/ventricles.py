@@ -76,12 +76,19 @@ def mni_ventricles() -> tuple[np.ndarray, np.ndarray]:
 def ventricle_prior(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The template ventricles on a grid (fraction per voxel, float32), blurred to its voxels."""
     mask, mni_affine = mni_ventricles()
+    return on_grid(mask, mni_affine, affine, shape)
+
+
+def on_grid(image: np.ndarray, image_affine: np.ndarray, affine: np.ndarray,
+            shape: tuple[int, ...]) -> np.ndarray:
+    """A fine MNI image (a template mask or map) blurred to the voxel size of a grid (a Gaussian
+    of FWHM √(s² − s₀²)) and sampled onto it (linear, 0 outside), float32."""
     affine = np.asarray(affine, dtype=np.float64)
     spacing = float(np.mean(_spacings(affine)))
-    mni_mm = float(np.mean(_spacings(mni_affine)))
+    mni_mm = float(np.mean(_spacings(image_affine)))
     sigma = max(spacing**2 - mni_mm**2, 0.0) ** 0.5 / 2.3548 / mni_mm
-    smooth = ndi.gaussian_filter(mask, sigma) if sigma > 0.1 else mask
-    index = np.linalg.inv(mni_affine) @ affine
+    smooth = ndi.gaussian_filter(image, sigma) if sigma > 0.1 else image
+    index = np.linalg.inv(image_affine) @ affine
     return ndi.affine_transform(smooth, index[:3, :3], index[:3, 3], output_shape=tuple(shape),
                                 order=1, mode="constant", cval=0.0).astype(np.float32)
 

@@ -1,0 +1,226 @@
+"""The manipulation section of ``napari-ldae evaluate``: each subject's baseline scan edited toward
+AD at each strength, then
+
+- the **structures** the cohort has a true volume for (``ventricle_ml``, ``hippocampus_ml``):
+  the measurement (:mod:`.ventricles`, :mod:`.hippocampus`) validated on the real scans, then
+  measured on the edits, which should enlarge the ventricles and shrink the hippocampi;
+- **identity**: at the largest strength, whether each edit is still closer (MSE) to its own
+  subject's reconstruction than to every other evaluated subject's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_ldae.core.progress import ProgressGen
+from napari_ldae.errors import LDAEError
+from napari_ldae.evaluate import image_metrics as im
+from napari_ldae.evaluate.context import Context, SubjectResult, keep, skipped, task
+
+
+@dataclass(frozen=True)
+class Structure:
+    column: str  # the cohort's true volume (ml)
+    sign: int  # expected change along "toward AD": +1 grows, −1 shrinks
+    validation_key: str  # where the measurement's validation goes under "manipulation"
+    curves_key: str  # where the per-subject curves go
+    note_key: str  # where a failed measurement is explained
+    method: str
+
+
+def measurement(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The volume measurement (ml) of a structure: ``fn(volume, affine)``."""
+    if name == "ventricle":
+        from napari_ldae.evaluate.ventricles import ventricle_ml
+        return ventricle_ml
+    from napari_ldae.evaluate.hippocampus import hippocampus_ml
+    return hippocampus_ml
+
+
+STRUCTURES = {
+    "ventricle": Structure("ventricle_ml", +1, "segmentation_validation", "per_subject",
+                           "manipulation.segmentation",
+                           "template-prior partial-volume CSF segmentation "
+                           "(napari_ldae.evaluate.ventricles)"),
+    "hippocampus": Structure("hippocampus_ml", -1, "hippocampus_validation",
+                             "hippocampus_per_subject", "manipulation.hippocampus_measurement",
+                             "template boundary shift in the hippocampal region "
+                             "(napari_ldae.evaluate.hippocampus)"),
+}
+KEYS = ("ventricle_monotonic_fraction", "ventricle_change_ml_per_unit",
+        "hippocampus_monotonic_fraction", "hippocampus_change_ml_per_unit",
+        "identity_kept_fraction")
+
+
+def truths(records) -> tuple[str, ...]:
+    """The structures some of ``records`` carry a true volume for."""
+    return tuple(name for name, s in STRUCTURES.items()
+                 if any(_number(r.extra.get(s.column)) is not None for r in records))
+
+
+# ----------------------------------------------------------------------------- one subject
+def iter_subject(ctx: Context, x: torch.Tensor, ae: torch.Tensor, affines: list, codes,
+                 res: SubjectResult, label: str) -> ProgressGen[None]:
+    """Structures of the real scans (validation), then the baseline edited toward AD."""
+    measured = []
+    for name in ctx.truths:
+        s = STRUCTURES[name]
+        fn = measurement(name)
+        try:
+            res.structures[name] = [
+                {"truth": _number(rec.extra.get(s.column)),
+                 "measured": fn(x[v, 0].numpy(), affines[v]),
+                 "measured_ae": fn(ae[v, 0].numpy(), affines[v])}
+                for v, rec in enumerate(res.records)]
+            measured.append(name)
+        except (ValueError, LDAEError) as err:  # not MNI-aligned, or no nilearn
+            ctx.notes[s.note_key] = f"{name} measurement impossible: {err}"
+    if ctx.direction is None:
+        return
+    strengths = list(ctx.options.strengths)
+    gen = ctx.model.iter_manipulate(codes[0], ctx.direction, strengths, ctx.options.decode_steps)
+    edits = yield from task(gen, f"{label}: edit toward AD")
+    for name in measured:
+        fn = measurement(name)
+        res.edit_ml[name] = [fn(e[0].cpu().numpy(), affines[0]) for e in edits]
+    res.edit = keep(edits[int(np.argmax(strengths))])
+    if res.reconstruction is None and 0.0 in strengths:  # strength 0 decodes the codes as they are
+        res.reconstruction = keep(edits[strengths.index(0.0)])
+
+
+# ----------------------------------------------------------------------------- the section
+def section(results: list[SubjectResult], ctx: Context, notes: dict[str, str]) -> dict[str, Any]:
+    if not ctx.options.runs("manipulation"):
+        return skipped(notes, "manipulation", KEYS)
+    strengths = list(ctx.options.strengths)
+    out: dict[str, Any] = {"direction": ctx.direction, "strengths": strengths,
+                           "steps": ctx.options.decode_steps}
+    no_edits = notes.get("manipulation.direction", "no edits")
+    for name, s in STRUCTURES.items():
+        keys = (f"{name}_monotonic_fraction", f"{name}_change_ml_per_unit")
+        if name not in ctx.truths:
+            out |= dict.fromkeys(keys)
+            for key in keys:
+                notes[f"manipulation.{key}"] = (f"the cohort has no {s.column} column to "
+                                                f"validate the {name} measurement against")
+            continue
+        out[s.validation_key] = validation(results, name)
+        curves = {r.subject: r.edit_ml[name] for r in results if name in r.edit_ml}
+        out |= structure_change(name, curves, strengths, notes, notes.get(s.note_key, no_edits))
+    out |= identity(results, strengths, notes, no_edits)
+    out["n_subjects"] = sum(1 for r in results if r.edit is not None)
+    return out
+
+
+def structure_change(name: str, curves: dict[str, list[float]], strengths: Sequence[float],
+                     notes: dict[str, str], why_none: str) -> dict[str, Any]:
+    """Monotonic fraction (in the expected direction) and mean slope of the edit curves."""
+    s = STRUCTURES[name]
+    mono, slope = f"{name}_monotonic_fraction", f"{name}_change_ml_per_unit"
+    measured = {k: v for k, v in curves.items() if all(map(math.isfinite, v))}
+    if not measured:
+        if curves:
+            why_none = (f"the {name} measurement failed on the edits of every subject (decoded "
+                        "volumes that do not look like the template brain)")
+        for key in (mono, slope):
+            notes[f"manipulation.{key}"] = why_none
+        return {mono: None, slope: None}
+    curves = measured
+    x = np.asarray(strengths, dtype=float)
+    slopes = [float(np.polyfit(x, v, 1)[0]) if len(x) > 1 else math.nan for v in curves.values()]
+    expected = [bool(np.all(s.sign * np.diff(v) > 0)) for v in curves.values()]
+    if len(x) < 2:
+        notes[f"manipulation.{slope}"] = "needs at least two strengths"
+    return {mono: float(np.mean(expected)), slope: im.summary(slopes)["mean"],
+            f"{name}_ml_by_strength": {f"{v:g}": float(np.mean([c[i] for c in curves.values()]))
+                                       for i, v in enumerate(x)},
+            s.curves_key: {k: [round(c, 3) for c in v] for k, v in curves.items()},
+            f"{name}_n_subjects": len(curves),
+            f"{name}_expected_change": "rise" if s.sign > 0 else "fall"}
+
+
+def validation(results: list[SubjectResult], name: str) -> dict[str, Any]:
+    rows = [v for r in results for v in r.structures.get(name, []) if v["truth"] is not None]
+    truth = np.asarray([v["truth"] for v in rows], dtype=float)
+    out: dict[str, Any] = {"method": STRUCTURES[name].method, "n_scans": len(rows)}
+    for key, label in (("measured", "scans"), ("measured_ae", "autoencoder")):
+        out[label] = agreement(truth, np.asarray([v[key] for v in rows], dtype=float))
+    return out
+
+
+def agreement(truth: np.ndarray, measured: np.ndarray) -> dict[str, float | None]:
+    """Pearson r, MAE (ml), mean relative error and mean bias of measured vs true volumes
+    (scans the measurement failed on, ``nan``, left out)."""
+    ok = np.isfinite(measured) & np.isfinite(truth)
+    truth, measured = truth[ok], measured[ok]
+    if len(truth) < 2 or np.std(truth) == 0 or np.std(measured) == 0:
+        r = None
+    else:
+        r = float(np.corrcoef(truth, measured)[0, 1])
+    if not len(truth):
+        return {"pearson_r": None, "mae_ml": None, "mean_relative_error": None, "bias_ml": None,
+                "n": 0}
+    err = measured - truth
+    return {"pearson_r": r, "mae_ml": float(np.abs(err).mean()),
+            "mean_relative_error": float(np.mean(np.abs(err) / np.maximum(truth, 1e-6))),
+            "bias_ml": float(err.mean()), "n": int(ok.sum())}
+
+
+# ----------------------------------------------------------------------------- identity
+def identity(results: list[SubjectResult], strengths: Sequence[float], notes: dict[str, str],
+             no_edits: str) -> dict[str, Any]:
+    """``identity_kept_fraction`` of the edits at the largest strength, with its margins."""
+    kept = [r for r in results if r.edit is not None and r.reconstruction is not None]
+    if len(kept) < 2:
+        notes["manipulation.identity_kept_fraction"] = (
+            no_edits if not kept else "needs at least two evaluated subjects with edits")
+        return {"identity_kept_fraction": None}
+    distances = pairwise_mse([r.reconstruction for r in kept], [r.edit for r in kept])
+    own = np.diag(distances)
+    others = np.where(np.eye(len(kept), dtype=bool), np.inf, distances).min(axis=1)
+    return {"identity_kept_fraction": identity_kept_fraction(distances),
+            "identity_strength": float(max(strengths)),
+            "identity_mse_own_mean": float(own.mean()),
+            "identity_mse_nearest_other_mean": float(others.mean()),
+            "identity_n_subjects": len(kept)}
+
+
+def pairwise_mse(reconstructions: Sequence[torch.Tensor],
+                 edits: Sequence[torch.Tensor]) -> np.ndarray:
+    """``d[i, j]`` = MSE between edit i and reconstruction j (computed in float32)."""
+    out = np.empty((len(edits), len(reconstructions)))
+    for i, e in enumerate(edits):
+        e = e.float()
+        for j, r in enumerate(reconstructions):
+            out[i, j] = float(torch.mean((e - r.float()) ** 2))
+    return out
+
+
+def identity_kept_fraction(distances: np.ndarray | None = None, *,
+                           reconstructions: Sequence[torch.Tensor] | None = None,
+                           edits: Sequence[torch.Tensor] | None = None) -> float:
+    """The fraction of edits closer to their own subject's reconstruction than to any other's.
+
+    ``distances[i, j]``: MSE between edit i and reconstruction j (the same subject order), or
+    ``reconstructions`` and ``edits`` to compute them. A tie with another subject is not kept.
+    """
+    if distances is None:
+        distances = pairwise_mse(reconstructions or [], edits or [])
+    distances = np.asarray(distances, dtype=float)
+    n = len(distances)
+    if n < 2 or distances.shape != (n, n):
+        raise ValueError(f"need a square matrix of at least two subjects, got {distances.shape}")
+    others = np.where(np.eye(n, dtype=bool), np.inf, distances).min(axis=1)
+    return float(np.mean(np.diag(distances) < others))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None

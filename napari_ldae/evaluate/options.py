@@ -1,0 +1,153 @@
+"""What ``napari-ldae evaluate`` evaluates (:class:`EvaluateOptions`, the CLI's options) and on
+which subjects (:class:`Plan`: the evaluated subjects and the probe folds)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from napari_ldae.data.cohort import Cohort, ScanRecord
+from napari_ldae.errors import LDAEError
+from napari_ldae.evaluate import SECTIONS
+
+SPLITS = ("test", "all")
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What to evaluate and how (the CLI's options)."""
+
+    steps: tuple[int, ...] = (10, 20, 50, 100)  # DDIM steps T of the reconstruction table
+    task_steps: int | None = None  # T of semantic-only, interpolation, manipulation (max steps)
+    split: str = "test"  # "test": the held-out subjects; "all": the whole cohort
+    # Subject split and random x_T; None: the bundle's training split (its provenance), else
+    # seed 0 and fractions 0.1 (the trainer's defaults): the same test subjects as in training.
+    seed: int | None = None
+    val_fraction: float | None = None
+    test_fraction: float | None = None
+    max_subjects: int | None = None  # per split, diagnoses kept balanced
+    strengths: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)
+    direction: str | None = None  # None: the bundle's direction "toward AD"
+    lpips_weights: str | None = None
+    probe_steps: int | None = None  # optimizer steps of each probe (None: the trainer's, 2000)
+    skip: tuple[str, ...] = ()
+    device: str | None = None
+    precision: str = "fp32"
+    max_batch: int = 8
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.steps or min(self.steps) < 1:
+            raise LDAEError(f"--steps must be positive integers, got {list(self.steps)}")
+        if not self.strengths:
+            raise LDAEError("--strengths needs at least one value")
+        object.__setattr__(self, "steps", tuple(dict.fromkeys(int(t) for t in self.steps)))
+        if self.split not in SPLITS:
+            raise LDAEError(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
+        unknown = sorted(set(self.skip) - set(SECTIONS))
+        if unknown:
+            raise LDAEError(f"unknown section(s) to skip {unknown}; choose from {SECTIONS}")
+        if self.max_subjects is not None and self.max_subjects < 1:
+            raise LDAEError("--max-subjects must be at least 1")
+
+    @property
+    def decode_steps(self) -> int:
+        return int(self.task_steps or max(self.steps))
+
+    def runs(self, section: str) -> bool:
+        return section not in self.skip
+
+
+def resolve_split(options: EvaluateOptions,
+                  config: dict[str, Any] | None = None) -> EvaluateOptions:
+    """Fill the unset split options from a bundle config's provenance (its training split),
+    else with the trainer's defaults (seed 0, fractions 0.1)."""
+    prov = (config or {}).get("provenance") or {}
+    data = (prov.get("config") or {}).get("data") or {}
+    seed = prov.get("split_seed") if prov.get("split_seed") is not None else prov.get("seed")
+    return dataclasses.replace(
+        options,
+        seed=options.seed if options.seed is not None else int(seed or 0),
+        val_fraction=_first(options.val_fraction, data.get("val_fraction"), 0.1),
+        test_fraction=_first(options.test_fraction, data.get("test_fraction"), 0.1),
+    )
+
+
+def _first(*values: float | None) -> float:
+    return float(next(v for v in values if v is not None))
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class Plan:
+    """Which subjects are evaluated and how the probes are fitted."""
+
+    evaluated: dict[str, list[ScanRecord]]  # subject → visits (months order)
+    folds: list[dict[str, list[ScanRecord]]]  # probe folds: train / val / test records
+    protocol: str
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def make_plan(cohort: Cohort, options: EvaluateOptions) -> Plan:
+    """Evaluated subjects and probe folds, deterministic in the cohort and the seed."""
+    from napari_ldae.data.cohort import split_subjects
+
+    options = resolve_split(options)
+    if options.split == "all":
+        subjects = _limit(cohort.by_subject(), options.max_subjects, options.seed)
+        folds, protocol = _cv_folds(subjects, options.seed)
+        return Plan(subjects, folds, protocol)
+    splits = split_subjects(cohort, options.val_fraction, options.test_fraction, options.seed)
+    parts = {s: _limit(splits[s].by_subject(), options.max_subjects, options.seed)
+             for s in ("train", "val", "test")}
+    fold = {s: [r for recs in parts[s].values() for r in recs] for s in parts}
+    protocol = (f"subject-grouped split (seed {options.seed}, val {options.val_fraction}, test "
+                f"{options.test_fraction}): fitted on train, model selection on val, "
+                "reported on test")
+    return Plan(parts["test"], [fold], protocol)
+
+
+def _limit(groups: dict[str, list[ScanRecord]], n: int | None,
+           seed: int) -> dict[str, list[ScanRecord]]:
+    """At most ``n`` subjects, taken in turn from each diagnosis (seeded order)."""
+    if n is None or n >= len(groups):
+        return dict(sorted(groups.items()))
+    order = _stratified_order(groups, seed)
+    return {s: groups[s] for s in sorted(order[:n])}
+
+
+def _strata(groups: dict[str, list[ScanRecord]], seed: int) -> dict[str, list[str]]:
+    """Subjects by baseline diagnosis, each list in a seeded random order."""
+    strata: dict[str, list[str]] = {}
+    for subject in sorted(groups):
+        strata.setdefault(groups[subject][0].diagnosis or "unknown", []).append(subject)
+    for key in sorted(strata):
+        random.Random(f"{seed}:{key}").shuffle(strata[key])
+    return dict(sorted(strata.items()))
+
+
+def _stratified_order(groups: dict[str, list[ScanRecord]], seed: int) -> list[str]:
+    """Subjects taken in turn from each diagnosis."""
+    lists = list(_strata(groups, seed).values())
+    return [lst[i] for i in range(max(map(len, lists))) for lst in lists if i < len(lst)]
+
+
+def _cv_folds(groups: dict[str, list[ScanRecord]],
+              seed: int) -> tuple[list[dict[str, list[ScanRecord]]], str]:
+    """Subject-grouped K-fold (stratified by diagnosis), K = 2…5 as the smaller class allows."""
+    strata = _strata(groups, seed)
+    smaller = min(len(strata.get("AD", [])), len(strata.get("CN", []))) or len(groups)
+    k = min(max(2, min(5, smaller)), len(groups))
+    fold_of, offset = {}, 0
+    for subjects in strata.values():
+        for i, s in enumerate(subjects):
+            fold_of[s] = (i + offset) % k
+        offset += len(subjects)
+    folds = [{"train": [r for s in sorted(groups) if fold_of[s] != f for r in groups[s]],
+              "val": [],
+              "test": [r for s in sorted(groups) if fold_of[s] == f for r in groups[s]]}
+             for f in range(k)]
+    return folds, (f"subject-grouped {k}-fold cross-validation over the evaluated subjects "
+                   f"(stratified by diagnosis, seed {seed}); metrics averaged over folds")

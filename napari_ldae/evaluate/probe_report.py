@@ -1,0 +1,223 @@
+"""The probe section of ``napari-ldae evaluate``: linear probes AD vs CN and age refitted on
+standardised y with the trainer's own code, the bundle's own directions scored on the evaluated
+scans, and the **ceiling**: the same probes, on the same folds, fitted on the scans' true
+measures (the cohort's numeric ground-truth columns) instead of y.
+
+The ceiling tells what a perfect measurement of the anatomy the cohort records would give: a
+probe on y below it has room to improve; near it, the codes hold what the truth holds. Its
+features never include a target (nor any column named like one: age, diagnosis, dx, group…) nor
+an identifier (``*_id``, ``seed``): see :func:`truth_columns`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_ldae.core.progress import Progress, ProgressGen
+from napari_ldae.data.cohort import ScanRecord
+from napari_ldae.evaluate import image_metrics as im
+from napari_ldae.evaluate.context import Context, SubjectResult, load_scans, skipped
+from napari_ldae.evaluate.metrics import semantic_spread
+from napari_ldae.evaluate.options import EvaluateOptions, Plan
+
+KEYS = ("ad_vs_cn", "age")
+
+
+def iter_section(ctx: Context, plan: Plan, results: list[SubjectResult],
+                 notes: dict[str, str]) -> ProgressGen[dict[str, Any]]:
+    """Probes refitted on the folds, and the bundle's own directions on the evaluated scans."""
+    codes = {_key(r): y for res in results for r, y in zip(res.records, res.y, strict=True)}
+    missing = [r for fold in plan.folds for s in fold.values() for r in s
+               if _key(r) not in codes]
+    codes |= yield from _iter_embed(ctx, list({_key(r): r for r in missing}.values()))
+    out: dict[str, Any] = {"protocol": plan.protocol}
+    if len(codes) > 1:  # near 0: the encoder gives every brain the same y
+        out["semantic_spread"] = semantic_spread(torch.stack(list(codes.values())))
+    try:
+        out |= _refit(plan.folds, codes, ctx.options, notes)
+        out["ceiling"] = ceiling(plan.folds, ctx.options, notes)
+    except ImportError as err:
+        reason = f"the probe fitting needs napari-ldae[train] ({err})"
+        out |= skipped(notes, "probe", ("ad_vs_cn", "age"), reason)
+        out["ad_vs_cn"] = {"roc_auc": None, "accuracy": None}
+        out["age"] = {"mae": None}
+        notes |= {f"probe.{k}": reason for k in ("ad_vs_cn.roc_auc", "ad_vs_cn.accuracy",
+                                                 "age.mae", *CEILING_KEYS)}
+    evaluated = [r for recs in plan.evaluated.values() for r in recs]
+    out["bundle_directions"] = _bundle_directions(ctx.model, evaluated, codes)
+    out["bundle_directions_scored_on"] = (
+        "the held-out test scans" if ctx.options.split == "test" else
+        "every evaluated scan (split all: may include the bundle's own training subjects)")
+    return out
+
+
+def _key(r: ScanRecord) -> str:
+    return str(r.path)
+
+
+def _iter_embed(ctx: Context, records: list[ScanRecord]) -> ProgressGen[dict[str, torch.Tensor]]:
+    """Semantic codes y of scans outside the evaluated subjects (probe training scans)."""
+    out: dict[str, torch.Tensor] = {}
+    batch = ctx.model.max_batch
+    for i in range(0, len(records), batch):
+        chunk = records[i:i + batch]
+        x, _ = load_scans(chunk, ctx.contract)
+        y = ctx.model.embed(x).cpu()
+        out |= {_key(r): y[n] for n, r in enumerate(chunk)}
+        yield Progress(min(i + batch, len(records)), len(records), "embedding probe scans")
+    return out
+
+
+def _refit(folds: list[dict[str, list[ScanRecord]]], codes: dict[str, torch.Tensor],
+           options: EvaluateOptions, notes: dict[str, str],
+           prefix: str = "probe") -> dict[str, Any]:
+    """Fit the trainer's probes on each fold, on ``codes`` (a feature vector per scan, y or
+    the truth) standardised by the fold's training scans; notes go under ``prefix``."""
+    import copy
+
+    from napari_ldae.evaluate.probes import age_probe, classifier_probe
+    from napari_ldae.train.config import DEFAULTS
+
+    hp = copy.deepcopy(DEFAULTS["probe"])
+    if options.probe_steps:
+        hp["classifier"]["steps"] = hp["age"]["steps"] = int(options.probe_steps)
+    per_fold: dict[str, list[dict]] = {"ad_vs_cn": [], "age": []}
+    for fold in folds:
+        if not fold["train"]:
+            continue
+        raw = {s: _stack(codes, fold[s]) for s in fold}
+        mean, std = raw["train"].mean(0), raw["train"].std(0).clamp_min(1e-6)
+        z = {s: (v - mean) / std for s, v in raw.items()}
+        for name, probe in (("ad_vs_cn", classifier_probe), ("age", age_probe)):
+            result = probe(z, fold, hp, options.seed)
+            if result is not None:
+                per_fold[name].append(result[1])
+    out = {"ad_vs_cn": _fold_mean(per_fold["ad_vs_cn"], f"{prefix}.ad_vs_cn", notes,
+                                  ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc")),
+           "age": _fold_mean(per_fold["age"], f"{prefix}.age", notes, ("mae", "rmse"))}
+    out["ad_vs_cn"]["positive_class"] = hp["positive"]
+    out["age"]["unit"] = "years"
+    out["hyperparameters"] = hp
+    return out
+
+
+# ----------------------------------------------------------------------------- the ceiling
+#: The ceiling's report keys that always exist (a number, or ``None`` with a reason).
+CEILING_KEYS = ("ceiling.ad_vs_cn.roc_auc", "ceiling.age.mae")
+#: Words that make a column a target (or an alias of one), never a feature of the ceiling.
+TARGET_WORDS = frozenset({"age", "ages", "diagnosis", "diagnoses", "diag", "dx", "group",
+                          "label", "labels", "class"})
+#: Words that make a column an identifier, not a measure.
+ID_WORDS = frozenset({"id", "ids", "seed", "rid", "ptid", "index"})
+
+
+def truth_columns(records: Sequence[ScanRecord]) -> list[str]:
+    """The cohort's numeric ground-truth columns usable as probe features: the ``extra``
+    columns (per scan from the sessions table or the CSV, per subject from participants.tsv)
+    that hold a finite number in every record, except targets (``age``, ``diagnosis`` and any
+    column with one of :data:`TARGET_WORDS` in its name) and identifiers (:data:`ID_WORDS`)."""
+    if not records:
+        return []
+    names = set.intersection(*(set(r.extra) for r in records))
+    return sorted(c for c in names if _usable(c)
+                  and all(_finite(r.extra[c]) for r in records))
+
+
+def _usable(column: str) -> bool:
+    words = {w for w in re.split(r"[^a-z0-9]+", column.lower()) if w}
+    return bool(words) and not words & (TARGET_WORDS | ID_WORDS)
+
+
+def _finite(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def ceiling(folds: list[dict[str, list[ScanRecord]]], options: EvaluateOptions,
+            notes: dict[str, str]) -> dict[str, Any]:
+    """The same probes on the same folds, fitted on the true measures instead of y."""
+    records = list({_key(r): r for fold in folds for s in fold.values() for r in s}.values())
+    columns = truth_columns(records)
+    if not columns:
+        reason = "the cohort has no numeric ground-truth column in every scan"
+        notes |= {f"probe.{k}": reason for k in CEILING_KEYS}
+        return {"features": [], "ad_vs_cn": {"roc_auc": None}, "age": {"mae": None}}
+    features = {_key(r): torch.tensor([float(r.extra[c]) for c in columns]) for r in records}
+    out = _refit(folds, features, options, notes, prefix="probe.ceiling")
+    out.pop("hyperparameters", None)
+    return {"features": columns, **out}
+
+
+def _stack(codes: dict[str, torch.Tensor], records: list[ScanRecord]) -> torch.Tensor:
+    if not records:
+        return torch.zeros((0, next(iter(codes.values())).numel()))
+    return torch.stack([codes[_key(r)].float() for r in records])
+
+
+def _fold_mean(folds: list[dict], name: str, notes: dict[str, str],
+               metrics: Sequence[str]) -> dict[str, Any]:
+    """Metrics averaged over folds (finite values only); ``None`` with a reason otherwise
+    (``name``: the dotted key of the probe, e.g. ``probe.age``)."""
+    out: dict[str, Any] = {"n_folds": len(folds), "n_test_scans": sum(f.get("n", 0) for f in folds)}
+    for m in metrics:
+        out[m] = im.summary(f.get(m) for f in folds)["mean"]
+        if out[m] is None:
+            notes[f"{name}.{m}"] = _probe_reason(folds, name.rsplit(".", 1)[-1], m)
+    if len(folds) > 1:
+        out["folds"] = [{m: f.get(m) for m in (*metrics, "n")} for f in folds]
+    return out
+
+
+def _probe_reason(folds: list[dict], name: str, metric: str) -> str:
+    if not folds:
+        return ("no fold could be fitted: the training scans lack AD or CN scans"
+                if name == "ad_vs_cn" else "too few training scans with an age")
+    if not any(f.get("n") for f in folds):
+        return "no test scans with the needed labels"
+    if metric == "roc_auc":
+        return "undefined: the test scans are all of one class"
+    return f"undefined on these test scans ({metric} has a zero denominator)"
+
+
+def _bundle_directions(model, records: list[ScanRecord],
+                       codes: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The bundle's directions applied to the evaluated scans (no refitting).
+
+    A direction is a unit vector without a bias, so only threshold-free scores are possible:
+    ROC-AUC of the projection for "toward AD", Pearson r with age for "older".
+    """
+    from napari_ldae.evaluate.metrics import roc_auc
+
+    if not records:
+        return {}
+    y = _stack(codes, records).to(model.semantic_mean.device)
+    z = ((y - model.semantic_mean) / model.semantic_std).cpu()
+    out: dict[str, Any] = {}
+    for name, d in model.directions.items():
+        proj = (z @ torch.nn.functional.normalize(d.vector.float().cpu(), dim=0)).numpy()
+        entry: dict[str, Any] = {"meaning": d.meaning, "source": d.source,
+                                 "trained_metrics": d.metrics}
+        meaning = d.meaning.strip().lower()
+        if meaning in ("toward ad", "toward cn"):
+            keep = [i for i, r in enumerate(records) if r.diagnosis in ("AD", "CN")]
+            labels = [float(records[i].diagnosis == meaning[-2:].upper()) for i in keep]
+            auc = roc_auc(labels, proj[keep]) if keep else math.nan
+            entry |= {"roc_auc": auc if math.isfinite(auc) else None, "n": len(keep)}
+        elif meaning == "older":
+            entry |= _age_correlation(records, proj)
+        out[name] = entry
+    return out
+
+
+def _age_correlation(records: list[ScanRecord], proj: np.ndarray) -> dict[str, Any]:
+    keep = [i for i, r in enumerate(records) if r.age is not None]
+    ages = np.asarray([records[i].age for i in keep], dtype=float)
+    if len(keep) < 2 or ages.std() == 0:
+        return {"pearson_r_with_age": None, "n": len(keep)}
+    return {"pearson_r_with_age": float(np.corrcoef(ages, proj[keep])[0, 1]), "n": len(keep)}
