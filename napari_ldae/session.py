@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from napari_ldae import __version__
+from napari_ldae._resources import resource_path
 from napari_ldae.core.bundle import Bundle, load_bundle
 from napari_ldae.core.model import Codes, LDAEModel
 from napari_ldae.core.progress import ProgressGen, drain
@@ -40,8 +41,7 @@ if TYPE_CHECKING:
 
 BUNDLE_ENV = "NAPARI_LDAE_BUNDLE"
 CACHE_ENV = "NAPARI_LDAE_CACHE"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_BUNDLE = REPO_ROOT / "resources" / "demo"
+DEMO_BUNDLE = resource_path("demo")
 OOM_HINT = "out of memory: try fewer steps, CPU, or a smaller batch"
 
 _MONTH_RE = re.compile(r"^(?:ses-)?m(\d+(?:\.\d+)?)$", re.IGNORECASE)

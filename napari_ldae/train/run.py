@@ -12,11 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from napari_ldae._resources import resource_path
 from napari_ldae.errors import TrainingError
 from napari_ldae.train.config import NETWORK_STAGES, STAGES, load_config, validate
 
 #: Configs shipped with napari-ldae, usable by name (``--config tiny``).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "resources" / "configs"
+CONFIG_DIR = resource_path("configs")
 
 
 def config_path(name_or_path: str | os.PathLike) -> Path:

@@ -1,0 +1,27 @@
+"""Files shipped with napari-ldae: the training configs and the demo bundle.
+
+They live in ``resources/`` at the top of the repository. The wheel carries that folder as the
+package ``napari_ldae.resources`` (``setup.py`` maps it), read here with
+:mod:`importlib.resources`. A source tree that is not installed has no such package; there the
+folder beside ``napari_ldae/`` is used.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+
+def resource_root() -> Path:
+    """The folder of the shipped resources (``configs/``, ``demo/``)."""
+    try:
+        root = resources.files("napari_ldae.resources")
+    except ModuleNotFoundError:  # a source tree on sys.path, not installed
+        return Path(__file__).resolve().parent.parent / "resources"
+    # Wheels install as plain files, so this is a real folder (bundles are read from disk).
+    return Path(str(root))
+
+
+def resource_path(*parts: str) -> Path:
+    """A shipped file or folder, e.g. ``resource_path("configs", "tiny.yaml")``."""
+    return resource_root().joinpath(*parts)
