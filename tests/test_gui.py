@@ -433,39 +433,6 @@ def test_export_overlays_the_source_file_and_never_overwrites_silently(
 
 
 # ----------------------------------------------------------------------------- train
-def test_train_progress_from_output_and_cancel(make_napari_viewer, qtbot, monkeypatch):
-    from napari_ldae.gui import train_widget
-
-    monkeypatch.setattr(train_widget, "KILL_AFTER_MS", 500)
-    viewer = make_napari_viewer()
-    train = _widget(viewer, "TrainWidget")
-    script = ("import sys, time\n"
-              "for i in range(1, 1000):\n"
-              "    sys.stdout.write(f'\\rEpoch 0: {i % 100:3d}%|##  | {i % 100}/100 ')\n"
-              "    sys.stdout.write('\\nlog line\\n' if i % 10 == 0 else '')\n"
-              "    sys.stdout.flush(); time.sleep(0.02)\n")
-    monkeypatch.setattr(train, "command", lambda: [sys.executable, "-u", "-c", script])
-    train.controls.button.click()
-    qtbot.waitUntil(lambda: train.controls.bar.value() >= 5, timeout=WAIT_MS)
-    assert "epoch 0" in train.controls.bar.format()
-    qtbot.waitUntil(lambda: "log line" in train.log.toPlainText(), timeout=WAIT_MS)
-    train.controls.button.click()  # Cancel
-    qtbot.waitUntil(lambda: train.process is None, timeout=WAIT_MS)
-    _assert_idle_ui(train.controls)
-    assert "cancelled" in train.controls.status.text()
-
-
-def test_train_failure_is_reported(make_napari_viewer, qtbot, monkeypatch):
-    viewer = make_napari_viewer()
-    train = _widget(viewer, "TrainWidget")
-    monkeypatch.setattr(train, "command", lambda: [sys.executable, "-c",
-                                                   "print('bad config'); raise SystemExit(3)"])
-    train.start()
-    qtbot.waitUntil(lambda: train.process is None, timeout=WAIT_MS)
-    assert "exit 3" in train.controls.status.text() and "bad config" in train.log.toPlainText()
-    _assert_idle_ui(train.controls)
-
-
 def test_parse_progress():
     from napari_ldae.gui.train_widget import parse_progress
 
