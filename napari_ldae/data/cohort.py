@@ -364,11 +364,46 @@ def split_subjects(
     }
 
 
+def limit_subjects(groups: dict[str, list[ScanRecord]], n: int | None,
+           seed: int) -> dict[str, list[ScanRecord]]:
+    """At most ``n`` subjects, taken in turn from each diagnosis (seeded order)."""
+    if n is None or n >= len(groups):
+        return dict(sorted(groups.items()))
+    order = _stratified_order(groups, seed)
+    return {s: groups[s] for s in sorted(order[:n])}
+
+
+def _stratified_order(groups: dict[str, list[ScanRecord]], seed: int) -> list[str]:
+    """Subjects taken in turn from each diagnosis."""
+    lists = list(_strata(groups, seed).values())
+    return [lst[i] for i in range(max(map(len, lists))) for lst in lists if i < len(lst)]
+
+
+def subject_folds(groups: dict[str, list[ScanRecord]],
+              seed: int) -> tuple[list[dict[str, list[ScanRecord]]], str]:
+    """Subject-grouped K-fold (stratified by diagnosis), K = 2…5 as the smaller class allows."""
+    strata = _strata(groups, seed)
+    smaller = min(len(strata.get("AD", [])), len(strata.get("CN", []))) or len(groups)
+    k = min(max(2, min(5, smaller)), len(groups))
+    fold_of, offset = {}, 0
+    for subjects in strata.values():
+        for i, s in enumerate(subjects):
+            fold_of[s] = (i + offset) % k
+        offset += len(subjects)
+    folds = [{"train": [r for s in sorted(groups) if fold_of[s] != f for r in groups[s]],
+              "val": [],
+              "test": [r for s in sorted(groups) if fold_of[s] == f for r in groups[s]]}
+             for f in range(k)]
+    return folds, (f"subject-grouped {k}-fold cross-validation over the evaluated subjects "
+                   f"(stratified by diagnosis, seed {seed}); metrics averaged over folds")
+
+
 def _split_size(n: int, fraction: float) -> int:
     return 0 if fraction == 0 else max(1, round(n * fraction))
 
 
 def _strata(groups: dict[str, list[ScanRecord]], seed: int) -> dict[str, list[str]]:
+    """Subjects by baseline diagnosis, each list in a seeded random order."""
     strata: dict[str, list[str]] = {}
     for subject in sorted(groups):
         key = groups[subject][0].diagnosis or "unknown"

@@ -3,3 +3,13 @@
 #: Sections of ``napari-ldae evaluate`` (each can be skipped); kept here, import-light, for the CLI.
 SECTIONS = ("reconstruction", "semantic_only", "probe", "interpolation", "manipulation",
             "code_use")
+
+#: How the linear probes are fitted: the trainer's defaults (``probe`` section of a training
+#: config) and what ``evaluate`` refits with. Here, import-light, so that ``train`` takes them
+#: from ``evaluate`` and never the other way round.
+PROBE_FITS = {
+    "positive": "AD",
+    "negative": "CN",
+    "classifier": {"optimizer": "adam", "lr": 1e-3, "steps": 2000},
+    "age": {"optimizer": "sgd", "lr": 1e-3, "steps": 2000},
+}

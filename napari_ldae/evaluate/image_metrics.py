@@ -41,7 +41,7 @@ def lpips_metric(weights: str | Path | None) -> tuple[VolumeMetric | None, str |
     if not weights:
         return None, "no LPIPS weights given (--lpips-weights FILE); nothing is downloaded"
     try:
-        from napari_ldae.train.autoencoder import perceptual_loss
+        from napari_ldae.evaluate.perceptual import perceptual_loss
 
         loss = perceptual_loss(str(weights))
     except Exception as err:  # missing lpips/torchvision/lightning, or a wrong file

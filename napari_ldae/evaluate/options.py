@@ -4,7 +4,6 @@ which subjects (:class:`Plan`: the evaluated subjects and the probe folds)."""
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,62 +91,18 @@ class Plan:
 
 def make_plan(cohort: Cohort, options: EvaluateOptions) -> Plan:
     """Evaluated subjects and probe folds, deterministic in the cohort and the seed."""
-    from napari_ldae.data.cohort import split_subjects
+    from napari_ldae.data.cohort import limit_subjects, split_subjects, subject_folds
 
     options = resolve_split(options)
     if options.split == "all":
-        subjects = _limit(cohort.by_subject(), options.max_subjects, options.seed)
-        folds, protocol = _cv_folds(subjects, options.seed)
+        subjects = limit_subjects(cohort.by_subject(), options.max_subjects, options.seed)
+        folds, protocol = subject_folds(subjects, options.seed)
         return Plan(subjects, folds, protocol)
     splits = split_subjects(cohort, options.val_fraction, options.test_fraction, options.seed)
-    parts = {s: _limit(splits[s].by_subject(), options.max_subjects, options.seed)
+    parts = {s: limit_subjects(splits[s].by_subject(), options.max_subjects, options.seed)
              for s in ("train", "val", "test")}
     fold = {s: [r for recs in parts[s].values() for r in recs] for s in parts}
     protocol = (f"subject-grouped split (seed {options.seed}, val {options.val_fraction}, test "
                 f"{options.test_fraction}): fitted on train, model selection on val, "
                 "reported on test")
     return Plan(parts["test"], [fold], protocol)
-
-
-def _limit(groups: dict[str, list[ScanRecord]], n: int | None,
-           seed: int) -> dict[str, list[ScanRecord]]:
-    """At most ``n`` subjects, taken in turn from each diagnosis (seeded order)."""
-    if n is None or n >= len(groups):
-        return dict(sorted(groups.items()))
-    order = _stratified_order(groups, seed)
-    return {s: groups[s] for s in sorted(order[:n])}
-
-
-def _strata(groups: dict[str, list[ScanRecord]], seed: int) -> dict[str, list[str]]:
-    """Subjects by baseline diagnosis, each list in a seeded random order."""
-    strata: dict[str, list[str]] = {}
-    for subject in sorted(groups):
-        strata.setdefault(groups[subject][0].diagnosis or "unknown", []).append(subject)
-    for key in sorted(strata):
-        random.Random(f"{seed}:{key}").shuffle(strata[key])
-    return dict(sorted(strata.items()))
-
-
-def _stratified_order(groups: dict[str, list[ScanRecord]], seed: int) -> list[str]:
-    """Subjects taken in turn from each diagnosis."""
-    lists = list(_strata(groups, seed).values())
-    return [lst[i] for i in range(max(map(len, lists))) for lst in lists if i < len(lst)]
-
-
-def _cv_folds(groups: dict[str, list[ScanRecord]],
-              seed: int) -> tuple[list[dict[str, list[ScanRecord]]], str]:
-    """Subject-grouped K-fold (stratified by diagnosis), K = 2…5 as the smaller class allows."""
-    strata = _strata(groups, seed)
-    smaller = min(len(strata.get("AD", [])), len(strata.get("CN", []))) or len(groups)
-    k = min(max(2, min(5, smaller)), len(groups))
-    fold_of, offset = {}, 0
-    for subjects in strata.values():
-        for i, s in enumerate(subjects):
-            fold_of[s] = (i + offset) % k
-        offset += len(subjects)
-    folds = [{"train": [r for s in sorted(groups) if fold_of[s] != f for r in groups[s]],
-              "val": [],
-              "test": [r for s in sorted(groups) if fold_of[s] == f for r in groups[s]]}
-             for f in range(k)]
-    return folds, (f"subject-grouped {k}-fold cross-validation over the evaluated subjects "
-                   f"(stratified by diagnosis, seed {seed}); metrics averaged over folds")

@@ -81,10 +81,10 @@ def _refit(folds: list[dict[str, list[ScanRecord]]], codes: dict[str, torch.Tens
     the truth) standardised by the fold's training scans; notes go under ``prefix``."""
     import copy
 
+    from napari_ldae.evaluate import PROBE_FITS
     from napari_ldae.evaluate.probes import age_probe, classifier_probe
-    from napari_ldae.train.config import DEFAULTS
 
-    hp = copy.deepcopy(DEFAULTS["probe"])
+    hp = copy.deepcopy(PROBE_FITS)
     if options.probe_steps:
         hp["classifier"]["steps"] = hp["age"]["steps"] = int(options.probe_steps)
     per_fold: dict[str, list[dict]] = {"ad_vs_cn": [], "age": []}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_ldae.errors import TrainingError
+from napari_ldae.evaluate import PROBE_FITS
 
 STAGES = ("autoencoder", "latent", "representation", "probe")
 #: Stages trained by a Lightning ``Trainer`` (the probe stage is a few seconds of plain torch).
@@ -99,10 +100,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "probe": {
         "embed_batch_size": 4,
-        "positive": "AD",
-        "negative": "CN",
-        "classifier": {"optimizer": "adam", "lr": 1e-3, "steps": 2000},
-        "age": {"optimizer": "sgd", "lr": 1e-3, "steps": 2000},
+        **copy.deepcopy(PROBE_FITS),
         "bundle_dtype": "float32",  # float16 halves the bundle on disk (the demo bundle)
     },
 }
