@@ -6,11 +6,6 @@ one module-wide Session so that codes stay cached between tests.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -107,13 +102,6 @@ def test_widgets_through_the_manifest_share_one_state(make_napari_viewer):
         widgets.append(widget)
     assert all(w.state is get_state(viewer) for w in widgets)
     assert get_state(make_napari_viewer()) is not widgets[0].state  # one state per viewer
-
-
-def test_npe2_validate():
-    npe2 = shutil.which("npe2") or str(Path(sys.executable).with_name("npe2"))
-    out = subprocess.run([npe2, "validate", "--imports", "napari-ldae"], capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_sample_data_loads(make_napari_viewer, monkeypatch):

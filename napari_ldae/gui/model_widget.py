@@ -152,6 +152,11 @@ def _default_cache_text() -> str:
     return os.environ.get(CACHE_ENV, str(Path.home() / ".cache" / "napari-ldae"))
 
 
+def readable(value: float) -> str:
+    """A metric as people read it: three significant digits (0.874, not 0.8739361763000488)."""
+    return str(value) if isinstance(value, int) else f"{value:.3g}"
+
+
 def _facts_html(info: dict) -> str:
     params = info["parameters"] or 0
     dirs = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v.get('meaning', k))}</li>"
@@ -159,7 +164,7 @@ def _facts_html(info: dict) -> str:
     shape = "×".join(map(str, info["input_shape"]))
     spacing = "×".join(f"{s:g}" for s in info["spacing"])
     trained = "" if info["trained"] else " <i>(untrained weights)</i>"
-    metrics = ", ".join(f"{k} {v}" for k, v in (info.get("metrics") or {}).items()
+    metrics = ", ".join(f"{k} {readable(v)}" for k, v in (info.get("metrics") or {}).items()
                         if isinstance(v, int | float))
     return (f"<b>{html.escape(info['name'])}</b>{trained}<br>"
             f"{params / 1e6:.2f} M parameters · {info['device']} · {info['precision']}<br>"

@@ -1,4 +1,4 @@
-"""Probe metrics (napari_ldae.evaluate.metrics) against hand-computed values."""
+"""Metrics (napari_ldae.evaluate.metrics) against hand-computed values, and how they are shown."""
 
 from __future__ import annotations
 
@@ -58,3 +58,15 @@ def test_semantic_spread_is_zero_for_a_collapsed_encoder():
     assert semantic_spread(varied) == pytest.approx(float(varied.std(0).mean() / 2.0))
     with pytest.raises(ValueError, match="N ≥ 2"):
         semantic_spread(same[:1])
+
+
+def test_model_panel_rounds_metrics():
+    from napari_ldae.gui.model_widget import _facts_html
+
+    info = {"parameters": 1_000_000, "directions": {}, "input_shape": [4, 4, 4],
+            "spacing": [3.0, 3.0, 3.0], "trained": True, "name": "b", "device": "cpu",
+            "precision": "fp32", "orientation": "RAS", "bundle_sha256": "0" * 64,
+            "metrics": {"autoencoder_val_ssim": 0.8739361763000488, "steps": 1200}}
+    text = _facts_html(info)
+    assert "autoencoder_val_ssim 0.874" in text and "steps 1200" in text
+    assert "0.87393" not in text
