@@ -25,3 +25,13 @@ def resource_root() -> Path:
 def resource_path(*parts: str) -> Path:
     """A shipped file or folder, e.g. ``resource_path("configs", "tiny.yaml")``."""
     return resource_root().joinpath(*parts)
+
+
+def shown_path(path: str | Path) -> str:
+    """How a path is written into reports and bundles: a shipped resource as
+    ``napari_ldae.resources/…`` (not this machine's site-packages), anything else as given."""
+    try:
+        inside = Path(path).resolve().relative_to(resource_root().resolve())
+    except ValueError:
+        return str(path)
+    return f"napari_ldae.resources/{inside.as_posix()}"

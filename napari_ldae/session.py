@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
-import re
 import tempfile
 import threading
 import warnings
@@ -33,6 +32,7 @@ from napari_ldae._resources import resource_path
 from napari_ldae.core.bundle import Bundle, load_bundle
 from napari_ldae.core.model import Codes, LDAEModel
 from napari_ldae.core.progress import ProgressGen, drain
+from napari_ldae.data.cohort import months_from_bids  # noqa: F401  (here for the GUI and CLI)
 from napari_ldae.errors import BundleError, LDAEError
 
 if TYPE_CHECKING:
@@ -44,8 +44,6 @@ CACHE_ENV = "NAPARI_LDAE_CACHE"
 DEMO_BUNDLE = resource_path("demo")
 OOM_HINT = "out of memory: try fewer steps, CPU, or a smaller batch"
 
-_MONTH_RE = re.compile(r"^(?:ses-)?m(\d+(?:\.\d+)?)$", re.IGNORECASE)
-_BASELINE = {"bl", "baseline", "sc", "screening"}
 
 
 # ----------------------------------------------------------------------------- defaults
@@ -100,49 +98,6 @@ def alpha_from_months(t_start: float, t_end: float, t_target: float) -> float:
     if t_end == t_start:
         raise ValueError("the two visits have the same date; interpolation needs two dates")
     return (float(t_target) - float(t_start)) / (float(t_end) - float(t_start))
-
-
-def months_from_bids(path: str | os.PathLike) -> float | None:
-    """Months from baseline of a BIDS-named scan, or None when unknown.
-
-    The ``months`` column of ``sub-X_sessions.tsv`` (searched in the parent folders) wins;
-    otherwise the session label: ``ses-M06`` → 6, ``ses-bl``/``ses-baseline`` → 0.
-    """
-    p = Path(path)
-    session = _session_label(p)
-    if session is None:
-        return None
-    from_table = _months_from_table(p, session)
-    if from_table is not None:
-        return from_table
-    label = session.lower()[4:]
-    if label in _BASELINE:
-        return 0.0
-    match = _MONTH_RE.match(label)
-    return float(match.group(1)) if match else None
-
-
-def _session_label(p: Path) -> str | None:
-    for part in [*p.name.split("_"), *(q.name for q in p.parents)]:
-        if part.startswith("ses-"):
-            return part.split(".")[0]
-    return None
-
-
-def _months_from_table(p: Path, session: str) -> float | None:
-    for folder in list(p.parents)[:4]:
-        for tsv in sorted(folder.glob("*sessions.tsv")):
-            lines = [ln.split("\t") for ln in tsv.read_text().splitlines() if ln.strip()]
-            if not lines or "session_id" not in lines[0] or "months" not in lines[0]:
-                continue
-            sid, col = lines[0].index("session_id"), lines[0].index("months")
-            for row in lines[1:]:
-                if len(row) > max(sid, col) and row[sid].strip() == session:
-                    try:
-                        return float(row[col])
-                    except ValueError:
-                        return None
-    return None
 
 
 # ----------------------------------------------------------------------------- hashing

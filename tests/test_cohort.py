@@ -198,3 +198,16 @@ def test_synthetic_cohort_anatomy_reaches_extra(tmp_path):
     again = make_cohort(tmp_path / "again", **kw, variety="template", workers=2)
     files = sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert all((again / f).read_bytes() == (tmp_path / "plain" / f).read_bytes() for f in files)
+
+
+def test_session_labels_have_one_meaning():
+    """Training's cohort reader and the GUI/CLI's BIDS names agree on every label."""
+    from napari_ldae.data.cohort import _months, months_from_bids, session_months
+
+    for label, months in (("ses-screening", 0.0), ("ses-sc", 0.0), ("ses-bl", 0.0),
+                          ("baseline", 0.0), ("ses-M06", 6.0), ("m18", 18.0), ("ses-x", None)):
+        assert session_months(label) == months
+        assert months_from_bids(f"sub-01_{label}_T1w.nii.gz") == (
+            months if label.startswith("ses-") else None)
+        if months is not None:
+            assert _months("", label, 2, "here") == months

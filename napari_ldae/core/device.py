@@ -28,10 +28,6 @@ def available_devices() -> list[str]:
     return devices
 
 
-def default_device() -> str:
-    return available_devices()[0]
-
-
 def supported_precisions(device: str) -> list[str]:
     """Precisions worth offering on a device (reduced precision only where it is fast)."""
     if device.startswith("cuda"):

@@ -31,7 +31,7 @@ REQUIRED_CSV = ("path", "subject")
 SPLITS = ("train", "val", "test")
 _NULL = {"", "n/a", "na", "nan", "none"}
 _MONTH_RE = re.compile(r"^(?:ses-)?m(\d+(?:\.\d+)?)$", re.IGNORECASE)
-_BASELINE = {"bl", "ses-bl", "baseline", "ses-baseline", "sc", "ses-sc"}
+_BASELINE = {"bl", "baseline", "sc", "screening"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,18 @@ class Cohort:
 
     def __repr__(self) -> str:
         return f"Cohort({len(self)} scans, {len(self.subjects())} subjects)"
+
+    def sha256(self) -> str:
+        """Content hash of the table: each scan's path relative to the cohort root, subject,
+        session, months, diagnosis, age and extra columns (not the voxels). Recorded beside
+        the path a user gave, so a report or bundle names its cohort on any machine."""
+        import hashlib
+        import json
+
+        base = self.root or Path.cwd()
+        rows = [[_portable(r.path, base), r.subject, r.session, r.months, r.diagnosis, r.age,
+                 sorted((k, str(v)) for k, v in r.extra.items())] for r in self.records]
+        return hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()
 
     def subjects(self) -> list[str]:
         """Sorted subject ids."""
@@ -255,17 +267,65 @@ def _t1w(anat: Path, owner: Path) -> Path:
     return found[0]
 
 
+# ----------------------------------------------------------------------------- dates
+def session_months(session: str) -> float | None:
+    """Months from baseline that a session label names, or None: ``ses-M06``/``M06`` → 6;
+    ``bl``, ``baseline``, ``sc``, ``screening`` (with or without ``ses-``) → 0. The one
+    parser of session labels: cohorts (training, evaluate), the GUI and the CLI."""
+    label = session.strip().lower().removeprefix("ses-")
+    if label in _BASELINE:
+        return 0.0
+    match = _MONTH_RE.match(label)
+    return float(match.group(1)) if match else None
+
+
+def months_from_bids(path: str | os.PathLike) -> float | None:
+    """Months from baseline of a BIDS-named scan, or None when unknown.
+
+    The ``months`` column of ``sub-X_sessions.tsv`` (searched in the parent folders) wins;
+    otherwise the session label (:func:`session_months`).
+    """
+    p = Path(path)
+    session = _session_label(p)
+    if session is None:
+        return None
+    from_table = _months_from_table(p, session)
+    if from_table is not None:
+        return from_table
+    return session_months(session)
+
+
+def _session_label(p: Path) -> str | None:
+    for part in [*p.name.split("_"), *(q.name for q in p.parents)]:
+        if part.startswith("ses-"):
+            return part.split(".")[0]
+    return None
+
+
+def _months_from_table(p: Path, session: str) -> float | None:
+    for folder in list(p.parents)[:4]:
+        for tsv in sorted(folder.glob("*sessions.tsv")):
+            lines = [ln.split("\t") for ln in tsv.read_text().splitlines() if ln.strip()]
+            if not lines or "session_id" not in lines[0] or "months" not in lines[0]:
+                continue
+            sid, col = lines[0].index("session_id"), lines[0].index("months")
+            for row in lines[1:]:
+                if len(row) > max(sid, col) and row[sid].strip() == session:
+                    try:
+                        return float(row[col])
+                    except ValueError:
+                        return None
+    return None
+
+
 # ----------------------------------------------------------------------------- cells
 def _months(cell: str, session: str, n_visits: int, where: str) -> float:
     value = _number(cell, "months", where)
     if value is not None:
         return value
-    label = session.lower()
-    if label in _BASELINE:
-        return 0.0
-    match = _MONTH_RE.match(label)
-    if match:
-        return float(match.group(1))
+    months = session_months(session)
+    if months is not None:
+        return months
     if n_visits == 1:
         return 0.0
     raise CohortError(

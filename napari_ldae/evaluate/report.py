@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from napari_ldae import __version__
+from napari_ldae._resources import shown_path
 from napari_ldae.core.progress import Progress, ProgressGen, drain
 from napari_ldae.data.cohort import Cohort, ScanRecord
 from napari_ldae.errors import LDAEError
@@ -321,10 +322,12 @@ def _meta(loaded, cohort_path, cohort: Cohort, plan: Plan, options: EvaluateOpti
         "started": started.isoformat(timespec="seconds"),
         "seconds": time.perf_counter() - t0,
         "timings_s": ctx.timings,
-        "bundle": {"path": str(loaded.path), "name": loaded.name, "sha256": loaded.sha256,
+        # paths as the user gave them (the built-in bundle as such) plus content hashes
+        "bundle": {"path": shown_path(loaded.path), "name": loaded.name,
+                   "sha256": loaded.sha256,
                    "trained": loaded.config.get("provenance", {}).get("trained")},
-        "cohort": {"path": str(Path(cohort_path).resolve()), "n_subjects": len(cohort.subjects()),
-                   "n_scans": len(cohort)},
+        "cohort": {"path": shown_path(cohort_path), "sha256": cohort.sha256(),
+                   "n_subjects": len(cohort.subjects()), "n_scans": len(cohort)},
         "evaluated": {"split": options.split, "n_subjects": len(plan.evaluated),
                       "n_scans": len(evaluated), "subjects": list(plan.evaluated)},
         "options": {"steps": list(options.steps), "task_steps": options.decode_steps,

@@ -66,7 +66,6 @@ class RunControls(QWidget):
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.button)
         row.addWidget(self.bar, 1)
-        self.status_row = self.status  # placed by the owner (below the form)
 
     @property
     def busy(self) -> bool:

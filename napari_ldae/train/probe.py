@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from napari_ldae import __version__
+from napari_ldae._resources import shown_path
 from napari_ldae.core.autoencoder import NORM_KEYS
 from napari_ldae.core.bundle import save_bundle
 from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder, axial_slices, drop_aliases
+from napari_ldae.data.cohort import Cohort
 from napari_ldae.data.preprocess import PreprocessContract
 from napari_ldae.errors import TrainingError
 from napari_ldae.evaluate.probes import age_probe, classifier_probe
@@ -29,7 +31,7 @@ from napari_ldae.train import autoencoder as stage1
 from napari_ldae.train import common
 from napari_ldae.train import latent as stage2
 from napari_ldae.train import representation as stage3
-from napari_ldae.train.config import model_config, resolve_accelerator
+from napari_ldae.train.config import NETWORK_STAGES, model_config, resolve_accelerator
 from napari_ldae.train.data import SPLITS, cache_volumes, load_splits, load_volume
 
 
@@ -123,11 +125,12 @@ def write_bundle(config: Mapping[str, Any], out: Path, model: dict[str, Any],
                  semantic: dict[str, torch.Tensor], directions: dict, metrics: dict,
                  splits) -> Path:
     stage_info = {s: common.read_json(out / s / f"{s}.json", s)
-                  for s in ("autoencoder", "latent", "representation")}
+                  for s in NETWORK_STAGES}
     bundle_config = {
         **model,
         "name": f"{model.get('name', 'ldae')}-trained",
-        "description": f"trained by napari-ldae {__version__} on {config['data']['cohort']}",
+        "description": f"trained by napari-ldae {__version__} on "
+                       f"{shown_path(config['data']['cohort'])}",
         "scale_factor": stage2.read_scale_factor(out),
         "directions": directions,
         "metrics": {"probe": metrics,
@@ -137,7 +140,11 @@ def write_bundle(config: Mapping[str, Any], out: Path, model: dict[str, Any],
                     "code_use": stage_info["representation"].get("code_use")},
         "provenance": {
             "trained": True, "trainer": "napari-ldae train", "config": config,
-            "cohort": str(config["data"]["cohort"]), "seed": config["seed"],
+            # as the user gave it, plus the table's hash: no machine's absolute path
+            "cohort": shown_path(config["data"]["cohort"]),
+            "cohort_sha256": Cohort([r for s in SPLITS for r in splits[s]],
+                                    splits["train"].root).sha256(),
+            "seed": config["seed"],
             "split_seed": config["data"]["split_seed"], "git_commit": common.git_commit(),
             "splits": {s: len(splits[s].subjects()) for s in SPLITS},
             "steps": {s: i["global_step"] for s, i in stage_info.items()},

@@ -36,7 +36,7 @@ def resolve(config: str | os.PathLike | None, data: str | os.PathLike | None = N
     """The full config: file, then ``key=value`` overrides, then the explicit arguments."""
     cfg = load_config(config_path(config) if config else None, overrides)
     if data is not None:
-        cfg["data"]["cohort"] = str(Path(data).expanduser().resolve())
+        cfg["data"]["cohort"] = str(Path(data).expanduser())  # as given (it is recorded)
     for key, value in (("devices", devices), ("accelerator", accelerator),
                        ("num_nodes", num_nodes)):
         if value is not None:
