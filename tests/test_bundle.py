@@ -116,13 +116,12 @@ def test_pickled_file_handed_in_as_bundle(tmp_path):
 # ------------------------------------------------------------------------ official import
 def _official_files(tmp_path) -> tuple[dict, dict]:
     """Files in the official release format (pickled state dicts) for a tiny architecture."""
-    from napari_ldae.core.encoder import semantic_encoder_from_reference
-    from napari_ldae.core.reference import load_shift_unet
+    from napari_ldae.core.reference import load_semantic_encoder, load_shift_unet
 
     unet_cfg = json.loads((FIXTURES / "shift_unet_tiny_config.json").read_text())["shift_unet"]
     unet = load_shift_unet(unet_cfg, load_file(FIXTURES / "shift_unet_tiny.safetensors"))
     enc_cfg = json.loads((FIXTURES / "semantic_encoder_tiny_config.json").read_text())
-    encoder = semantic_encoder_from_reference(
+    encoder = load_semantic_encoder(
         enc_cfg, load_file(FIXTURES / "semantic_encoder_tiny.safetensors"))
     ae_keys = json.loads((FIXTURES / "aekl_generative_keys.json").read_text())
     d = encoder.config.emb_dim

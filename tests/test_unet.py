@@ -16,7 +16,6 @@ from napari_ldae.core.unet import (
     LatentUNet,
     ShiftUNet,
     UNetConfig,
-    shift_unet_from_reference,
 )
 from napari_ldae.errors import BundleError
 
@@ -136,7 +135,7 @@ def test_reference_loader_rejects_mismatch(tiny_config, fresh):
     state = dict(fresh.state_dict())
     state["extra.weight"] = torch.zeros(1)
     with pytest.raises(BundleError, match=r"extra\.weight"):
-        shift_unet_from_reference(tiny_config, state)
+        load_shift_unet(tiny_config, state)
 
 
 def test_config_round_trip_and_errors(tiny_config):

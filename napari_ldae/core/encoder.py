@@ -485,13 +485,3 @@ def _fill_aliases(module: nn.Module, state_dict: dict, prefix: str, *_args) -> N
             state_dict.setdefault(alias + key[len(main) :], state_dict[key])
         elif key.startswith(alias):
             state_dict.setdefault(main + key[len(alias) :], state_dict[key])
-
-
-def semantic_encoder_from_reference(
-    config: Mapping, state_dict: Mapping[str, Tensor]
-) -> SemanticEncoder:
-    """Build from reference constructor arguments and load a reference state dict strictly."""
-    sd = dict(state_dict)
-    model = SemanticEncoder(EncoderConfig.from_reference(config, sd))
-    model.load_state_dict(sd, strict=True)
-    return model.eval()

@@ -27,7 +27,6 @@ __all__ = [
     "LatentUNet",
     "ShiftUNet",
     "UNetConfig",
-    "shift_unet_from_reference",
     "timestep_embedding",
 ]
 
@@ -485,22 +484,3 @@ def _load(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool, assi
         model.load_state_dict(dict(state_dict), strict=strict, assign=assign)
     except RuntimeError as err:  # shape mismatches
         raise BundleError(f"Cannot load the UNet weights: {err}") from err
-
-
-def shift_unet_from_reference(
-    config: Mapping[str, Any], state_dict: Mapping[str, Tensor]
-) -> ShiftUNet:
-    """Build a `ShiftUNet` from reference constructor arguments (the ``"shift_unet"`` entry of
-    ``shift_unet_tiny_config.json``, or the whole file) and load a reference state dict strictly.
-
-    The model is built on the meta device and takes the (float32) tensors of ``state_dict``
-    without copying them: no random initialisation, no second copy of the weights in memory.
-    Returned in eval mode.
-    """
-    ref = config.get("shift_unet", config)
-    with torch.device("meta"):
-        model = ShiftUNet(UNetConfig.from_reference(ref))
-    _check_keys(state_dict, set(model.state_dict()), "ShiftUNet")
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-    _load(model, weights, strict=True, assign=True)
-    return model.eval()
