@@ -82,13 +82,15 @@ def _stem(path: Path) -> str:
 def write_nifti(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Write one image layer as NIfTI (3D, or 4D ``(N, X, Y, Z)`` → volumes last).
 
-    A layer that carries ``ldae_scan`` metadata and has its source's display shape is written
-    in the source file's voxel order, affine and header. Any other layer gets the affine of
-    its napari transform, its world axes taken as RAS millimetres. napari's save dialog asks
-    before replacing a file, so this writer replaces existing files.
+    An LDAE result layer is written from its model-space record (:func:`export_layer`, as
+    the export widget does). A layer that carries ``ldae_scan`` metadata and has its source's
+    display shape is written in the source file's voxel order, affine and header. Any other
+    layer gets the affine of its napari transform, its world axes taken as RAS millimetres.
+    napari's save dialog asks before replacing a file, so this writer replaces existing files.
     """
     from napari_ldae.data.io import META_KEY, PROVENANCE_KEY, header_from_metadata, write_scan
     from napari_ldae.errors import ScanError
+    from napari_ldae.gui._layers import RESULT_KEY
 
     arr = np.asarray(data)
     if attributes.get("rgb") or arr.ndim not in (3, 4):
@@ -97,6 +99,8 @@ def write_nifti(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
             f"{attributes.get('name', 'this layer')!r} has shape {arr.shape}"
         )
     metadata = attributes.get("metadata") or {}
+    if (metadata.get(RESULT_KEY) or {}).get("record") is not None:
+        return [str(export_layer(path, metadata, attributes.get("name"), overwrite=True))]
     source = metadata.get(META_KEY)
     provenance = {"napari_layer": attributes.get("name"), **metadata.get(PROVENANCE_KEY, {})}
     vol, affine = _source_space(arr, source) if source else (None, None)
@@ -106,6 +110,19 @@ def write_nifti(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     out = write_scan(path, vol, affine=affine, header=header, space="scan",
                      source=(source or {}).get("path"), provenance=provenance, overwrite=True)
     return [str(out)]
+
+
+def export_layer(path: PathLike, metadata: dict, name: str | None, overwrite: bool) -> Path:
+    """Write an LDAE result layer through :func:`napari_ldae.operations.export`: its
+    model-space record (``ldae_result`` metadata), in the source scan's space and header."""
+    from napari_ldae.data.io import PROVENANCE_KEY
+    from napari_ldae.gui._layers import RESULT_KEY
+    from napari_ldae.operations import export
+
+    info = metadata[RESULT_KEY]
+    extra = {**metadata.get(PROVENANCE_KEY, {}), "napari_layer": name}
+    return export(path, info["record"], info["kind"], overwrite, info.get("reference", 0),
+                  **extra)
 
 
 def _source_space(arr: np.ndarray, source: dict) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from napari_ldae import __version__
+from napari_ldae import __version__, operations
 from napari_ldae._resources import resource_path
 from napari_ldae.core.bundle import Bundle, load_bundle
 from napari_ldae.core.model import Codes, LDAEModel
 from napari_ldae.core.progress import ProgressGen, drain
 from napari_ldae.data.cohort import months_from_bids  # noqa: F401  (here for the GUI and CLI)
 from napari_ldae.errors import BundleError, LDAEError
+from napari_ldae.operations import Result
 
 if TYPE_CHECKING:
     from napari_ldae.data.io import Scan
@@ -139,24 +140,19 @@ class _LRU(OrderedDict):
 class Session:
     """A bundle loaded on a device, with code and reconstruction caches.
 
-    ``bundle`` None uses :func:`default_bundle_path`, ``device`` None the first of
-    :func:`~napari_ldae.core.device.available_devices`.
+    ``bundle`` None uses :func:`default_bundle_path`; ``device`` and ``precision`` go through
+    :func:`~napari_ldae.core.device.resolve`. The use cases (``iter_reconstruct``,
+    ``iter_edit``, ``iter_interpolate_visits``) are :mod:`napari_ldae.operations`.
     """
 
     def __init__(self, bundle: str | Path | None = None, device: str | None = None,
                  precision: str = "fp32", cache_dir: Path | None = None,
                  max_batch: int = 8) -> None:
-        from napari_ldae.core.device import available_devices, supported_precisions
+        from napari_ldae.core.device import resolve
         from napari_ldae.data.preprocess import PreprocessContract
 
         self.bundle: Bundle = load_bundle(bundle if bundle is not None else default_bundle_path())
-        self.device = {"cuda": "cuda:0"}.get(device, device) if device else available_devices()[0]
-        if self.device not in available_devices():
-            raise LDAEError(f"device {self.device!r} is not available here; choose one of "
-                            f"{', '.join(available_devices())}")
-        if precision not in supported_precisions(self.device):
-            raise LDAEError(f"precision {precision!r} is not supported on {self.device}; choose "
-                            f"one of {', '.join(supported_precisions(self.device))}")
+        self.device, precision = resolve(device, precision)
         self.precision = precision
         self.max_batch = int(max_batch)
         self.cache_dir = writable_dir(Path(cache_dir)) if cache_dir else default_cache_dir()
@@ -339,34 +335,36 @@ class Session:
 
         return to_scan_space(volume_model, scan, self.contract)
 
+    # ------------------------------------------------------------------------- use cases
+    def iter_reconstruct(self, scan: Scan, steps: int | None = None,
+                         encode_steps: int | None = None) -> ProgressGen[Result]:
+        """See :func:`napari_ldae.operations.iter_reconstruct`."""
+        return (yield from operations.iter_reconstruct(self, scan, steps, encode_steps))
+
+    def iter_edit(self, scan: Scan, direction: str, strengths: Sequence[float],
+                  steps: int | None = None, encode_steps: int | None = None,
+                  **kwargs: Any) -> ProgressGen[Result]:
+        """See :func:`napari_ldae.operations.iter_edit`."""
+        return (yield from operations.iter_edit(self, scan, direction, strengths, steps,
+                                                encode_steps, **kwargs))
+
+    def iter_interpolate_visits(self, scan_a: Scan, scan_b: Scan, alphas: Sequence[float],
+                                steps: int | None = None, encode_steps: int | None = None,
+                                **kwargs: Any) -> ProgressGen[Result]:
+        """See :func:`napari_ldae.operations.iter_interpolate`."""
+        return (yield from operations.iter_interpolate(self, scan_a, scan_b, alphas, steps,
+                                                       encode_steps, **kwargs))
+
     def export(self, path: str | os.PathLike, volume_model, scan: Scan, provenance: dict,
-               overwrite: bool = False, *, difference: bool = False,
-               space: str = "model",
-               intensity_range: tuple[float, float] | None = None) -> Path:
-        """Write a result as NIfTI in the ORIGINAL scan's space, header and intensity units.
-
-        ``volume_model``: ``(X, Y, Z)`` or ``(N, X, Y, Z)`` in [0, 1] on the model grid
-        (``space="scan"``: already on the scan's grid, file order). ``difference`` scales a
-        signed difference without the intensity offset. The JSON sidecar records the bundle
-        hash, the version and ``provenance`` (direction, strength/alpha, steps, seed).
-        ``intensity_range`` overrides the scan's (min, max) used to undo the min-max rule.
-        Raises :class:`FileExistsError` rather than replacing a file unless ``overwrite``.
-        """
-        from napari_ldae.data.io import write_scan
-
-        vol = np.asarray(volume_model, dtype=np.float32) if space == "scan" \
-            else self.to_scan_space(volume_model, scan)
-        lo, hi = intensity_range or scan.intensity_range
-        vol = vol * np.float32(hi - lo) + (np.float32(0) if difference else np.float32(lo))
-        if vol.ndim == 4:
-            vol = np.moveaxis(vol, 0, -1)  # NIfTI: volumes last
+               overwrite: bool = False, *, difference: bool = False) -> Path:
+        """Write model-space volume(s) of ``scan`` (``difference``: signed, already taken)
+        through :func:`operations.export`, with the bundle and version in the provenance."""
         meta = {"bundle": self.bundle.name, "bundle_sha256": self.bundle.sha256,
-                "napari_ldae_version": __version__, "direction": None, "strength": None,
-                "alpha": None, "steps": None, "seed": None,
-                "sampler": "deterministic DDIM (no random seed involved)",
-                "kind": "difference" if difference else "image", **dict(provenance)}
-        return write_scan(path, vol, like=scan, provenance=meta, overwrite=overwrite)
-
+                "napari_ldae_version": __version__, **dict(provenance)}
+        result = Result(np.asarray(volume_model, np.float32), (np.float32(0),) * difference,
+                        scan, self.contract, meta)
+        return operations.export(path, result, "difference" if difference else "image",
+                                 overwrite=overwrite)
 
 def _numpy(volumes: torch.Tensor) -> np.ndarray:
     """``(N, 1, X, Y, Z)`` tensor → float32 ``(N, X, Y, Z)`` array."""

@@ -221,6 +221,18 @@ def test_never_overwrites_silently(capsys, bundle, visits, tmp_path):
     assert (tmp_path / "sub-01_ses-M00_T1w_codes.safetensors").is_file()
 
 
+def test_out_nifti_name_is_the_file_or_an_error(capsys, bundle, visits, tmp_path):
+    """``-o out.nii.gz`` with one NIfTI output writes that file; with more, -o is a folder."""
+    out = tmp_path / "mine.nii.gz"
+    model_run(capsys, bundle, "reconstruct", visits[0], "-o", out)
+    assert out.is_file() and (tmp_path / "mine.json").is_file()
+    assert_in_scan_space(out, visits[0])
+    rc, err = run(capsys, "reconstruct", *visits, "-o", tmp_path / "two.nii.gz", "--bundle",
+                  bundle)
+    assert rc == 2 and "-o is an output folder" in err
+    assert not (tmp_path / "two.nii.gz").exists()
+
+
 def test_argument_errors_exit_2(capsys, visits, tmp_path):
     for args in (["interpolate", *visits, "-o", tmp_path, "--alpha", "0.5", "--months", "6"],
                  ["manipulate", visits[0], "-o", tmp_path, "--strength", "1"],

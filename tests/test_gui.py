@@ -242,7 +242,7 @@ def test_release_while_anchors_are_made_queues_full_quality(viewer, scan_file, q
     _open(viewer, scan_file)
     manip = _widget(viewer, "ManipulateWidget")
     shown, show = [], manip._show
-    manip._show = lambda *args: (shown.append(args[-1]["steps"]), show(*args))
+    manip._show = lambda *args: (shown.append(args[-1].provenance["steps"]), show(*args))
     manip.slider.setValue(1.5)
     qtbot.waitUntil(lambda: manip.controls.busy, timeout=WAIT_MS)  # the anchors
     manip.slider.sliderReleased.emit()
@@ -295,7 +295,7 @@ def test_injected_errors_reset_the_ui(viewer, scan_file, qtbot, monkeypatch, err
         raise error
         yield
 
-    monkeypatch.setattr(session, "iter_manipulate", broken)
+    monkeypatch.setattr(session, "iter_reconstruction", broken)
     _open(viewer, scan_file)
     manip = _widget(viewer, "ManipulateWidget")
     manip.render_full()

@@ -54,7 +54,7 @@ def test_result_voxels_land_on_the_source(make_napari_viewer, session, name):
     geometry = ResultGeometry.of(session, scan_from_layer(source))
     assert geometry.space == ("scan" if name == "oblique" else "model")
     model_input = session.prepare(scan)[0, 0].numpy()  # what an identity decode would give
-    meta = geometry.result_metadata("image", {}, "src")
+    meta = geometry.result_metadata("image", _record(geometry, {}), "src")
     result = show_image(viewer, "result", geometry.units(geometry.place(model_input)),
                         geometry, source, meta)
     np.testing.assert_allclose(_world_centroid(result), _world_centroid(source), atol=1.0)
@@ -75,7 +75,7 @@ def test_difference_layers_and_in_place_updates(make_napari_viewer, session):
     data, kwargs, _ = scan_layer_data(scan, name="src")
     source = viewer.add_image(data, **kwargs)
     geometry = ResultGeometry.of(session, scan)
-    meta = geometry.result_metadata("difference", {"strength": 1.0}, "src")
+    meta = geometry.result_metadata("difference", _record(geometry, {"strength": 1.0}), "src")
     diff = np.zeros((32, 32, 32), np.float32)
     diff[3, 4, 5], diff[6, 7, 8] = 0.2, -0.1
     layer = show_difference(viewer, "Δ", geometry.units(diff, difference=True), geometry, meta)
@@ -103,3 +103,11 @@ def test_blending_displayed_anchors_equals_displaying_the_blend(session, name):
     expected = geometry.for_display(blend_anchors(values, volumes, 0.7), volumes[1])
     np.testing.assert_allclose(image, expected[0], rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(diff, expected[1], rtol=1e-5, atol=1e-3)
+
+
+def _record(geometry, provenance: dict):
+    """A model-space result record of the geometry's scan (what result layers carry)."""
+    from napari_ldae.operations import Result
+
+    volume = np.zeros(geometry.session.contract.shape, np.float32)
+    return Result(volume, (volume,), geometry.scan, geometry.session.contract, provenance)

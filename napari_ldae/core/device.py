@@ -37,6 +37,22 @@ def supported_precisions(device: str) -> list[str]:
     return ["fp32"]
 
 
+def resolve(device: str | None, precision: str = "fp32") -> tuple[str, str]:
+    """``(device, precision)`` checked to work here: None is the first available device and
+    ``cuda`` is ``cuda:0``; anything else unavailable raises a clear ``LDAEError``."""
+    from napari_ldae.errors import LDAEError
+
+    devices = available_devices()
+    device = {"cuda": "cuda:0"}.get(device, device) if device else devices[0]
+    if device not in devices:
+        raise LDAEError(f"device {device!r} is not available here; choose one of "
+                        f"{', '.join(devices)}")
+    if precision not in supported_precisions(device):
+        raise LDAEError(f"precision {precision!r} is not supported on {device}; choose one of "
+                        f"{', '.join(supported_precisions(device))}")
+    return device, precision
+
+
 @contextlib.contextmanager
 def autocast(device: str, precision: str) -> Iterator[None]:
     """Autocast the networks in reduced precision on CUDA; a no-op for fp32 or other devices."""

@@ -255,6 +255,13 @@ class LDAEModel:
         volume = self._check_volume(volume)
         return torch.cat([self._embed(volume[sl]) for sl in self._batches(volume.shape[0])])
 
+    @torch.inference_mode()
+    def autoencode(self, volume: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's own reconstruction (mean → decode) of volumes ``(B, 1, X, Y, Z)``,
+        in [0, 1] on the CPU: the ceiling of every LDAE reconstruction."""
+        return torch.cat([self._to_volume(self._to_latent(self._check_volume(volume[sl]))).cpu()
+                          for sl in self._batches(volume.shape[0])])
+
     def encode(self, volume: torch.Tensor, steps: int = 50) -> Codes:
         return drain(self.iter_encode(volume, steps))
 

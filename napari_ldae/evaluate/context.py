@@ -85,17 +85,6 @@ def load_scans(records: list[ScanRecord], contract) -> tuple[torch.Tensor, list[
     return torch.stack(vols)[:, None], affines
 
 
-@torch.inference_mode()
-def autoencode(model, x: torch.Tensor) -> torch.Tensor:
-    """The autoencoder's own reconstruction (encode mean → decode), clamped to [0, 1]."""
-    out = []
-    for i in range(0, len(x), model.max_batch):
-        batch = x[i:i + model.max_batch].to(model.device)
-        z = model.autoencoder.encode(batch)
-        out.append(model.autoencoder.decode(z).float().clamp_(0.0, 1.0).cpu())
-    return torch.cat(out)
-
-
 def score(ctx: Context, pred: torch.Tensor, target: torch.Tensor) -> dict[str, list[float]]:
     pred, target = pred.float().cpu(), target.float().cpu()
     out = {"ssim": im.ssim(pred, target), "mse": im.mse(pred, target)}

@@ -50,7 +50,6 @@ from napari_ldae.evaluate import image_metrics as im
 from napari_ldae.evaluate.context import (
     Context,
     SubjectResult,
-    autoencode,
     keep,
     load_scans,
     score,
@@ -120,7 +119,7 @@ def _iter_subject(ctx: Context, records: list[ScanRecord],
     ctx.timed("load", t)
     yield Progress(1, 1, f"{label}: loaded {len(records)} scan(s)")
     t = time.perf_counter()
-    ae = autoencode(ctx.model, x)
+    ae = ctx.model.autoencode(x)
     ctx.timed("autoencoder", t)
     res = SubjectResult(records, torch.zeros(0))
     res.scores["autoencoder"] = score(ctx, ae, x)
@@ -215,19 +214,13 @@ def evaluate(bundle: str | os.PathLike, cohort: str | os.PathLike,
 
 
 def _load_model(bundle: str | os.PathLike, options: EvaluateOptions):
+    """The bundle and its model, on the device and precision every command resolves alike."""
     from napari_ldae.core.bundle import load_bundle
-    from napari_ldae.core.device import available_devices, supported_precisions
+    from napari_ldae.core.device import resolve
 
     loaded = load_bundle(bundle)
-    device = {"cuda": "cuda:0"}.get(options.device or "", options.device)
-    device = device or available_devices()[0]
-    if device not in available_devices():
-        raise LDAEError(f"device {device!r} is not available here; choose one of "
-                        f"{', '.join(available_devices())}")
-    if options.precision not in supported_precisions(device):
-        raise LDAEError(f"precision {options.precision!r} is not supported on {device}; choose "
-                        f"one of {', '.join(supported_precisions(device))}")
-    return loaded, loaded.load_model(device, options.precision, options.max_batch)
+    device, precision = resolve(options.device, options.precision)
+    return loaded, loaded.load_model(device, precision, options.max_batch)
 
 
 def _context(loaded, model, plan: Plan, options: EvaluateOptions) -> Context:

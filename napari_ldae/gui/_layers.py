@@ -11,7 +11,9 @@ resampled onto the scan's own grid and shown with the source layer's placement.
 Intensities: images are shown in the source scan's units (the inverse of the min-max rule)
 with the source layer's contrast limits; differences are in the same units, signed, in a
 blue-white-red colormap whose centre is transparent, with symmetric limits and translucent
-blending (also in 3D). A result layer's ``metadata["ldae_result"]`` holds what export needs.
+blending (also in 3D). A result layer's ``metadata["ldae_result"]`` holds its model-space
+record (:class:`~napari_ldae.operations.Result`): the display is derived from it, export writes
+it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from napari_ldae.errors import ScanError
 if TYPE_CHECKING:
     import napari
 
+    from napari_ldae.operations import Result
     from napari_ldae.session import Session
 
 RESULT_KEY = "ldae_result"
@@ -107,14 +110,16 @@ class ResultGeometry:
         return {"scale": (1.0,) * extra + tuple(self.scale),
                 "translate": (0.0,) * extra + tuple(self.translate)}
 
-    def result_metadata(self, kind: str, provenance: dict, source: str) -> dict[str, Any]:
+    def result_metadata(self, kind: str, result: Result, source: str,
+                        reference: int = 0) -> dict[str, Any]:
+        """A result layer's metadata: its model-space record (what export writes) and
+        provenance (``reference``: which reconstruction a difference is taken to)."""
         from napari_ldae.data.io import scan_metadata
 
-        prov = {**provenance, "bundle_sha256": self.session.bundle.sha256, "source": source}
         return {RESULT_KEY: {"space": self.space, "kind": kind, "scan": scan_metadata(self.scan),
-                             "contract": self.session.contract.to_dict()},
-                PROVENANCE_KEY: prov}
-
+                             "contract": self.session.contract.to_dict(), "record": result,
+                             "reference": reference},
+                PROVENANCE_KEY: {**result.provenance, "source": source}}
 
 def change_percent(geometry: ResultGeometry, diff: np.ndarray) -> float:
     """The largest |Δ| as a percentage of the source scan's intensity range (a model whose edits

@@ -1,17 +1,22 @@
 """Live previews of a slider: a few anchor values decoded once, any value in between blended.
 
-The anchors span the slider's range and are decoded in one batch with the preview step count;
-while the slider moves, the shown volume is the piecewise-linear blend of the two anchors
-around its value (no network call), and full quality follows when it rests.
+:class:`LivePreview` owns every request of a slider, the anchors and the full render alike:
+it numbers them, cancels the running one, drops stale results and queues full quality after
+anchors being made. The widget gives one :class:`PreviewSource`; the slider value travels in
+each :class:`Request`. Anchors span the slider's range and are decoded in one batch with the
+preview step count; while the slider moves the shown volume is the piecewise-linear blend of
+the two anchors around its value (no network call), and full quality follows when it rests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
+
+from napari_ldae.core.progress import ProgressGen
+from napari_ldae.operations import Result
 
 ANCHORS = 5  # anchor values, evenly over the slider's range
 THROTTLE_MS = 40  # at most one blended preview per 40 ms while dragging
@@ -27,47 +32,88 @@ def blend_anchors(values: np.ndarray, volumes: np.ndarray, value: float) -> np.n
     return (1.0 - w) * volumes[i] + w * volumes[i + 1]
 
 
+@dataclass(frozen=True)
+class Request:
+    """One request of the slider: ``kind`` "anchors", "blend" or "full", at ``value``."""
+
+    kind: str
+    value: float
+    key: tuple
+    context: Any
+    number: int = 0
+
+
 @dataclass
 class Anchors:
-    """Decoded anchors for one source and setting (``key``), as displayed.
+    """Decoded anchors for one source and setting (``key``).
 
-    ``shown`` holds the image and difference arrays ``(A, …)`` of the anchors, placed and in the
-    scan's units (made in the worker); placing and units are linear, so blending them equals
-    placing the blend, and nothing is resampled on the GUI thread.
+    ``result`` holds the model-space anchors (one volume per value); ``shown`` the image and
+    difference arrays ``(A, …)`` placed and in the scan's units (made in the worker). Placing
+    and units are linear, so blending them equals placing the blend.
     """
 
     key: tuple
-    values: np.ndarray  # (A,) sorted
+    values: np.ndarray  # (A,) sorted, in the source's anchor coordinate
     shown: tuple[np.ndarray, ...]
-    extra: dict[str, Any] = field(default_factory=dict)  # layers, geometry
+    result: Result | None = None
 
-    def shown_at(self, value: float) -> tuple[np.ndarray, ...]:
-        """Image and differences at ``value``, ready to show."""
-        return tuple(blend_anchors(self.values, arrays, value) for arrays in self.shown)
+    def shown_at(self, position: float) -> tuple[np.ndarray, ...]:
+        """Image and differences at ``position``, ready to show."""
+        return tuple(blend_anchors(self.values, arrays, position) for arrays in self.shown)
+
+    def result_at(self, position: float, **provenance: Any) -> Result:
+        """The model-space record of the blend at ``position``."""
+        return self.result.with_volumes(blend_anchors(self.values, self.result.volumes,
+                                                      position), **provenance)
+
+
+class PreviewSource(Protocol):
+    """What a widget gives :class:`LivePreview` (``title`` names its jobs)."""
+
+    title: str
+
+    def key(self) -> tuple[tuple, Any]:
+        """``(key, context)`` of the current inputs (raises on bad input); ``context`` has a
+        ``geometry`` (:class:`~napari_ldae.gui._layers.ResultGeometry`)."""
+
+    def anchor_values(self, key: tuple) -> np.ndarray:
+        """The anchors' positions (sorted)."""
+
+    def position(self, value: float) -> float:
+        """The anchor position of a slider value."""
+
+    def at(self, value: float) -> dict[str, Any]:
+        """The provenance of a slider value (e.g. its strength)."""
+
+    def iter_result(self, request: Request, positions: list[float] | None) -> ProgressGen:
+        """The model-space :class:`Result` of a request (``positions``: the anchors')."""
+
+    def show(self, request: Request, shown: tuple[np.ndarray, ...], result: Result) -> None:
+        """Present a result (``shown``: its display arrays)."""
+
+
+@dataclass(frozen=True)
+class PreviewContext:
+    """The inputs of a request: the session, source layers and scans, and where to show."""
+
+    session: Any
+    layers: tuple
+    scans: tuple
+    geometry: Any  # ResultGeometry
 
 
 class LivePreview:
-    """The slider protocol of a widget: throttled blends while it moves, full quality at rest.
+    """The slider protocol of a widget: throttled blends while it moves, full quality at rest."""
 
-    The widget gives ``key()`` → ``(key, context)`` for the current inputs (raising on bad
-    input), ``anchor_job(key, context)`` → ``(values, gen_func, desc)`` whose generator returns
-    ``(shown, extra)`` (see :class:`Anchors`), ``show_blend(anchors)`` and
-    ``render_full()``; full renders call :meth:`new_request` too, so that the latest request
-    wins over anchors and renders alike.
-    """
-
-    def __init__(self, widget, controls, slider, *, key: Callable, anchor_job: Callable,
-                 show_blend: Callable, render_full: Callable) -> None:
+    def __init__(self, widget, controls, slider, source: PreviewSource) -> None:
         from qtpy.QtCore import QTimer
         from superqt.utils import qthrottled
 
-        self.widget, self.controls = widget, controls
-        self._key, self._anchor_job = key, anchor_job
-        self._show_blend, self._render_full = show_blend, render_full
+        self.widget, self.controls, self.slider, self.source = widget, controls, slider, source
         self.anchors: Anchors | None = None
-        self.request = 0
-        self.running: tuple | None = None  # ("anchors", key) or ("full", …): the running job
+        self.latest: Request | None = None  # the newest request; older results are dropped
         self.full_next = False  # render full quality when the running anchors are made
+        self._count = 0
         self._later = qthrottled(self._preview, timeout=THROTTLE_MS)
         self.rest_timer = QTimer(widget)
         self.rest_timer.setSingleShot(True)
@@ -75,6 +121,10 @@ class LivePreview:
         self.rest_timer.timeout.connect(self.rested)
         slider.valueChanged.connect(self.moved)
         slider.sliderReleased.connect(self.released)
+
+    @property
+    def value(self) -> float:
+        return round(float(self.slider.value()), 4)
 
     def moved(self, *_) -> None:
         steps = self.widget.state.steps
@@ -88,50 +138,91 @@ class LivePreview:
 
     def rested(self) -> None:
         """Full quality, after the anchors if they are being made."""
-        if self.controls.busy and self.running and self.running[0] == "anchors":
+        if self._running("anchors"):
             self.full_next = True
         else:
-            self._render_full()
+            self.render_full()
 
-    def new_request(self, running: tuple | None = None) -> int:
-        """Cancel the running job (its result would be stale); the number of the next one."""
+    def _running(self, kind: str) -> bool:
+        return bool(self.controls.busy and self.latest and self.latest.kind == kind)
+
+    def _new(self, kind: str, key: tuple, context: Any) -> Request:
+        """A new request: the running job is cancelled (its result would be stale)."""
         if self.controls.busy:
             self.controls.job.cancel()
-        self.request += 1
-        self.running, self.full_next = running, False
-        return self.request
+        self._count += 1
+        self.latest, self.full_next = Request(kind, self.value, key, context, self._count), False
+        return self.latest
 
-    def _preview(self) -> None:
+    def _key(self, controls) -> tuple[tuple, Any] | None:
         from napari_ldae.session import describe_error
 
         try:
-            key, context = self._key()
+            return self.source.key()
         except Exception as err:
-            self.widget.fail(self.controls, describe_error(err))
-            return
-        busy = self.controls.busy
-        if self.anchors is not None and self.anchors.key == key:
-            if busy and self.running and self.running[0] == "full":
-                self.new_request()  # a full render of an older value: stale now
-            self._show_blend(self.anchors)
-        elif not (busy and self.running == ("anchors", key)):
-            self._make_anchors(key, context)
+            self.widget.fail(controls, describe_error(err))
+            return None
 
-    def _make_anchors(self, key: tuple, context: Any) -> None:
+    def _preview(self) -> None:
+        got = self._key(self.controls)
+        if got is None:
+            return
+        key, context = got
+        if self.anchors is not None and self.anchors.key == key:
+            if self._running("full"):
+                self._new("blend", key, context)  # a full render of an older value: stale now
+            self._show_blend(Request("blend", self.value, key, context))
+        elif not (self._running("anchors") and self.latest.key == key):
+            self._make_anchors(self._new("anchors", key, context))
+
+    def _show_blend(self, request: Request) -> None:
+        a = self.anchors
+        position = self.source.position(request.value)
+        listed = ", ".join(f"{v:g}" for v in a.values)
+        result = a.result_at(position, preview=f"linear blend of decodes at {listed}",
+                             **self.source.at(request.value))
+        self.source.show(request, a.shown_at(position), result)
+
+    def _make_anchors(self, request: Request) -> None:
         from qtpy.QtCore import QTimer
 
-        values, work, desc = self._anchor_job(key, context)
-        request = self.new_request(("anchors", key))
+        values = np.asarray(self.source.anchor_values(request.key), dtype=float)
 
-        def done(result) -> None:
-            if request != self.request:
+        def work():
+            result = yield from self.source.iter_result(request, list(values))
+            return result, request.context.geometry.for_display(result.volumes,
+                                                                *result.references)
+
+        def done(out) -> None:
+            if request is not self.latest:
                 return
-            shown, extra = result
-            self.anchors = Anchors(key, values, shown, extra)
-            self._show_blend(self.anchors)
+            result, shown = out
+            self.anchors = Anchors(request.key, values, shown, result)
+            self._show_blend(Request("blend", self.value, request.key, request.context))
             if self.full_next:  # after this job has finished
-                QTimer.singleShot(0, self._render_full)
+                QTimer.singleShot(0, self.render_full)
 
         self.controls.say(f"preparing the live preview: {ANCHORS} anchors …")
         # the widget's own bar and Cancel only: slider renders are frequent and short
-        self.widget.run_job(self.controls, work, desc, done, activity=False)
+        self.widget.run_job(self.controls, work, f"{self.source.title} (live preview)", done,
+                            activity=False)
+
+    def render_full(self) -> None:
+        """The slider's value at full quality; the latest request wins."""
+        self.rest_timer.stop()
+        got = self._key(self.controls)
+        if got is None:
+            return
+        request = self._new("full", *got)
+
+        def work():
+            result = (yield from self.source.iter_result(request, None)).item(0)
+            return result, request.context.geometry.for_display(result.volumes,
+                                                                *result.references)
+
+        def done(out) -> None:
+            if request is self.latest:  # else a newer value was asked for
+                result, shown = out
+                self.source.show(request, shown, result)
+
+        self.widget.run_job(self.controls, work, self.source.title, done, activity=False)

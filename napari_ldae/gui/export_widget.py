@@ -1,7 +1,8 @@
 """Export: result layers → NIfTI in the original scan's space and header, with a sidecar.
 
-Each selected layer is mapped back onto its source scan's voxel grid (through
-:meth:`Session.export`, shared with the CLI) and written as ``<folder>/<layer name>.nii.gz``
+Each selected layer's model-space record is mapped back onto its source scan's voxel grid
+(through :func:`napari_ldae.operations.export`, shared with the CLI and the napari writer) and
+written as ``<folder>/<layer name>.nii.gz``
 next to a JSON sidecar (bundle hash, direction, strength/α, steps, seed, version). Existing
 files are never replaced silently: a dialog asks (``confirm_overwrite``, replaceable in tests).
 """
@@ -12,7 +13,6 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -26,10 +26,11 @@ from qtpy.QtWidgets import (
 )
 
 from napari_ldae.core.progress import Progress
-from napari_ldae.data.io import PROVENANCE_KEY, Scan, header_from_metadata, sidecar_path
+from napari_ldae.data.io import sidecar_path
 from napari_ldae.gui._base import LDAEWidget, form_row
 from napari_ldae.gui._controls import RunControls
 from napari_ldae.gui._layers import RESULT_KEY
+from napari_ldae.napari_io import export_layer
 from napari_ldae.session import describe_error
 
 
@@ -87,11 +88,11 @@ class ExportWidget(LDAEWidget):
                 raise ValueError("select one or more result layers to export")
             layers = [self.viewer.layers[n] for n in names]
             _check_contract(layers, session)
-            jobs = [(self._target(folder, ly.name), *_layer_volume(ly)) for ly in layers]
+            jobs = [(self._target(folder, ly.name), ly) for ly in layers]
         except Exception as err:
             self.fail(self.controls, describe_error(err))
             return
-        existing = [p for p, *_ in jobs if p.exists() or sidecar_path(p).exists()]
+        existing = [p for p, _ in jobs if p.exists() or sidecar_path(p).exists()]
         overwrite = bool(existing) and self.confirm_overwrite(existing)
         if existing and not overwrite:
             jobs = [j for j in jobs if j[0] not in existing]
@@ -99,10 +100,9 @@ class ExportWidget(LDAEWidget):
 
         def work():
             written = []
-            for i, (path, vol, scan, kwargs, prov) in enumerate(jobs):
+            for i, (path, layer) in enumerate(jobs):
                 yield Progress(i, len(jobs), path.name)
-                written.append(session.export(path, vol, scan, prov, overwrite=overwrite,
-                                              **kwargs))
+                written.append(export_layer(path, layer.metadata, layer.name, overwrite))
             return written
 
         def done(written: list[Path]) -> None:
@@ -136,26 +136,3 @@ def _check_contract(layers, session) -> None:
             raise ValueError(f"{layer.name!r} was made with another bundle's preprocessing "
                              "contract; load that bundle to export it")
 
-
-def _layer_volume(layer) -> tuple[np.ndarray, Scan, dict, dict]:
-    """(unit-range volume, source scan stub, export kwargs, provenance) of a result layer."""
-    from napari_ldae.data.io import DisplayGeometry
-
-    info = layer.metadata[RESULT_KEY]
-    meta = info["scan"]
-    lo, hi = (float(v) for v in meta["intensity_range"])
-    difference = info["kind"] == "difference"
-    data = np.asarray(layer.data, dtype=np.float32)
-    unit = data / np.float32(hi - lo) if difference else (data - np.float32(lo)) / (hi - lo)
-    affine = np.asarray(meta["affine"], dtype=np.float64)
-    shape = tuple(meta["shape"])
-    scan = Scan(np.zeros(shape, np.float32), affine, header_from_metadata(meta),
-                Path(meta["path"]) if meta.get("path") else None)
-    if info["space"] == "scan":  # already on the scan's grid, in display order
-        geom = DisplayGeometry.from_affine(affine, shape)
-        vols = unit if unit.ndim == 3 else list(unit)
-        unit = geom.from_display(vols) if unit.ndim == 3 else np.stack(
-            [geom.from_display(v) for v in vols])
-    kwargs = {"difference": difference, "space": info["space"], "intensity_range": (lo, hi)}
-    prov = {**layer.metadata.get(PROVENANCE_KEY, {}), "napari_layer": layer.name}
-    return unit, scan, kwargs, prov

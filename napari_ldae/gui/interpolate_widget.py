@@ -29,12 +29,16 @@ from napari_ldae.gui._layers import (
     show_difference,
     show_image,
 )
-from napari_ldae.gui._preview import ANCHORS, Anchors, LivePreview
+from napari_ldae.gui._preview import ANCHORS, LivePreview, PreviewContext, Request
+from napari_ldae.operations import Result
 from napari_ldae.session import alpha_from_months, describe_error, months_from_bids
 
 
 class InterpolateWidget(LDAEWidget):
-    """Two visits with their dates, a date slider, a sweep over time, Δ to each visit."""
+    """Two visits with their dates, a date slider, a sweep over time, Δ to each visit; the
+    :class:`~napari_ldae.gui._preview.PreviewSource` of its slider."""
+
+    title = "Interpolate"
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)
@@ -47,12 +51,11 @@ class InterpolateWidget(LDAEWidget):
                                "dates rendered into one 4D layer by Sweep")
         self.frames.setRange(2, 101)
         self.frames.setValue(5)
-        self.controls = self.add_controls(RunControls("Interpolate", self.interpolate))
+        self.controls = self.add_controls(RunControls("Interpolate",
+                                                      lambda: self.preview.render_full()))
         self.sweep_controls = self.add_controls(RunControls("Sweep over time", self.sweep))
         self.finish_layout()
-        self.preview = LivePreview(self, self.controls, self.slider, key=self._preview_key,
-                                   anchor_job=self._anchor_job, show_blend=self._show_blend,
-                                   render_full=self.interpolate)
+        self.preview = LivePreview(self, self.controls, self.slider, self)
         self.combo_a.currentTextChanged.connect(lambda _t: self._dates_from(self.combo_a, 0))
         self.combo_b.currentTextChanged.connect(lambda _t: self._dates_from(self.combo_b, 1))
         for box in (self.months_a, self.months_b):
@@ -123,117 +126,97 @@ class InterpolateWidget(LDAEWidget):
         scan_a, scan_b = scan_from_layer(la), scan_from_layer(lb)
         return session, la, lb, scan_a, scan_b, ResultGeometry.of(session, scan_a)
 
-    @staticmethod
-    def _work(session, scan_a, scan_b, alphas, steps, encode_steps, geometry):
-        """Images and differences to each visit, placed for display (in the worker)."""
-        codes_a = yield from session.iter_encode(scan_a, encode_steps)
-        codes_b = yield from session.iter_encode(scan_b, encode_steps)
-        rec_a = yield from session.iter_reconstruction(codes_a, steps)
-        rec_b = yield from session.iter_reconstruction(codes_b, steps)
-        vols = yield from session.iter_interpolate(codes_a, codes_b, alphas, steps)
-        if len(alphas) == 1:
-            vols = vols[0]
-        return geometry.for_display(vols, rec_a, rec_b)
+    def _fields(self, la, lb, months: list[float]) -> dict:
+        """The provenance of the visits and dates (α is added by the operation)."""
+        return {"visit_a": la.name, "visit_b": lb.name, "months_a": self.months_a.value(),
+                "months_b": self.months_b.value(),
+                "months": months if len(months) > 1 else months[0]}
 
-    def _show(self, la, lb, geometry, result, prov: dict, tag: str) -> None:
-        image, diff_a, diff_b = result
+    def _show(self, ctx: PreviewContext, shown: tuple, result: Result, tag: str) -> None:
+        image, diff_a, diff_b = shown
+        (la, lb), geometry = ctx.layers, ctx.geometry
         name = f"{la.name} → {lb.name} [{tag}]"
         show_image(self.viewer, name, image, geometry, la,
-                   geometry.result_metadata("image", prov, la.name))
-        for visit, diff in ((la, diff_a), (lb, diff_b)):
+                   geometry.result_metadata("image", result, la.name))
+        for i, (visit, diff) in enumerate(((la, diff_a), (lb, diff_b))):
             show_difference(self.viewer, f"{name} Δ to {visit.name}", diff, geometry,
-                            geometry.result_metadata("difference", prov, la.name),
+                            geometry.result_metadata("difference", result, la.name, i),
                             visible=visit is la)
 
-    def _provenance(self, la, lb, months: list[float], alphas: list[float], steps: int,
-                    encode_steps: int) -> dict:
-        return {"operation": "interpolate", "visit_a": la.name, "visit_b": lb.name,
-                "months_a": self.months_a.value(), "months_b": self.months_b.value(),
-                "months": months if len(months) > 1 else months[0],
-                "alpha": alphas if len(alphas) > 1 else alphas[0], "steps": steps,
-                "encode_steps": encode_steps}
+    # ------------------------------------------------------------------------- the slider
+    def key(self) -> tuple[tuple, PreviewContext]:
+        session, la, lb, scan_a, scan_b, geometry = self._prepare()
+        steps = self.state.steps
+        key = (la.name, id(la.data), lb.name, id(lb.data), self.months_a.value(),
+               self.months_b.value(), steps["preview"], steps["decode"], steps["encode"],
+               id(session))
+        return key, PreviewContext(session, (la, lb), (scan_a, scan_b), geometry)
 
-    def _run(self, controls: RunControls, months: list[float], tag: str) -> None:
+    def anchor_values(self, key: tuple) -> np.ndarray:
+        """Anchor dates α = 0 … 1 (the ends are the reconstructions)."""
+        return np.linspace(0.0, 1.0, ANCHORS)
+
+    def position(self, value: float) -> float:
+        return self.alphas([round(value, 3)])[0]
+
+    def at(self, value: float) -> dict:
+        return {"months": round(value, 3), "alpha": self.position(value)}
+
+    def iter_result(self, request: Request, positions: list[float] | None):
+        ctx, key = request.context, request.key
+        months = [round(request.value, 3)]
+        alphas = self.alphas(months) if positions is None else positions
+        return ctx.session.iter_interpolate_visits(
+            *ctx.scans, alphas, key[7] if positions is None else key[6], key[8],
+            **self._fields(*ctx.layers, months))
+
+    def show(self, request: Request, shown: tuple, result: Result) -> None:
+        """The interpolation and its Δ to each visit, from a blend or at full quality."""
+        self._show(request.context, shown, result, "interp")
+        month, prov = round(request.value, 3), result.provenance
+        alpha, steps = self.position(request.value), prov["steps"]
+        if request.kind == "blend":
+            self.controls.say(f"interp: month {month:g} (α {alpha:.2f}), live preview (blend, "
+                              f"{steps} steps)")
+            return
+        self.controls.say(f"interp: months {month:g} (α {alpha:.2f}), full quality ({steps} "
+                          f"steps); largest change to visit A "
+                          f"{change_percent(request.context.geometry, shown[1]):.3g} % of its "
+                          "range")
+
+    def interpolate(self) -> None:
+        """The scan at the slider's date."""
+        self.preview.render_full()
+
+    def sweep(self) -> None:
+        """Dates from visit A to visit B into one 4D layer."""
+        months = np.linspace(self.months_a.value(), self.months_b.value(), self.frames.value())
+        months = [round(float(m), 3) for m in months]
+        controls = self.sweep_controls
         try:
             session, la, lb, scan_a, scan_b, geometry = self._prepare()
             alphas = self.alphas(months)
         except Exception as err:
             self.fail(controls, describe_error(err))
             return
-        steps, encode_steps = self.state.steps["decode"], self.state.steps["encode"]
-        if controls is self.controls:
-            self.preview.rest_timer.stop()
-            request = self.preview.new_request(("full",))
-        elif controls.busy:  # a sweep replaces the running sweep (a cancelled job reports
+        if controls.busy:  # a sweep replaces the running sweep (a cancelled job reports
             controls.job.cancel()  # no result)
-
-        def done(result) -> None:
-            if controls is self.controls and request != self.preview.request:
-                return
-            prov = self._provenance(la, lb, months, alphas, steps, encode_steps)
-            self._show(la, lb, geometry, result, prov, tag)
-            if len(months) > 1:
-                label_sweep_axis(self.viewer)
-                self.viewer.dims.set_current_step(0, len(months) // 2)
-            when = ", ".join(f"{m:g}" for m in months)
-            controls.say(f"{tag}: months {when} (α {', '.join(f'{a:.2f}' for a in alphas)})"
-                         + (" on the first dims slider" if len(months) > 1 else
-                            f", full quality ({steps} steps); largest change to visit A "
-                            f"{change_percent(geometry, result[1]):.3g} % of its range"))
+        ctx = PreviewContext(session, (la, lb), (scan_a, scan_b), geometry)
+        steps, encode_steps = self.state.steps["decode"], self.state.steps["encode"]
 
         def work():
-            return (yield from self._work(session, scan_a, scan_b, alphas, steps, encode_steps,
-                                          geometry))
+            result = yield from session.iter_interpolate_visits(
+                scan_a, scan_b, alphas, steps, encode_steps, **self._fields(la, lb, months))
+            return result, geometry.for_display(result.volumes, *result.references)
 
-        self.run_job(controls, work, f"Interpolate ({tag})", done)
+        def done(out) -> None:
+            self._show(ctx, out[1], out[0], "sweep")
+            label_sweep_axis(self.viewer)
+            self.viewer.dims.set_current_step(0, len(months) // 2)
+            controls.say(f"sweep: months {', '.join(f'{m:g}' for m in months)} (α "
+                         f"{', '.join(f'{a:.2f}' for a in alphas)}) on the first dims slider")
 
-    # ------------------------------------------------------------------------- live preview
-    def _preview_key(self) -> tuple[tuple, tuple]:
-        session, la, lb, scan_a, scan_b, geometry = self._prepare()
-        steps = self.state.steps
-        key = (la.name, id(la.data), lb.name, id(lb.data), self.months_a.value(),
-               self.months_b.value(), steps["preview"], steps["encode"], id(session))
-        return key, (session, la, lb, scan_a, scan_b, geometry)
-
-    def _anchor_job(self, key: tuple, context: tuple):
-        """Anchor dates α = 0 … 1, decoded in one batch (the ends are the reconstructions)."""
-        steps, encode_steps = key[6], key[7]
-        session, la, lb, scan_a, scan_b, geometry = context
-        alphas = np.linspace(0.0, 1.0, ANCHORS)
-
-        def work():
-            codes_a = yield from session.iter_encode(scan_a, encode_steps)
-            codes_b = yield from session.iter_encode(scan_b, encode_steps)
-            rec_a = yield from session.iter_reconstruction(codes_a, steps)
-            rec_b = yield from session.iter_reconstruction(codes_b, steps)
-            inner = yield from session.iter_interpolate(codes_a, codes_b, alphas[1:-1], steps)
-            volumes = np.concatenate([rec_a[None], inner, rec_b[None]])
-            shown = geometry.for_display(volumes, rec_a, rec_b)
-            return shown, {"layers": (la, lb), "geometry": geometry}
-
-        return alphas, work, "Interpolate (live preview)"
-
-    def _show_blend(self, a: Anchors) -> None:
-        """The anchors blended at the slider's date, shown at once (no network call)."""
-        month = round(float(self.slider.value()), 3)
-        alpha = self.alphas([month])[0]
-        (la, lb), geometry = a.extra["layers"], a.extra["geometry"]
-        image, diff_a, diff_b = a.shown_at(alpha)
-        prov = self._provenance(la, lb, [month], [alpha], a.key[6], a.key[7])
-        prov["preview"] = "linear blend of decodes at α " + ", ".join(f"{v:g}" for v in a.values)
-        self._show(la, lb, geometry, (image, diff_a, diff_b), prov, "interp")
-        self.controls.say(f"interp: month {month:g} (α {alpha:.2f}), live preview (blend, "
-                          f"{a.key[6]} steps)")
-
-    def interpolate(self) -> None:
-        """The scan at the slider's date."""
-        self._run(self.controls, [round(float(self.slider.value()), 3)], "interp")
-
-    def sweep(self) -> None:
-        """Dates from visit A to visit B into one 4D layer."""
-        months = np.linspace(self.months_a.value(), self.months_b.value(), self.frames.value())
-        self._run(self.sweep_controls, [round(float(m), 3) for m in months], "sweep")
-
+        self.run_job(controls, work, "Interpolate (sweep)", done)
 
 def layer_months(layer) -> float | None:
     """Months from baseline of a visit layer: its metadata, else its file or layer name."""

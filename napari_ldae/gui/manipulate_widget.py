@@ -38,12 +38,16 @@ from napari_ldae.gui._layers import (
     show_image,
     unique_name,
 )
-from napari_ldae.gui._preview import ANCHORS, Anchors, LivePreview
+from napari_ldae.gui._preview import ANCHORS, LivePreview, PreviewContext, Request
+from napari_ldae.operations import Result
 from napari_ldae.session import describe_error
 
 
 class ManipulateWidget(LDAEWidget):
-    """Direction dropdown, strength slider, live edit + difference, Keep and Sweep."""
+    """Direction dropdown, strength slider, live edit + difference, Keep and Sweep; the
+    :class:`~napari_ldae.gui._preview.PreviewSource` of its slider."""
+
+    title = "Manipulate"
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)
@@ -58,7 +62,8 @@ class ManipulateWidget(LDAEWidget):
         self.quality = form_row(self.form, "showing", QLabel("nothing yet"))
         self.with_diff = form_row(self.form, "difference", QCheckBox("signed Δ map"))
         self.with_diff.setChecked(True)
-        self.controls = self.add_controls(RunControls("Render full quality", self.render_full))
+        self.controls = self.add_controls(RunControls("Render full quality",
+                                                      lambda: self.preview.render_full()))
         self.keep_button = QPushButton("Keep (snapshot)")
         self.keep_button.clicked.connect(self.keep)
         self.outer.addWidget(self.keep_button)
@@ -67,9 +72,7 @@ class ManipulateWidget(LDAEWidget):
         self._source_key = None
         self._source = None
         self._shown: dict | None = None
-        self.preview = LivePreview(self, self.controls, self.slider, key=self._preview_key,
-                                   anchor_job=self._anchor_job, show_blend=self._show_blend,
-                                   render_full=self.render_full)
+        self.preview = LivePreview(self, self.controls, self.slider, self)
         self.slider.valueChanged.connect(
             lambda _v: self.quality.setText(f"… strength {self.strength:+.2f}"))
         self.state.session_changed.connect(self._fill_directions)
@@ -122,80 +125,54 @@ class ManipulateWidget(LDAEWidget):
         return (session, layer, *self._source)
 
     # ------------------------------------------------------------------------- slider
-    def _preview_key(self) -> tuple[tuple, tuple]:
+    def key(self) -> tuple[tuple, PreviewContext]:
         session, layer, scan, geometry = self._prepare()
         steps = self.state.steps
-        key = (self._source_key, self.direction.currentData(), steps["preview"], steps["encode"])
-        return key, (session, layer, scan, geometry)
+        key = (self._source_key, self.direction.currentData(), steps["preview"],
+               steps["decode"], steps["encode"])
+        return key, PreviewContext(session, (layer,), (scan,), geometry)
 
-    def _anchor_job(self, key: tuple, context: tuple):
-        """Anchor strengths over the slider's range, decoded in one batch (0 = the recon)."""
-        _, direction, steps, encode_steps = key
-        session, layer, scan, geometry = context
-        strengths = np.linspace(self.slider.minimum(), self.slider.maximum(), ANCHORS)
-        moved = strengths[strengths != 0]
+    def anchor_values(self, key: tuple) -> np.ndarray:
+        """Anchor strengths over the slider's range (0, when among them, is the recon)."""
+        return np.linspace(self.slider.minimum(), self.slider.maximum(), ANCHORS)
 
-        def work():
-            codes = yield from session.iter_encode(scan, encode_steps)
-            recon = yield from session.iter_reconstruction(codes, steps)
-            volumes = yield from session.iter_manipulate(codes, direction, moved, steps)
-            if len(moved) < len(strengths):
-                volumes = np.insert(volumes, int(np.searchsorted(moved, 0.0)), recon, axis=0)
-            return geometry.for_display(volumes, recon), {"layer": layer, "geometry": geometry}
+    def position(self, value: float) -> float:
+        return value
 
-        return strengths, work, "Manipulate (live preview)"
+    def at(self, value: float) -> dict:
+        return {"strength": value}
 
-    def _show_blend(self, a: Anchors) -> None:
-        """The anchors blended at the current strength, shown at once (no network call)."""
-        strength = self.strength
-        _, direction, steps, encode_steps = a.key
-        geometry, layer = a.extra["geometry"], a.extra["layer"]
-        image, diff = a.shown_at(strength)
-        listed = ", ".join(f"{s:+g}" for s in a.values)
-        prov = {"operation": "manipulate", "direction": direction, "strength": strength,
-                "steps": steps, "encode_steps": encode_steps,
-                "preview": f"linear blend of decodes at strengths {listed}"}
-        self._show(layer, geometry, image, diff, prov)
-        self.quality.setText(f"live preview (blend, {steps} steps) · strength {strength:+.2f}")
+    def iter_result(self, request: Request, positions: list[float] | None):
+        _, direction, preview, decode, encode = request.key
+        ctx = request.context
+        strengths = [request.value] if positions is None else positions
+        return ctx.session.iter_edit(ctx.scans[0], direction, strengths,
+                                     decode if positions is None else preview, encode)
+
+    def show(self, request: Request, shown: tuple, result: Result) -> None:
+        """The edit and its Δ, from the live preview (a blend) or at full quality."""
+        ctx, value = request.context, request.value
+        self._show(ctx.layers[0], ctx.geometry, *shown, result)
+        steps = result.provenance["steps"]
+        if request.kind == "blend":
+            self.quality.setText(f"live preview (blend, {steps} steps) · strength {value:+.2f}")
+            return
+        self.quality.setText(f"full ({steps} steps) · strength {value:+.2f}")
+        self.controls.say(f"{result.provenance['direction']} {value:+.2f}: full quality; "
+                          f"largest change {change_percent(ctx.geometry, shown[1]):.3g} % of "
+                          "the scan's range")
 
     def render_full(self) -> None:
         """Decode the current strength at full quality; the latest request wins."""
-        self.preview.rest_timer.stop()
-        try:
-            session, layer, scan, geometry = self._prepare()
-        except Exception as err:
-            self.fail(self.controls, describe_error(err))
-            return
-        steps, encode_steps = self.state.steps["decode"], self.state.steps["encode"]
-        direction, strength = self.direction.currentData(), self.strength
-        request = self.preview.new_request(("full", direction, strength))
+        self.preview.render_full()
 
-        def work():
-            codes = yield from session.iter_encode(scan, encode_steps)
-            recon = yield from session.iter_reconstruction(codes, steps)
-            edit = yield from session.iter_manipulate(codes, direction, [strength], steps)
-            return geometry.for_display(edit[0], recon)
-
-        def done(result) -> None:
-            if request != self.preview.request:
-                return  # a newer value was asked for
-            prov = {"operation": "manipulate", "direction": direction, "strength": strength,
-                    "steps": steps, "encode_steps": encode_steps}
-            self._show(layer, geometry, *result, prov)
-            self.quality.setText(f"full ({steps} steps) · strength {strength:+.2f}")
-            self.controls.say(f"{direction} {strength:+.2f}: full quality; largest change "
-                              f"{change_percent(geometry, result[1]):.3g} % of the scan's range")
-
-        self.quality.setText(f"full ({steps} steps) · strength {strength:+.2f} …")
-        self.run_job(self.controls, work, "Manipulate", done, activity=False)
-
-    def _show(self, layer, geometry, image, diff, prov) -> None:
-        meta = geometry.result_metadata("image", prov, layer.name)
-        show_image(self.viewer, f"{layer.name} [edit]", image, geometry, layer, meta)
-        self._shown = {"source": layer.name, **prov}
+    def _show(self, layer, geometry, image, diff, result: Result) -> None:
+        show_image(self.viewer, f"{layer.name} [edit]", image, geometry, layer,
+                   geometry.result_metadata("image", result, layer.name))
+        self._shown = {"source": layer.name, **result.provenance}
         if self.with_diff.isChecked():
-            dmeta = geometry.result_metadata("difference", prov, layer.name)
-            show_difference(self.viewer, f"{layer.name} [Δ edit]", diff, geometry, dmeta)
+            show_difference(self.viewer, f"{layer.name} [Δ edit]", diff, geometry,
+                            geometry.result_metadata("difference", result, layer.name))
 
     # ------------------------------------------------------------------------- keep, sweep
     def keep(self) -> list:
@@ -234,21 +211,18 @@ class ManipulateWidget(LDAEWidget):
         direction, strengths = self.direction.currentData(), self.sweep_strengths()
 
         def work():
-            codes = yield from session.iter_encode(scan, encode_steps)
-            recon = yield from session.iter_reconstruction(codes, steps)
-            vols = yield from session.iter_manipulate(codes, direction, strengths, steps)
-            return geometry.for_display(vols, recon[None])
+            result = yield from session.iter_edit(scan, direction, strengths, steps,
+                                                  encode_steps)
+            return result.with_provenance(operation="manipulate sweep"), \
+                geometry.for_display(result.volumes, *result.references)
 
-        def done(result) -> None:
-            images, diffs = result
-            prov = {"operation": "manipulate sweep", "direction": direction,
-                    "strength": strengths, "steps": steps, "encode_steps": encode_steps}
-            meta = geometry.result_metadata("image", prov, layer.name)
-            show_image(self.viewer, f"{layer.name} [sweep {direction}]",
-                       images, geometry, layer, meta)
+        def done(out) -> None:
+            result, (images, diffs) = out
+            show_image(self.viewer, f"{layer.name} [sweep {direction}]", images, geometry, layer,
+                       geometry.result_metadata("image", result, layer.name))
             if self.with_diff.isChecked():
                 show_difference(self.viewer, f"{layer.name} [Δ sweep {direction}]", diffs,
-                                geometry, geometry.result_metadata("difference", prov,
+                                geometry, geometry.result_metadata("difference", result,
                                                                    layer.name))
             label_sweep_axis(self.viewer)
             self.viewer.dims.set_current_step(0, len(strengths) // 2)

@@ -1,0 +1,183 @@
+"""encode / reconstruct / manipulate / interpolate: the GUI's actions, headless, each a thin
+command over :mod:`napari_ldae.operations`; results are NIfTI in the INPUT's space."""
+
+from __future__ import annotations
+
+import argparse
+
+from napari_ldae.cli._common import inputs, model_options, outputs, progress, say, session, stem
+from napari_ldae.operations import number
+
+
+def add_encode(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "encode", help="encode scans into LDAE codes (<stem>_codes.safetensors)",
+        description="Encode each scan into its LDAE codes: semantic y and stochastic x_T (DDIM "
+        "inversion). Each goes to OUTDIR/<stem>_codes.safetensors with the steps, the bundle "
+        "hash and the source path in its metadata.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="NIfTI scans (.nii, .nii.gz)")
+    model_options(p, save_codes=False)
+    p.set_defaults(func=run_encode)
+
+
+def run_encode(a: argparse.Namespace) -> None:
+    from napari_ldae.data.io import read_scan
+    from napari_ldae.operations import write_codes
+
+    paths = inputs(a.inputs)
+    outs = outputs(a.out, [f"{stem(i)}_codes.safetensors" for i in paths], a.overwrite)
+    s = session(a)
+    steps = a.steps or s.steps["encode"]
+    for path, out in zip(paths, outs, strict=True):
+        codes = progress(s.iter_encode(read_scan(path), steps), f"{path.name}: encode", a.quiet)
+        say(a, write_codes(out, codes, s, path, steps))
+
+
+def add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reconstruct", help="encode and decode scans (<stem>_recon.nii.gz)",
+        description="Encode each scan and decode its codes: OUTDIR/<stem>_recon.nii.gz, in the "
+        "input's space, header and intensity units, with a JSON sidecar.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="NIfTI scans (.nii, .nii.gz)")
+    model_options(p)
+    p.set_defaults(func=run_reconstruct)
+
+
+def run_reconstruct(a: argparse.Namespace) -> None:
+    from napari_ldae.data.io import read_scan
+    from napari_ldae.operations import export
+
+    paths = inputs(a.inputs)
+    names = [[f"{stem(i)}_recon.nii.gz", *[f"{stem(i)}_codes.safetensors"] * a.save_codes]
+             for i in paths]
+    outs = _grouped(outputs(a.out, [n for group in names for n in group], a.overwrite), names)
+    s = session(a)
+    for path, out in zip(paths, outs, strict=True):
+        result = progress(s.iter_reconstruct(read_scan(path), a.steps, a.steps),
+                          f"{path.name}: reconstruct", a.quiet)
+        say(a, export(out[0], result, overwrite=a.overwrite))
+        if a.save_codes:
+            _save_codes(a, s, out[-1], result.codes[0], path, result)
+
+
+def add_manipulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "manipulate", help="edit scans along a named direction (<stem>_<DIR><±S>.nii.gz)",
+        description="Move each scan's semantic code along a direction of the bundle (see "
+        "`napari-ldae info`) by each strength and decode, all strengths in one batch: "
+        "OUTDIR/<stem>_<DIR><±S>.nii.gz per input and strength (e.g. scan_AD+2.0.nii.gz), in "
+        "the input's space. Strength 0 is the reconstruction.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="NIfTI scans (.nii, .nii.gz)")
+    p.add_argument("--direction", required=True, metavar="NAME",
+                   help="direction name, e.g. AD (listed by `napari-ldae info`)")
+    p.add_argument("--strength", required=True, type=float, nargs="+", metavar="S",
+                   help="one or more strengths, in standard deviations of the semantic space "
+                   "(negative: the opposite way)")
+    p.add_argument("--difference", action="store_true",
+                   help="also write the signed difference edit − reconstruction "
+                   "(<stem>_<DIR><±S>_diff.nii.gz)")
+    model_options(p)
+    p.set_defaults(func=run_manipulate)
+
+
+def run_manipulate(a: argparse.Namespace) -> None:
+    from napari_ldae.data.io import read_scan
+    from napari_ldae.operations import check_direction, export
+
+    paths = inputs(a.inputs)
+    strengths = list(dict.fromkeys(a.strength))
+    tags = [f"{a.direction}{number(v, sign=True)}" for v in strengths]
+    names = [[*(f"{stem(i)}_{t}.nii.gz" for t in tags),
+              *(f"{stem(i)}_{t}_diff.nii.gz" for t in tags if a.difference),
+              *[f"{stem(i)}_codes.safetensors"] * a.save_codes] for i in paths]
+    outs = _grouped(outputs(a.out, [n for group in names for n in group], a.overwrite), names)
+    s = session(a)
+    check_direction(s, a.direction)
+    n = len(strengths)
+    for path, out in zip(paths, outs, strict=True):
+        result = progress(s.iter_edit(read_scan(path), a.direction, strengths, a.steps, a.steps,
+                                      reference=a.difference),
+                          f"{path.name}: {a.direction} ×{n}", a.quiet)
+        for j in range(n):
+            say(a, export(out[j], result.item(j), overwrite=a.overwrite))
+            if a.difference:
+                say(a, export(out[n + j], result.item(j), "difference", overwrite=a.overwrite))
+        if a.save_codes:
+            _save_codes(a, s, out[-1], result.codes[0], path, result)
+
+
+def add_interpolate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "interpolate", help="interpolate between two visits (by α or by date)",
+        description="Encode two visits A and B of one subject and decode their interpolation "
+        "(lerp of y, slerp of x_T) at each α (0 = A, 1 = B) or each date in months from "
+        "baseline. The visits' dates come from BIDS names (ses-M06) or a sessions.tsv "
+        "(`months` column), else from --months-a/--months-b. Writes "
+        "OUTDIR/<stemA>_interp-a<α>.nii.gz or <stemA>_interp-M<months>.nii.gz in A's space.",
+    )
+    p.add_argument("a", metavar="A", help="first visit (NIfTI); outputs are in its space")
+    p.add_argument("b", metavar="B", help="second visit (NIfTI)")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--alpha", type=float, nargs="+", metavar="ALPHA",
+                      help="interpolation weights in [0, 1] (0 = A, 1 = B)")
+    when.add_argument("--months", type=float, nargs="+", metavar="T",
+                      help="dates in months from baseline, between the two visits' dates")
+    p.add_argument("--months-a", type=float, metavar="T",
+                   help="date of A in months (overrides its BIDS name / sessions.tsv)")
+    p.add_argument("--months-b", type=float, metavar="T",
+                   help="date of B in months (overrides its BIDS name / sessions.tsv)")
+    p.add_argument("--extrapolate", action="store_true",
+                   help="allow α outside [0, 1] (dates before A or after B)")
+    model_options(p)
+    p.set_defaults(func=run_interpolate)
+
+
+def run_interpolate(a: argparse.Namespace) -> None:
+    from napari_ldae.data.io import read_scan
+    from napari_ldae.errors import LDAEError
+    from napari_ldae.operations import export, visit_dates
+    from napari_ldae.session import alpha_from_months
+
+    path_a, path_b = inputs([a.a, a.b], unique=a.save_codes)
+    if a.months is not None:
+        dates = visit_dates(path_a, path_b, a.months_a, a.months_b)
+        alphas = [alpha_from_months(*dates, t) for t in a.months]
+        tags = [f"M{t:g}" for t in a.months]
+    else:
+        dates, alphas, tags = (None, None), list(a.alpha), [f"a{x:g}" for x in a.alpha]
+    outside = [x for x in alphas if not 0.0 <= x <= 1.0]
+    if outside and not a.extrapolate:
+        what = "dates outside the visits'" if a.months is not None else "α outside [0, 1]"
+        raise LDAEError(f"{what} (α = {number(outside[0])}); pass --extrapolate to allow it")
+    names = [f"{stem(path_a)}_interp-{t}.nii.gz" for t in tags]
+    codes_names = [f"{stem(p)}_codes.safetensors" for p in (path_a, path_b)] * a.save_codes
+    outs = outputs(a.out, names + codes_names, a.overwrite)
+    s = session(a)
+    result = progress(s.iter_interpolate_visits(
+        read_scan(path_a), read_scan(path_b), alphas, a.steps, a.steps, references=False,
+        months=a.months, visit_a=str(path_a), visit_b=str(path_b), months_a=dates[0],
+        months_b=dates[1]), f"interpolate ×{len(alphas)}", a.quiet)
+    for j in range(len(alphas)):
+        say(a, export(outs[j], result.item(j), overwrite=a.overwrite))
+    if a.save_codes:
+        for out, path, codes in zip(outs[len(names):], (path_a, path_b), result.codes,
+                                    strict=True):
+            _save_codes(a, s, out, codes, path, result)
+
+
+def _grouped(paths: list, names: list[list[str]]) -> list[list]:
+    """The flat output list cut back into one group per input."""
+    groups, start = [], 0
+    for group in names:
+        groups.append(paths[start:start + len(group)])
+        start += len(group)
+    return groups
+
+
+def _save_codes(a: argparse.Namespace, s, out, codes, path, result) -> None:
+    from napari_ldae.operations import write_codes
+
+    say(a, write_codes(out, codes, s, path, result.provenance["encode_steps"]))

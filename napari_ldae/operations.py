@@ -1,0 +1,243 @@
+"""The use cases, assembled once: encode → reconstruct → edit or interpolate → provenance.
+
+Each ``iter_*`` function is a progress generator over a :class:`~napari_ldae.session.Session`
+that returns one :class:`Result`: model-space volumes, the reconstructions they are compared
+with, the source scan and the provenance. Widgets, CLI commands and ``evaluate`` present
+results; :func:`export` writes one (in the scan's space) for the CLI, the export widget and the
+napari writer alike. ``Session`` exposes these functions as methods.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_ldae import __version__
+from napari_ldae.core.progress import ProgressGen
+
+if TYPE_CHECKING:
+    from napari_ldae.core.model import Codes
+    from napari_ldae.data.io import Scan
+    from napari_ldae.data.preprocess import PreprocessContract
+    from napari_ldae.session import Session
+
+SAMPLER = "deterministic DDIM (no random seed involved)"
+#: The provenance keys that vary along a result's volumes (one value per volume).
+PER_VOLUME = ("strength", "alpha", "months")
+
+
+@dataclass(frozen=True)
+class Result:
+    """A model-space result: the single source of truth for display and export.
+
+    ``volumes``: ``(X, Y, Z)`` or ``(N, X, Y, Z)`` in [0, 1] on the model grid of ``scan``;
+    ``references``: ``(X, Y, Z)`` reconstructions the differences are taken to; ``provenance``
+    lists the per-volume values (:data:`PER_VOLUME`) when there are several volumes.
+    """
+
+    volumes: np.ndarray
+    references: tuple[np.ndarray, ...]
+    scan: Scan
+    contract: PreprocessContract
+    provenance: dict[str, Any]
+    codes: tuple[Codes, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def differences(self) -> tuple[np.ndarray, ...]:
+        """``volumes − reference`` for each reference (signed, model units)."""
+        return tuple(self.volumes - r for r in self.references)
+
+    def item(self, index: int) -> Result:
+        """The ``index``-th volume alone, with its own strength/α in the provenance."""
+        prov = {k: (v[index] if k in PER_VOLUME and isinstance(v, list) else v)
+                for k, v in self.provenance.items()}
+        return replace(self, volumes=self.volumes[index], provenance=prov)
+
+    def with_provenance(self, **provenance: Any) -> Result:
+        return replace(self, provenance={**self.provenance, **provenance})
+
+    def with_volumes(self, volumes: np.ndarray, **provenance: Any) -> Result:
+        """The same result record holding other volumes (a preview blend) and provenance."""
+        return replace(self, volumes=np.asarray(volumes, dtype=np.float32),
+                       provenance={**self.provenance, **provenance})
+
+
+def provenance(session: Session, operation: str, steps: int, encode_steps: int,
+               **fields: Any) -> dict[str, Any]:
+    """The provenance every result records: operation, bundle, steps, version and ``fields``."""
+    return {"operation": operation, **fields, "steps": int(steps),
+            "encode_steps": int(encode_steps), "bundle": session.bundle.name,
+            "bundle_sha256": session.bundle.sha256, "napari_ldae_version": __version__}
+
+
+def _steps(session: Session, steps: int | None, encode_steps: int | None) -> tuple[int, int]:
+    return int(steps or session.steps["decode"]), int(encode_steps or session.steps["encode"])
+
+
+def _per_volume(values: Sequence[float]) -> float | list[float]:
+    values = [float(v) for v in values]
+    return values[0] if len(values) == 1 else values
+
+
+# ----------------------------------------------------------------------------- use cases
+def iter_reconstruct(session: Session, scan: Scan, steps: int | None = None,
+                     encode_steps: int | None = None) -> ProgressGen[Result]:
+    """Encode a scan and decode its codes: one ``(X, Y, Z)`` volume (cached)."""
+    steps, encode_steps = _steps(session, steps, encode_steps)
+    codes = yield from session.iter_encode(scan, encode_steps)
+    volume = yield from session.iter_reconstruction(codes, steps)
+    return Result(volume, (), scan, session.contract,
+                  provenance(session, "reconstruct", steps, encode_steps), (codes,))
+
+
+def iter_edit(session: Session, scan: Scan, direction: str, strengths: Sequence[float],
+              steps: int | None = None, encode_steps: int | None = None, *,
+              reference: bool = True, **fields: Any) -> ProgressGen[Result]:
+    """Move a scan's code along ``direction`` by each strength: ``(N, X, Y, Z)`` volumes.
+
+    ``reference``: also decode the reconstruction (strength 0 is then taken from it, not decoded
+    again) for the differences. ``fields`` go into the provenance.
+    """
+    check_direction(session, direction)
+    steps, encode_steps = _steps(session, steps, encode_steps)
+    strengths = [float(s) for s in strengths]
+    codes = yield from session.iter_encode(scan, encode_steps)
+    refs: tuple[np.ndarray, ...] = ()
+    moved = strengths
+    if reference:
+        refs = ((yield from session.iter_reconstruction(codes, steps)),)
+        moved = [s for s in strengths if s != 0.0]
+    volumes = (yield from session.iter_manipulate(codes, direction, moved, steps)) if moved \
+        else np.zeros((0, *refs[0].shape), np.float32)
+    if len(moved) < len(strengths):
+        parts = iter(volumes)
+        volumes = np.stack([refs[0] if s == 0.0 else next(parts) for s in strengths])
+    prov = provenance(session, "manipulate", steps, encode_steps, direction=direction,
+                      meaning=session.directions[direction], strength=_per_volume(strengths),
+                      **fields)
+    return Result(volumes, refs, scan, session.contract, prov, (codes,))
+
+
+def check_direction(session: Session, direction: str) -> None:
+    """A clear error for a direction the bundle does not have, listing those it has."""
+    from napari_ldae.errors import LDAEError
+
+    if direction not in session.directions:
+        known = ", ".join(f"{k} ({v})" for k, v in session.directions.items()) or "none"
+        raise LDAEError(f"unknown direction {direction!r}; this bundle has: {known}")
+
+
+def iter_interpolate(session: Session, scan_a: Scan, scan_b: Scan, alphas: Sequence[float],
+                     steps: int | None = None, encode_steps: int | None = None, *,
+                     references: bool = True, **fields: Any) -> ProgressGen[Result]:
+    """The brain between two visits at each α (0: A, 1: B): ``(N, X, Y, Z)`` on A's grid.
+
+    ``references``: also decode both reconstructions (α 0 and 1 are then taken from them) for
+    the differences to each visit. ``fields`` (visits, dates) go into the provenance.
+    """
+    steps, encode_steps = _steps(session, steps, encode_steps)
+    alphas = [float(a) for a in alphas]
+    codes_a = yield from session.iter_encode(scan_a, encode_steps)
+    codes_b = yield from session.iter_encode(scan_b, encode_steps)
+    refs: tuple[np.ndarray, ...] = ()
+    inner = alphas
+    if references:
+        rec_a = yield from session.iter_reconstruction(codes_a, steps)
+        rec_b = yield from session.iter_reconstruction(codes_b, steps)
+        refs, inner = (rec_a, rec_b), [a for a in alphas if a not in (0.0, 1.0)]
+    volumes = (yield from session.iter_interpolate(codes_a, codes_b, inner, steps)) if inner \
+        else np.zeros((0, *refs[0].shape), np.float32)
+    if len(inner) < len(alphas):
+        parts = iter(volumes)
+        ends = {0.0: refs[0], 1.0: refs[1]}
+        volumes = np.stack([ends[a] if a in ends else next(parts) for a in alphas])
+    prov = provenance(session, "interpolate", steps, encode_steps, alpha=_per_volume(alphas),
+                      **fields)
+    return Result(volumes, refs, scan_a, session.contract, prov, (codes_a, codes_b))
+
+
+# ----------------------------------------------------------------------------- export
+def export(path: str | os.PathLike, result: Result, kind: str = "image",
+           overwrite: bool = False, reference: int = 0, **extra: Any) -> Path:
+    """Write a result as NIfTI in the ORIGINAL scan's space, header and intensity units.
+
+    ``kind`` "image" writes the volumes, "difference" the signed ``volumes − references[
+    reference]`` (no intensity offset). Several volumes become one 4D file (volumes last). The
+    JSON sidecar records the provenance (and ``extra``). Raises :class:`FileExistsError`
+    rather than replacing a file unless ``overwrite``.
+    """
+    from napari_ldae.data.io import write_scan
+    from napari_ldae.data.preprocess import to_scan_space
+
+    difference = kind == "difference"
+    model = result.differences[reference] if difference else result.volumes
+    scan = result.scan
+    vol = to_scan_space(model, scan, result.contract)
+    lo, hi = scan.intensity_range
+    vol = vol * np.float32(hi - lo) + (np.float32(0) if difference else np.float32(lo))
+    if vol.ndim == 4:
+        vol = np.moveaxis(vol, 0, -1)  # NIfTI: volumes last
+    meta = {"direction": None, "strength": None, "alpha": None, "steps": None, "seed": None,
+            "sampler": SAMPLER, "kind": kind, **result.provenance, **extra}
+    if difference:
+        meta.setdefault("reference", "reconstruction")
+    return write_scan(path, vol, like=scan, provenance=meta, overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- codes, dates
+CODES_FORMAT = "napari-ldae-codes"
+
+
+def write_codes(path: str | os.PathLike, codes: Codes, session: Session,
+                source: str | os.PathLike, steps: int) -> Path:
+    """Codes as safetensors (``y`` (1, d), ``x_T`` (1, C, x, y, z)) with their provenance in
+    the metadata; written atomically."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"format": CODES_FORMAT, "format_version": "1", "steps": str(steps),
+            "bundle": session.bundle.name, "bundle_sha256": session.bundle.sha256,
+            "source": str(source), "napari_ldae_version": __version__}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        save_file({"y": codes.y.detach().cpu().contiguous(),
+                   "x_T": codes.x_T.detach().cpu().contiguous()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def visit_dates(path_a: str | os.PathLike, path_b: str | os.PathLike,
+                months_a: float | None = None,
+                months_b: float | None = None) -> tuple[float, float]:
+    """The two visits' dates in months: given, else from BIDS names or ``sessions.tsv``."""
+    from napari_ldae.errors import LDAEError
+    from napari_ldae.session import months_from_bids
+
+    dates = []
+    for path, given, flag in ((path_a, months_a, "--months-a"), (path_b, months_b, "--months-b")):
+        t = given if given is not None else months_from_bids(path)
+        if t is None:
+            raise LDAEError(f"cannot tell the date of {Path(path).name}: no ses-M<months> in its "
+                            f"name and no sessions.tsv with a months column; give {flag} (and "
+                            "the other visit's) in months")
+        dates.append(float(t))
+    if dates[0] == dates[1]:
+        raise LDAEError(f"both visits are dated month {number(dates[0])}; interpolation needs "
+                        "two dates (check --months-a/--months-b)")
+    return dates[0], dates[1]
+
+
+def number(value: float, sign: bool = False) -> str:
+    """2 → '2.0', 0.25 → '0.25' (with '+' for positive values when ``sign``): file names, notes."""
+    text = f"{value:.1f}" if round(value, 1) == value else f"{value:g}"
+    return f"+{text}" if sign and not text.startswith("-") else text
