@@ -11,8 +11,9 @@ once per optimizer step; its final value is the stage's output
 Validation also logs ``val/x0_vs_mean_t{700,850,950}``: the MSE of the EMA network's x̂₀ at
 those noise levels divided by the MSE of the mean training latent. Below 1 the network knows
 more about a scan than the cohort average; far above 1 stage 3 will spend its training
-correcting the UNet instead of learning to use the semantic code (docs/training.md). The last
-values are kept in ``latent.json``, and stage 3 refuses to start when they are far above 1.
+correcting the UNet instead of learning to use the semantic code (docs/training.md). The final
+EMA network's values are kept in ``latent.json``, and stage 3 refuses to start when they are far
+above 1.
 """
 
 from __future__ import annotations
@@ -91,6 +92,21 @@ class LatentModule(pl.LightningModule):
         for t, metric in self.val_x0.items():
             self.log(f"val/x0_vs_mean_t{t}", metric)
 
+    @torch.no_grad()
+    def final_readiness(self, data: CohortData, n: int = 16) -> dict[str, float]:
+        """``x0_vs_mean`` of the final EMA network on up to ``n`` validation latents (the
+        training split's if there is no validation split), fixed noise."""
+        latents = data.datasets["val"].latents
+        if not len(latents):
+            latents = data.datasets["train"].latents
+        z0 = torch.as_tensor(latents[:n], device=self.device)
+        if not self.mean_latent.numel():  # a resumed run that had nothing left to train
+            self.mean_latent = torch.as_tensor(data.datasets["train"].latents.mean(0),
+                                               device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        with self.ema.swapped():
+            return {str(t): float(self.x0_vs_mean(z0, t, gen).mean()) for t in HIGH_NOISE_STEPS}
+
     def x0_vs_mean(self, z0: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
         """Per-sample MSE of x̂₀ at step ``t`` over the MSE of the mean training latent."""
         tt = torch.full((z0.shape[0],), t, device=z0.device)
@@ -127,13 +143,11 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
             "scale_factor": data.scale_factor, "from": "1/std of the training latents",
             "n_train_scans": len(data.datasets["train"]), "autoencoder": str(ae_path),
         })
-        metrics = trainer.callback_metrics
         common.write_json(stage_dir / "latent.json", {
             "stage": "latent", "global_step": trainer.global_step,
             "ema_updates": int(module.ema.num_updates), "scale_factor": data.scale_factor,
             "latent_norm": "template_residual" if data.residual else "scale",
-            "x0_vs_mean": {str(t): float(metrics[f"val/x0_vs_mean_t{t}"])
-                           for t in HIGH_NOISE_STEPS if f"val/x0_vs_mean_t{t}" in metrics},
+            "x0_vs_mean": module.final_readiness(data),
         })
 
     common.handoff(trainer, write)
