@@ -171,8 +171,9 @@ def read_latent_stats(out: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
 def readiness(out: Path, limit: float | None) -> dict[str, float]:
     """Stage 2's last ``x0_vs_mean`` values; a :class:`TrainingError` when one exceeds
     ``limit`` (None: report only)."""
-    ratios = common.read_json(out / "latent" / "latent.json", "latent stage").get(
-        "x0_vs_mean", {})
+    info = out / "latent" / "latent.json"  # absent for stage-2 weights from elsewhere
+    ratios = common.read_json(info, "latent stage").get("x0_vs_mean", {}) \
+        if info.is_file() else {}
     text = ", ".join(f"t={t}: {v:.3g}" for t, v in ratios.items()) or "not measured"
     print(f"stage-2 readiness, x̂₀ MSE over the mean latent's (≈1 or below is ready): {text}")
     worst = max(ratios.values(), default=0.0)
