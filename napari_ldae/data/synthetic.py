@@ -59,14 +59,10 @@ from napari_ldae.data.synthetic_template import (
     _template,
     hippocampus_mask_template,
     template_grid,
+    template_mni,
     ventricle_mask_mni,
     ventricle_mask_template,
 )
-
-# used by napari_ldae.evaluate (ventricles, hippocampus)
-from napari_ldae.data.synthetic_template import _hippocampus_mask as _hippocampus_mask
-from napari_ldae.data.synthetic_template import _load_icbm as _load_icbm
-from napari_ldae.data.synthetic_template import _ventricle_mask as _ventricle_mask
 from napari_ldae.errors import CohortError, LDAEError
 
 #: Version of the default (realistic) generator; bumped whenever the same seed would produce
@@ -296,6 +292,7 @@ __all__ = [
     "make_subject",
     "nifti_gz_bytes",
     "template_grid",
+    "template_mni",
     "ventricle_mask_mni",
     "ventricle_mask_template",
     "visit_months",

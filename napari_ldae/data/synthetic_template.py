@@ -288,6 +288,14 @@ def ventricle_mask_mni() -> tuple[np.ndarray, np.ndarray]:
     return _ventricle_mask(maps, affine).astype(np.float32), affine
 
 
+def template_mni() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The 1 mm ICBM152 2009a maps (``t1`` and the tissue maps), the ground-truth hippocampal
+    region as a binary float32 mask, and their MNI affine: the twin of
+    :func:`ventricle_mask_mni` for measurements of the hippocampal region."""
+    maps, affine = _load_icbm()
+    return maps, _hippocampus_mask(maps, affine).astype(np.float32), affine
+
+
 def hippocampus_mask_template(spacing: float = 3.0) -> np.ndarray:
     """The ground-truth hippocampal-region mask (fractional, float32) on the output grid."""
     return _mask_on_output_grid(spacing, 1)

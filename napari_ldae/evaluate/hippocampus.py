@@ -88,14 +88,10 @@ class HippocampusMeasurement:
 def mni_hippocampus() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The 1 mm ICBM152 2009a T1 (max 1), its brain mask, the hippocampal-region mask (float32)
     as the synthetic cohort defines it, and their affine (needs nilearn)."""
-    try:
-        from napari_ldae.data.synthetic_template import _hippocampus_mask, _load_icbm
-    except ImportError:  # the generator in one module
-        from napari_ldae.data.synthetic import _hippocampus_mask, _load_icbm
+    from napari_ldae.data.synthetic import template_mni
 
-    maps, affine = _load_icbm()
+    maps, region, affine = template_mni()
     brain = ndi.binary_fill_holes(maps["t1"] > 0.15).astype(np.float32)
-    region = _hippocampus_mask(maps, affine).astype(np.float32)
     return maps["t1"].astype(np.float32), brain, region, affine
 
 

@@ -67,10 +67,9 @@ class _Geometry:
 @functools.lru_cache(maxsize=1)
 def mni_ventricles() -> tuple[np.ndarray, np.ndarray]:
     """The ICBM152 2009a lateral-ventricle mask (1 mm, float32) and its affine (needs nilearn)."""
-    from napari_ldae.data import synthetic
+    from napari_ldae.data.synthetic import ventricle_mask_mni
 
-    maps, affine = synthetic._load_icbm()
-    return synthetic._ventricle_mask(maps, affine).astype(np.float32), affine
+    return ventricle_mask_mni()
 
 
 def ventricle_prior(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
