@@ -156,7 +156,7 @@ def residual_run(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) ->
         rc = main(["train", "all", "--config", str(TINY), "--data", str(tiny_cohort),
                    "--out", str(out), "model.latent_norm=template_residual",
                    "model.schedule={type: cosine, num_steps: 1000, prediction: v}",
-                   "representation.encoder_lr_scale=3.0"])
+                   "representation.encoder_lr_scale=3.0", "representation.weights=last"])
     assert rc == 0
     return out
 
@@ -178,6 +178,8 @@ def test_trainer_fits_and_ships_the_template_residual(residual_run):
     assert set(latent["x0_vs_mean"]) == {"700", "850", "950"}
     assert bundle.config["metrics"]["stage2_x0_vs_mean"] == latent["x0_vs_mean"]
     assert "y_use" in bundle.config["metrics"]["code_use"]
+    rep = json.loads((residual_run / "representation" / "representation.json").read_text())
+    assert rep["weights"] == "last" and rep["weights_step"] == rep["global_step"]
 
 
 def test_stage3_refuses_an_unready_stage2_unless_told(residual_run, tiny_cohort, tmp_path):
@@ -191,6 +193,11 @@ def test_stage3_refuses_an_unready_stage2_unless_told(residual_run, tiny_cohort,
     with pytest.raises(TrainingError, match=r"not ready.*max_x0_vs_mean=null"):
         train("representation", config, out)
     assert not (out / "representation").exists()
+
+
+def test_unknown_weights_choice_is_refused(tiny_cohort):
+    with pytest.raises(TrainingError, match="'best' or 'last'"):
+        resolve(TINY, tiny_cohort, ["representation.weights=median"])
 
 
 def test_code_use_at_round_off_is_a_warning(capsys):

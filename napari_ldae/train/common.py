@@ -294,9 +294,10 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataM
         raise SystemExit(128 + 15) from None  # the shell's status for "killed by SIGTERM"
 
 
-def load_best(module: nn.Module, ckpt: Checkpoints) -> int:
-    """Load ``best.ckpt`` (else ``last.ckpt``) into ``module``; returns its global step."""
-    path = ckpt.best if ckpt.best.is_file() else ckpt.last
+def load_best(module: nn.Module, ckpt: Checkpoints, last: bool = False) -> int:
+    """Load ``best.ckpt`` (else, or with ``last``, ``last.ckpt``) into ``module``; returns its
+    global step."""
+    path = ckpt.best if ckpt.best.is_file() and not last else ckpt.last
     state = read_checkpoint(path)
     module.load_state_dict(state["state_dict"], strict=False)
     return int(state["global_step"])

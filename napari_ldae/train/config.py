@@ -97,6 +97,9 @@ DEFAULTS: dict[str, Any] = {
         "max_x0_vs_mean": 2.0,
         # Diagnostic: y from these ground-truth columns of the cohort instead of the encoder.
         "oracle": None,
+        # Weights handed on: "best" (the paper's: best val/ssim of the semantic-only decode)
+        # or "last" (the end of training, e.g. after a learning-rate warm-down).
+        "weights": "best",
     },
     "probe": {
         "embed_batch_size": 4,
@@ -206,6 +209,8 @@ def _check_recipe(rep: Mapping[str, Any], model: Mapping[str, Any]) -> None:
         raise TrainingError(f"model.schedule: {err}") from err
     if not isinstance(rep["encoder_lr_scale"], (int, float)) or rep["encoder_lr_scale"] <= 0:
         raise TrainingError("representation.encoder_lr_scale must be a positive number")
+    if rep["weights"] not in ("best", "last"):
+        raise TrainingError("representation.weights must be 'best' or 'last'")
     oracle = rep["oracle"]
     if oracle is not None and (not isinstance(oracle, list) or not oracle
                                or not all(isinstance(c, str) for c in oracle)):

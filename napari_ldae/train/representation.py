@@ -221,7 +221,7 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
     common.fit(trainer, module, data, ckpt, resume)
 
     def write() -> None:
-        step = common.load_best(module, ckpt)
+        step = common.load_best(module, ckpt, config["representation"]["weights"] == "last")
         with module.ema.swapped():
             encoder = {k: v.clone() for k, v in module.encoder.canonical_state_dict().items()}
             unet = {k: v.clone() for k, v in module.unet.state_dict().items()}
@@ -229,7 +229,8 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
         common.save_safetensors(stage_dir / UNET, unet)
         common.write_json(stage_dir / "representation.json", {
             "stage": "representation", "global_step": trainer.global_step,
-            "weights_step": step, "best_val_ssim": ckpt.best_score,
+            "weights_step": step, "weights": config["representation"]["weights"],
+            "best_val_ssim": ckpt.best_score,
             "val_ddim_steps": config["representation"]["val_ddim_steps"],
             "ema_updates": int(module.ema.num_updates), "scale_factor": scale,
             "stage2_x0_vs_mean": readiness, **code_use_check(trainer.callback_metrics),
