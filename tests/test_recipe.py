@@ -148,15 +148,25 @@ def test_bundle_norm_and_statistics_must_agree(tmp_path):
 
 
 # ------------------------------------------------------------------------- the trainer
+RECIPE = ["model.latent_norm=template_residual",
+          "model.schedule={type: cosine, num_steps: 1000, prediction: v}"]
+
+
+def _stage3_out(residual_run: Path, out: Path) -> list[str]:
+    """A copy of the run's stages 1-2 in ``out``; returns the overrides that continue it."""
+    shutil.copytree(residual_run, out, ignore=shutil.ignore_patterns("representation",
+                                                                      "probe", "bundle"))
+    return [f"data.cache_dir={residual_run / 'cache'}", *RECIPE]
+
+
 @pytest.fixture(scope="module")
 def residual_run(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`train all --config tiny` with the template-residual latent, cosine schedule, v."""
     out = tmp_path_factory.mktemp("recipe") / "run"
     with contextlib.redirect_stdout(io.StringIO()):
         rc = main(["train", "all", "--config", str(TINY), "--data", str(tiny_cohort),
-                   "--out", str(out), "model.latent_norm=template_residual",
-                   "model.schedule={type: cosine, num_steps: 1000, prediction: v}",
-                   "representation.encoder_lr_scale=3.0", "representation.weights=last"])
+                   "--out", str(out), *RECIPE, "representation.encoder_lr_scale=3.0",
+                   "representation.weights=last"])
     assert rc == 0
     return out
 
@@ -184,11 +194,7 @@ def test_trainer_fits_and_ships_the_template_residual(residual_run):
 
 def test_stage3_refuses_an_unready_stage2_unless_told(residual_run, tiny_cohort, tmp_path):
     out = tmp_path / "run"
-    shutil.copytree(residual_run, out, ignore=shutil.ignore_patterns("representation",
-                                                                      "probe", "bundle"))
-    overrides = [f"data.cache_dir={residual_run / 'cache'}", "representation.max_x0_vs_mean=1.0e-9",
-                 "model.latent_norm=template_residual",
-                 "model.schedule={type: cosine, num_steps: 1000, prediction: v}"]
+    overrides = [*_stage3_out(residual_run, out), "representation.max_x0_vs_mean=1.0e-9"]
     config = resolve(TINY, tiny_cohort, overrides, stages=("representation",))
     with pytest.raises(TrainingError, match=r"not ready.*max_x0_vs_mean=null"):
         train("representation", config, out)
@@ -212,10 +218,7 @@ def test_code_use_at_round_off_is_a_warning(capsys):
 def test_oracle_run_trains_on_ground_truth_and_makes_no_bundle(residual_run, tiny_cohort,
                                                                tmp_path):
     out = tmp_path / "oracle"
-    shutil.copytree(residual_run, out, ignore=shutil.ignore_patterns("representation",
-                                                                      "probe", "bundle"))
-    overrides = [f"data.cache_dir={residual_run / 'cache'}", "model.latent_norm=template_residual",
-                 "model.schedule={type: cosine, num_steps: 1000, prediction: v}",
+    overrides = [*_stage3_out(residual_run, out),
                  "representation.oracle=[atrophy, ventricle_ml, age]"]
     config = resolve(TINY, tiny_cohort, overrides, stages=("representation", "probe"))
     with contextlib.redirect_stdout(io.StringIO()):
