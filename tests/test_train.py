@@ -118,7 +118,8 @@ def test_stage_files_and_checkpoints_are_pickle_free(run_all):
     csv = (out / "autoencoder" / "logs" / "csv" / "version_0" / "metrics.csv").read_text()
     assert "train/d" in csv.splitlines()[0] and "train/g_adv" in csv.splitlines()[0]
     csv = (out / "representation" / "logs" / "csv" / "version_0" / "metrics.csv").read_text()
-    assert {"val/ssim", "val/y_spread", "val/y_use"} <= set(csv.splitlines()[0].split(","))
+    logged = set(csv.splitlines()[0].split(","))
+    assert {"val/ssim", "val/y_spread", "val/y_use", "val/round_trip"} <= logged
     csv = (out / "latent" / "logs" / "csv" / "version_0" / "metrics.csv").read_text()
     assert {f"val/x0_vs_mean_t{t}" for t in latent.HIGH_NOISE_STEPS} <= set(
         csv.splitlines()[0].split(","))
