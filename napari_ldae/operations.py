@@ -220,8 +220,8 @@ def visit_dates(path_a: str | os.PathLike, path_b: str | os.PathLike,
                 months_a: float | None = None,
                 months_b: float | None = None) -> tuple[float, float]:
     """The two visits' dates in months: given, else from BIDS names or ``sessions.tsv``."""
+    from napari_ldae.data.cohort import months_from_bids
     from napari_ldae.errors import LDAEError
-    from napari_ldae.session import months_from_bids
 
     dates = []
     for path, given, flag in ((path_a, months_a, "--months-a"), (path_b, months_b, "--months-b")):

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from napari_ldae import BUNDLE_FORMAT_VERSION
-from napari_ldae.core.bundle import import_official, load_bundle, model_weights, save_bundle
+from napari_ldae.core.bundle import load_bundle, model_weights, save_bundle
 from napari_ldae.core.presets import preset, random_model, save_random_bundle
+from napari_ldae.core.reference import import_official
 from napari_ldae.errors import BundleError
 
 FIXTURES = Path(__file__).parent / "fixtures"

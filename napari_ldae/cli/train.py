@@ -27,7 +27,7 @@ def add_import_official(sub: argparse._SubParsersAction) -> None:
         import json
         from pathlib import Path
 
-        from napari_ldae.core.bundle import import_official
+        from napari_ldae.core.reference import import_official
 
         config = json.loads(Path(a.config).read_text()) if a.config else None
         path = import_official(

@@ -18,7 +18,6 @@ reference's duplicated backbone keys) and ``semantic`` (``mean``, ``std``,
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -35,6 +34,8 @@ import torch
 
 from napari_ldae import BUNDLE_FORMAT_VERSION, __version__
 from napari_ldae.core.autoencoder import LATENT_NORMS, NORM_KEYS, split_norm_state
+from napari_ldae.core.diffusion import Schedule
+from napari_ldae.core.model import LDAEModel, build_networks
 from napari_ldae.errors import BundleError
 
 FORMAT = "napari-ldae-bundle"
@@ -85,66 +86,19 @@ class Bundle:
             h.update(hashlib.sha256(self._bytes(member)).digest())
         return h.hexdigest()
 
-    def load_model(self, device: str = "cpu", precision: str = "fp32", max_batch: int = 8):
+    def load_model(self, device: str = "cpu", precision: str = "fp32",
+                   max_batch: int = 8) -> LDAEModel:
         """Build the :class:`~napari_ldae.core.model.LDAEModel` of this bundle."""
-        from napari_ldae.core.model import LDAEModel
-
         ae_state, norm = split_norm_state(self.read("autoencoder"))
         parts = build_networks(self.config, empty=True, latent_stats=norm)
         for part in ("unet", "encoder"):
-            _load_strict(parts[part], self.read(part), part)
-        _load_strict(parts["autoencoder"].net, ae_state, "autoencoder")
+            load_strict(parts[part], self.read(part), part)
+        load_strict(parts["autoencoder"].net, ae_state, "autoencoder")
         _check_materialised(parts)
         semantic = self.read("semantic")
         _require(semantic, ("mean", "std"), "semantic")
-        model = LDAEModel(
-            parts["autoencoder"], parts["unet"], parts["encoder"],
-            semantic_mean=semantic["mean"], semantic_std=semantic["std"],
-            input_shape=self.config["preprocessing"]["shape"],
-            directions=directions_from(self.config, semantic),
-            schedule=_schedule(self.config), clamp=bool(self.config.get("clamp_x0", True)),
-            device=device, precision=precision, max_batch=max_batch,
-        )
-        return model
-
-
-def build_networks(config: Mapping[str, Any], empty: bool = False,
-                   latent_stats: Mapping[str, torch.Tensor] | None = None,
-                   ) -> dict[str, torch.nn.Module]:
-    """Untrained networks of a bundle config.
-
-    ``empty=True`` builds them on the meta device (no memory, no random initialisation) for
-    weights to be loaded with ``assign``: loading a paper-size bundle then skips ~10 s of init.
-    ``latent_stats``: the template-residual statistics (:data:`NORM_KEYS`), required exactly
-    when ``config["latent_norm"]`` is ``template_residual``.
-    """
-    from napari_ldae.core.autoencoder import LatentAutoencoder
-    from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder
-    from napari_ldae.core.unet import ShiftUNet, UNetConfig
-
-    unet_config = UNetConfig.from_dict(config["unet"])
-    encoder_config = EncoderConfig.from_dict(config["encoder"])
-    stats = _latent_stats(config, latent_stats or {})
-    with torch.device("meta") if empty else contextlib.nullcontext():
-        return {
-            "autoencoder": LatentAutoencoder(config["autoencoder"], config["scale_factor"],
-                                             *stats),
-            "unet": ShiftUNet(unet_config),
-            "encoder": SemanticEncoder(encoder_config),
-        }
-
-
-def _latent_stats(config: Mapping[str, Any], stats: Mapping[str, torch.Tensor]) -> tuple:
-    norm = config.get("latent_norm", "scale")
-    if norm == "scale":
-        if stats:
-            raise BundleError("autoencoder.safetensors holds template-residual statistics but "
-                              "config.json's latent_norm is 'scale'")
-        return (None, None)
-    if any(k not in stats for k in NORM_KEYS):
-        raise BundleError(f"latent_norm is {norm!r} but autoencoder.safetensors lacks "
-                          f"{[k for k in NORM_KEYS if k not in stats]}")
-    return stats[NORM_KEYS[0]], stats[NORM_KEYS[1]]
+        return LDAEModel.from_parts(self.config, parts, semantic, device=device,
+                                    precision=precision, max_batch=max_batch)
 
 
 def _check_materialised(parts: Mapping[str, torch.nn.Module]) -> None:
@@ -154,27 +108,8 @@ def _check_materialised(parts: Mapping[str, torch.nn.Module]) -> None:
                 raise BundleError(f"{name}: {key} was not loaded from the bundle")
 
 
-def directions_from(config: Mapping[str, Any], semantic: Mapping[str, torch.Tensor]) -> dict:
-    from napari_ldae.core.model import Direction
-
-    out = {}
-    for name, info in config.get("directions", {}).items():
-        key = f"direction.{name}"
-        if key not in semantic:
-            raise BundleError(f"direction {name!r} is declared in config.json but "
-                              f"semantic.safetensors has no {key!r}")
-        out[name] = Direction(name, semantic[key], info.get("meaning", name),
-                              info.get("source", ""), info.get("metrics", {}))
-    return out
-
-
-def _schedule(config: Mapping[str, Any]):
-    from napari_ldae.core.diffusion import Schedule
-
-    return Schedule.from_dict(config["schedule"])
-
-
-def _load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], part: str) -> None:
+def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], part: str) -> None:
+    """Load one part's weights into its network: every key and shape must match."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -241,7 +176,7 @@ def validate_config(config: Mapping[str, Any], where: Path | str = "config.json"
         raise BundleError(f"{where}: latent_norm must be one of {LATENT_NORMS}, got "
                           f"{config.get('latent_norm')!r}")
     try:
-        _schedule(config)
+        Schedule.from_dict(config["schedule"])
     except (ValueError, KeyError, TypeError) as err:
         raise BundleError(f"{where}: schedule: {err}") from err
 
@@ -346,98 +281,3 @@ def model_weights(model) -> dict[str, dict[str, torch.Tensor]]:
     autoencoder = {**model.autoencoder.net.state_dict(), **model.autoencoder.norm_state()}
     return {"autoencoder": autoencoder, "unet": model.unet.state_dict(),
             "encoder": model.encoder.state_dict(), "semantic": semantic}
-
-
-# ---------------------------------------------------------------------- official release
-def _torch_load(path: str | os.PathLike, what: str) -> Any:
-    """Read one official (pickled) release file, safely: tensors and containers only."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise BundleError(f"{what}: no file at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise BundleError(f"{what}: cannot read {path} as PyTorch weights ({err}). Only "
-                          "tensors are accepted (weights_only=True).") from err
-
-
-def _state_dict(obj: Any, what: str, strip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """The tensor dict inside a checkpoint (plain, or under ``state_dict``), prefixes removed."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise BundleError(f"{what}: expected a state dict of tensors")
-    out = {}
-    for key, value in obj.items():
-        for prefix in strip:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
-
-
-def _tensor(obj: Any, what: str) -> torch.Tensor:
-    if isinstance(obj, Mapping) and len(obj) == 1:
-        obj = next(iter(obj.values()))
-    if not isinstance(obj, torch.Tensor):
-        raise BundleError(f"{what}: expected a tensor, got {type(obj).__name__}")
-    return obj.reshape(-1).float()
-
-
-def _classifier_direction(obj: Any, dim: int) -> torch.Tensor:
-    """The AD direction from the reference ``Linear(d, 1)`` whose positive class is CN."""
-    sd = _state_dict(obj, "classifier")
-    weights = [v for k, v in sd.items() if k.endswith("weight") and tuple(v.shape) == (1, dim)]
-    if len(weights) != 1:
-        raise BundleError(f"classifier: expected one Linear({dim}, 1) weight, found keys "
-                          f"{sorted(sd)}")
-    return -weights[0].reshape(-1).float()  # labels sorted AD=0, CN=1: +w points toward CN
-
-
-def import_official(*, unet: str | os.PathLike, encoder: str | os.PathLike,
-                    autoencoder: str | os.PathLike, semantic_mean: str | os.PathLike,
-                    semantic_std: str | os.PathLike, classifier: str | os.PathLike | None,
-                    out: str | os.PathLike, scale_factor: float = 0.8730,
-                    config: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
-    """Convert the official LDAE release files into a bundle.
-
-    ``config`` is a bundle config (architectures, preprocessing); the paper's by default. Each
-    part is loaded strictly into the configured networks, so a file of another architecture
-    is refused instead of silently leaving random weights.
-    """
-    from napari_ldae.core.presets import preset
-
-    config = dict(config or preset("paper"))
-    config["scale_factor"] = float(scale_factor)
-    nets = build_networks(config)
-    unet_sd = _state_dict(_torch_load(unet, "unet (decoder.pth)"), "unet",
-                          strip=("ema_decoder.", "decoder."))
-    _load_strict(nets["unet"], unet_sd, "unet")
-    enc_sd = _state_dict(_torch_load(encoder, "encoder (encoder.pth)"), "encoder",
-                         strip=("ema_encoder.", "encoder."))
-    _load_strict(nets["encoder"], enc_sd, "encoder")
-    ae_sd = _state_dict(_torch_load(autoencoder, "autoencoder"), "autoencoder")
-    nets["autoencoder"].load_generative_state_dict(ae_sd)
-    dim = config["encoder"]["emb_dim"]
-    semantic = {"mean": _tensor(_torch_load(semantic_mean, "semantic mean"), "semantic mean"),
-                "std": _tensor(_torch_load(semantic_std, "semantic std"), "semantic std")}
-    for key, value in semantic.items():
-        if value.numel() != dim:
-            raise BundleError(f"semantic {key} has {value.numel()} values, the encoder {dim}")
-    config["directions"] = {}
-    if classifier is not None:
-        semantic["direction.AD"] = _classifier_direction(
-            _torch_load(classifier, "classifier"), dim)
-        config["directions"]["AD"] = {
-            "meaning": "toward AD",
-            "source": "official linear probe AD vs CN (its positive class is CN; negated)",
-        }
-    config["provenance"] = {"imported_from": "official LDAE release",
-                            "files": {k: str(Path(v).name) for k, v in {
-                                "unet": unet, "encoder": encoder, "autoencoder": autoencoder,
-                                "semantic_mean": semantic_mean, "semantic_std": semantic_std,
-                                "classifier": classifier}.items() if v is not None}}
-    weights = {"autoencoder": nets["autoencoder"].net.state_dict(),
-               "unet": nets["unet"].state_dict(), "encoder": nets["encoder"].state_dict(),
-               "semantic": semantic}
-    return save_bundle(out, config, weights, overwrite=overwrite)

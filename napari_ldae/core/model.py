@@ -9,18 +9,20 @@ plain method on top. Many strengths or interpolation weights run as one batch (c
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from napari_ldae.core import diffusion
-from napari_ldae.core.autoencoder import LatentAutoencoder
+from napari_ldae.core.autoencoder import NORM_KEYS, LatentAutoencoder
 from napari_ldae.core.device import autocast, use_onednn_convolutions
 from napari_ldae.core.encoder import axial_slices
 from napari_ldae.core.progress import Progress, ProgressGen, drain
-from napari_ldae.errors import LDAEError
+from napari_ldae.errors import BundleError, LDAEError
 
 
 class UnknownDirectionError(LDAEError, KeyError):
@@ -95,6 +97,19 @@ class LDAEModel:
         self.device = "cpu"
         self.precision = precision
         self.to(device, precision)
+
+    @classmethod
+    def from_parts(cls, config: Mapping[str, Any], networks: Mapping[str, torch.nn.Module],
+                   semantic: Mapping[str, torch.Tensor], **kwargs: Any) -> LDAEModel:
+        """The model of a bundle config from its networks (:func:`build_networks`) and its
+        semantic tensors (``mean``, ``std``, ``direction.<name>``); ``kwargs``: device,
+        precision, max_batch."""
+        return cls(networks["autoencoder"], networks["unet"], networks["encoder"],
+                   semantic_mean=semantic["mean"], semantic_std=semantic["std"],
+                   input_shape=config["preprocessing"]["shape"],
+                   directions=_directions(config, semantic),
+                   schedule=diffusion.Schedule.from_dict(config["schedule"]),
+                   clamp=bool(config.get("clamp_x0", True)), **kwargs)
 
     # ----------------------------------------------------------------------------- set-up
     def to(self, device: str, precision: str | None = None) -> LDAEModel:
@@ -284,6 +299,58 @@ class LDAEModel:
 
     def sample(self, y: torch.Tensor, seed: int = 0, n: int = 1, steps: int = 50) -> torch.Tensor:
         return drain(self.iter_sample(y, steps, seed, n))
+
+
+# ----------------------------------------------------------------------------- networks
+def build_networks(config: Mapping[str, Any], empty: bool = False,
+                   latent_stats: Mapping[str, torch.Tensor] | None = None,
+                   ) -> dict[str, torch.nn.Module]:
+    """Untrained networks of a bundle config.
+
+    ``empty=True`` builds them on the meta device (no memory, no random initialisation) for
+    weights to be loaded with ``assign``: loading a paper-size bundle then skips ~10 s of init.
+    ``latent_stats``: the template-residual statistics (:data:`NORM_KEYS`), required exactly
+    when ``config["latent_norm"]`` is ``template_residual``.
+    """
+    from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder
+    from napari_ldae.core.unet import ShiftUNet, UNetConfig
+
+    unet_config = UNetConfig.from_dict(config["unet"])
+    encoder_config = EncoderConfig.from_dict(config["encoder"])
+    stats = _latent_stats(config, latent_stats or {})
+    with torch.device("meta") if empty else contextlib.nullcontext():
+        return {
+            "autoencoder": LatentAutoencoder(config["autoencoder"], config["scale_factor"],
+                                             *stats),
+            "unet": ShiftUNet(unet_config),
+            "encoder": SemanticEncoder(encoder_config),
+        }
+
+
+def _latent_stats(config: Mapping[str, Any], stats: Mapping[str, torch.Tensor]) -> tuple:
+    norm = config.get("latent_norm", "scale")
+    if norm == "scale":
+        if stats:
+            raise BundleError("autoencoder.safetensors holds template-residual statistics but "
+                              "config.json's latent_norm is 'scale'")
+        return (None, None)
+    if any(k not in stats for k in NORM_KEYS):
+        raise BundleError(f"latent_norm is {norm!r} but autoencoder.safetensors lacks "
+                          f"{[k for k in NORM_KEYS if k not in stats]}")
+    return stats[NORM_KEYS[0]], stats[NORM_KEYS[1]]
+
+
+def _directions(config: Mapping[str, Any],
+                semantic: Mapping[str, torch.Tensor]) -> dict[str, Direction]:
+    out = {}
+    for name, info in config.get("directions", {}).items():
+        key = f"direction.{name}"
+        if key not in semantic:
+            raise BundleError(f"direction {name!r} is declared in config.json but "
+                              f"semantic.safetensors has no {key!r}")
+        out[name] = Direction(name, semantic[key], info.get("meaning", name),
+                              info.get("source", ""), info.get("metrics", {}))
+    return out
 
 
 def _rebase(gen: ProgressGen, offset: int, total: int, message: str) -> ProgressGen:

@@ -92,9 +92,7 @@ def random_model(name_or_config: str | dict[str, Any] = "tiny", seed: int = 0,
 
     ``directions`` maps names to meanings; each gets a random unit vector.
     """
-    from napari_ldae.core.bundle import build_networks, directions_from
-    from napari_ldae.core.diffusion import Schedule
-    from napari_ldae.core.model import LDAEModel
+    from napari_ldae.core.model import LDAEModel, build_networks
 
     config = preset(name_or_config) if isinstance(name_or_config, str) else name_or_config
     torch.manual_seed(seed)
@@ -110,12 +108,7 @@ def random_model(name_or_config: str | dict[str, Any] = "tiny", seed: int = 0,
     for name, meaning in directions.items():
         semantic[f"direction.{name}"] = torch.nn.functional.normalize(torch.randn(d), dim=0)
         config["directions"][name] = {"meaning": meaning, "source": "random (untrained)"}
-    model = LDAEModel(
-        nets["autoencoder"], nets["unet"], nets["encoder"], semantic_mean=semantic["mean"],
-        semantic_std=semantic["std"], input_shape=config["preprocessing"]["shape"],
-        directions=directions_from(config, semantic), schedule=Schedule.from_dict(
-            config["schedule"]), clamp=config["clamp_x0"], device=device,
-    )
+    model = LDAEModel.from_parts(config, nets, semantic, device=device)
     return model, config
 
 
