@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from napari_ldae.core import REFERENCE_SCALE_FACTOR
+
 
 def add_import_official(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,8 +18,9 @@ def add_import_official(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--semantic-mean", required=True, help="semantic_mean.pt")
     p.add_argument("--semantic-std", required=True, help="semantic_std.pt")
     p.add_argument("--classifier", help="disease_classifier.ckpt (Linear(768,1), positive = CN)")
-    p.add_argument("--scale-factor", type=float, default=0.8730,
-                   help="latent scale factor the weights were trained with (reference: 0.8730)")
+    p.add_argument("--scale-factor", type=float, default=REFERENCE_SCALE_FACTOR,
+                   help="latent scale factor the weights were trained with (reference: "
+                   f"{REFERENCE_SCALE_FACTOR:.4f})")
     p.add_argument("--config", help="bundle config JSON describing the architectures and the "
                    "preprocessing (default: the paper's)")
     p.add_argument("-o", "--out", required=True, help="bundle directory (or .ldae file) to write")

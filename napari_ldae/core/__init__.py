@@ -1,1 +1,5 @@
 """The LDAE itself: pure torch, no Qt, no napari. Everything else calls into this package."""
+
+#: The latent scale factor s the reference code hard-codes (the official release's weights were
+#: trained with it). Kept here, import-light, for the CLI.
+REFERENCE_SCALE_FACTOR = 0.8730

@@ -5,7 +5,8 @@
 (``latent_norm`` in the bundle config):
 
 - ``scale`` (the reference): m = 0, σ = 1/s with one global scale factor ``s``. The reference
-  hard-codes s = 0.8730; napari-ldae computes ``s = 1 / std(latents)`` at training time.
+  hard-codes s (:data:`napari_ldae.core.REFERENCE_SCALE_FACTOR`); napari-ldae computes
+  ``s = 1 / std(latents)`` at training time.
 - ``template_residual``: m the per-element mean latent of the training split, σ one standard
   deviation per latent channel of the residual. Registered brains share one template, which
   is most of a latent's variance; diffusing the residual leaves the UNet the part that differs

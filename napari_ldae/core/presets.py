@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from napari_ldae.core import REFERENCE_SCALE_FACTOR
 from napari_ldae.core.autoencoder import PAPER_AUTOENCODER
 
 _SCHEDULE = {"type": "linear", "num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
@@ -19,7 +20,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "name": "ldae-paper",
         "autoencoder": PAPER_AUTOENCODER,
-        "scale_factor": 0.8730,
+        "scale_factor": REFERENCE_SCALE_FACTOR,
         "unet": {"in_channels": 3, "base_channels": 256, "channel_mult": [1, 2, 3],
                  "num_res_blocks": 2, "attention_resolutions": [2, 4], "num_heads": 1,
                  "head_channels": -1, "dropout": 0.1, "dims": 3, "latent_dim": 768},

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from napari_ldae.core import REFERENCE_SCALE_FACTOR
 from napari_ldae.core.bundle import load_strict, save_bundle
 from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder
 from napari_ldae.core.model import build_networks
@@ -104,7 +105,7 @@ def _classifier_direction(obj: Any, dim: int) -> torch.Tensor:
 def import_official(*, unet: str | os.PathLike, encoder: str | os.PathLike,
                     autoencoder: str | os.PathLike, semantic_mean: str | os.PathLike,
                     semantic_std: str | os.PathLike, classifier: str | os.PathLike | None,
-                    out: str | os.PathLike, scale_factor: float = 0.8730,
+                    out: str | os.PathLike, scale_factor: float = REFERENCE_SCALE_FACTOR,
                     config: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Convert the official LDAE release files into a bundle.
 
