@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_ldae._files import nifti_stem
+
 if TYPE_CHECKING:
     from napari_ldae.data.io import Scan
 
@@ -52,7 +54,7 @@ def scan_layer_data(scan: Scan, name: str | None = None) -> LayerData:
 
     data = scan.display_data
     kwargs = {
-        "name": name or (_stem(scan.path) if scan.path else "scan"),
+        "name": name or (nifti_stem(scan.path) if scan.path else "scan"),
         "scale": scan.display.scale,
         "translate": scan.display.translate,
         "contrast_limits": robust_contrast_limits(data),
@@ -71,11 +73,6 @@ def robust_contrast_limits(data: np.ndarray, percentiles=(0.5, 99.5)) -> tuple[f
     if hi <= lo:
         hi = lo + 1.0
     return lo, hi
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
 
 
 # ----------------------------------------------------------------------------- writer

@@ -197,23 +197,17 @@ def write_codes(path: str | os.PathLike, codes: Codes, session: Session,
                 source: str | os.PathLike, steps: int) -> Path:
     """Codes as safetensors (``y`` (1, d), ``x_T`` (1, C, x, y, z)) with their provenance in
     the metadata; written atomically."""
-    import tempfile
-
     from safetensors.torch import save_file
+
+    from napari_ldae._files import atomic_write
 
     path = Path(path)
     meta = {"format": CODES_FORMAT, "format_version": "1", "steps": str(steps),
             "bundle": session.bundle.name, "bundle_sha256": session.bundle.sha256,
             "source": str(source), "napari_ldae_version": __version__}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file({"y": codes.y.detach().cpu().contiguous(),
-                   "x_T": codes.x_T.detach().cpu().contiguous()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    tensors = {"y": codes.y.detach().cpu().contiguous(),
+               "x_T": codes.x_T.detach().cpu().contiguous()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def visit_dates(path_a: str | os.PathLike, path_b: str | os.PathLike,

@@ -28,8 +28,10 @@ import numpy as np
 import torch
 
 from napari_ldae import __version__, operations
+from napari_ldae._files import atomic_write
 from napari_ldae._resources import resource_path
 from napari_ldae.core.bundle import Bundle, load_bundle
+from napari_ldae.core.device import is_out_of_memory
 from napari_ldae.core.model import Codes, LDAEModel
 from napari_ldae.core.progress import ProgressGen, drain
 from napari_ldae.data.cohort import months_from_bids  # noqa: F401  (here for the GUI and CLI)
@@ -86,7 +88,7 @@ def writable_dir(path: Path) -> Path:
 
 def describe_error(err: BaseException) -> str:
     """A one-line message for users, with what to try (out of memory included)."""
-    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+    if is_out_of_memory(err):
         return OOM_HINT
     if isinstance(err, LDAEError | FileExistsError | FileNotFoundError):
         return str(err)
@@ -274,13 +276,10 @@ class Session:
         from safetensors.torch import save_file
 
         path = self._cache_file(key)
+        tensors = {"y": codes.y.contiguous(), "x_T": codes.x_T.contiguous()}
+        meta = {"scan": key[0], "bundle": key[1], "steps": str(key[2])}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            save_file({"y": codes.y.contiguous(), "x_T": codes.x_T.contiguous()}, tmp,
-                      metadata={"scan": key[0], "bundle": key[1], "steps": str(key[2])})
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
         except OSError as err:
             warnings.warn(f"could not write the codes cache {path} ({err})", stacklevel=2)
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from napari_ldae._files import nifti_stem as stem  # the commands' name for it
 from napari_ldae.errors import LDAEError
 
 if TYPE_CHECKING:
@@ -43,14 +44,6 @@ def model_options(p: argparse.ArgumentParser, *, save_codes: bool = True) -> Non
         p.add_argument("--save-codes", action="store_true",
                        help="also write each input's codes as <stem>_codes.safetensors")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-
-
-def stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def inputs(paths: Sequence[str], unique: bool = True) -> list[Path]:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from napari_ldae import BUNDLE_FORMAT_VERSION, __version__
+from napari_ldae._files import atomic_write
 from napari_ldae.core.autoencoder import LATENT_NORMS, NORM_KEYS, split_norm_state
 from napari_ldae.core.diffusion import Schedule
 from napari_ldae.core.model import LDAEModel, build_networks
@@ -258,11 +259,12 @@ def _stored(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _publish(tmp: Path, out: Path) -> None:
     """Move a finished bundle into place (replacing an old one only at the last moment)."""
     if out.suffix == ".ldae":
-        zipped = tmp.with_suffix(".ldae")
-        with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as zf:
-            for member in sorted(tmp.iterdir()):
-                zf.write(member, member.name)
-        os.replace(zipped, out)
+        def zip_into(target: Path) -> None:
+            with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zf:
+                for member in sorted(tmp.iterdir()):
+                    zf.write(member, member.name)
+
+        atomic_write(out, zip_into)
         return
     if out.exists():
         old = out.with_name(f".{out.name}.old")

@@ -53,6 +53,11 @@ def resolve(device: str | None, precision: str = "fp32") -> tuple[str, str]:
     return device, precision
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether an error is a device running out of memory (CUDA, MPS or the CPU allocator)."""
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
 @contextlib.contextmanager
 def autocast(device: str, precision: str) -> Iterator[None]:
     """Autocast the networks in reduced precision on CUDA; a no-op for fp32 or other devices."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt_mod
 
+from napari_ldae._files import atomic_write, nifti_stem
 from napari_ldae.errors import ScanError
 
 #: Limits on what counts as a plausible brain scan.
@@ -235,18 +235,13 @@ def _squeeze_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
         raise ScanError(f"{name}: the image is 2D (shape {shape}); a 3D volume is needed")
     n_volumes = int(np.prod(shape[3:])) if len(shape) > 3 else 1
     if n_volumes != 1:
-        out = f"{_stem(name)}_vol0.nii.gz"
+        out = f"{nifti_stem(name)}_vol0.nii.gz"
         raise ScanError(
             f"{name}: the image holds {n_volumes} volumes (shape {shape}); a single 3D volume "
             f"is needed. Extract one first, e.g. `fslroi {name} {out} 0 1` or, in Python, "
             f"`nibabel.save(nibabel.load('{name}').slicer[..., 0], '{out}')`."
         )
     return (shape[0], shape[1], shape[2])
-
-
-def _stem(name: str) -> str:
-    low = name.lower()
-    return name[: -len(".nii.gz")] if low.endswith(".nii.gz") else name.rsplit(".", 1)[0]
 
 
 def _squeeze_volumes(arr: np.ndarray, name: str) -> np.ndarray:
@@ -325,16 +320,14 @@ def write_scan(
         source = like.path
     meta = _sidecar(space, source, provenance)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(out, lambda tmp: nib.save(img, tmp))
-    _atomic(side, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=_jsonable)))
+    atomic_write(out, lambda tmp: nib.save(img, tmp))
+    atomic_write(side, json.dumps(meta, indent=2, default=_jsonable))
     return out
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
     """``scan.nii.gz`` → ``scan.json`` (the BIDS convention)."""
-    p = Path(path)
-    stem = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
-    return p.with_name(stem + ".json")
+    return Path(path).with_name(nifti_stem(path) + ".json")
 
 
 def _prepare(data, like, affine, header, space, name):
@@ -393,19 +386,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return repr(obj)
-
-
-def _atomic(target: Path, write) -> None:
-    suffix = ".nii.gz" if target.name.lower().endswith(".nii.gz") else target.suffix
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- napari metadata

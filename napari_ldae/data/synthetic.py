@@ -25,7 +25,6 @@ import contextlib
 import gzip
 import io
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_ldae import __version__
+from napari_ldae._files import atomic_write
 from napari_ldae.data.synthetic_subject import (
     AGE_ONSET,
     C_AGE,
@@ -101,13 +101,6 @@ def nifti_gz_bytes(data: np.ndarray, affine: np.ndarray, version: str = GENERATO
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
-
-
 def _tsv(header: Sequence[str], rows: Sequence[Sequence[object]]) -> bytes:
     lines = ["\t".join(header)] + ["\t".join(str(v) for v in row) for row in rows]
     return ("\n".join(lines) + "\n").encode()
@@ -119,13 +112,13 @@ def _write_subject(out: Path, label: str, subj: SyntheticSubject) -> None:
     rows = []
     for v in subj.visits:
         anat = out / label / v.session / "anat"
-        _write_atomic(anat / f"{label}_{v.session}_T1w.nii.gz",
+        atomic_write(anat / f"{label}_{v.session}_T1w.nii.gz",
                       nifti_gz_bytes(v.data, v.affine, version=version))
         t = v.truth
         rows.append([v.session, v.months, f"{t['age']:.2f}", f"{t['ventricle_ml']:.3f}",
                      f"{t['hippocampus_ml']:.3f}", f"{t['atrophy']:.4f}"])
     header = ["session_id", "months", "age", "ventricle_ml", "hippocampus_ml", "atrophy"]
-    _write_atomic(out / label / f"{label}_sessions.tsv", _tsv(header, rows))
+    atomic_write(out / label / f"{label}_sessions.tsv", _tsv(header, rows))
 
 
 @dataclass(frozen=True)
@@ -261,8 +254,8 @@ def make_cohort(
             if progress is not None:
                 progress(done, subjects)
     header = [*PARTICIPANT_COLUMNS, *(ANATOMY_COLUMNS if variety == "realistic" else ())]
-    _write_atomic(out / "participants.tsv", _tsv(header, rows))
-    _write_atomic(out / "dataset_description.json", _description(subjects, seed, spacing,
+    atomic_write(out / "participants.tsv", _tsv(header, rows))
+    atomic_write(out / "dataset_description.json", _description(subjects, seed, spacing,
                                                                  (lo, hi), mci, variety))
     return out
 

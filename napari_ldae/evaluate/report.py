@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from napari_ldae import __version__
+from napari_ldae._files import atomic_write
 from napari_ldae._resources import shown_path
 from napari_ldae.core.progress import Progress, ProgressGen, drain
 from napari_ldae.data.cohort import Cohort, ScanRecord
@@ -379,12 +380,8 @@ def _put(report: dict[str, Any], dotted: str, value: Any) -> None:
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write the report as JSON (atomically)."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(path).expanduser(),
+                        json.dumps(report, indent=2, allow_nan=False) + "\n")
 
 
 def write_markdown(report: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 from napari.utils import cancelable_progress
 from napari.utils.notifications import show_error
 
+from napari_ldae.core.device import is_out_of_memory
 from napari_ldae.core.progress import Progress
 from napari_ldae.session import describe_error
 
@@ -152,7 +153,7 @@ class Job:
         if isinstance(err, JobError):
             err = err.error
         self._close_bar()
-        if _is_oom(err):
+        if is_out_of_memory(err):
             _free_gpu()
         message = describe_error(err)
         if self._notify:
@@ -176,12 +177,6 @@ class Job:
         if self._pbar is not None:
             pbar, self._pbar = self._pbar, None
             pbar.close()
-
-
-def _is_oom(err: BaseException) -> bool:
-    import torch
-
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 def _free_gpu() -> None:
