@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 SAMPLER = "deterministic DDIM (no random seed involved)"
 #: The provenance keys that vary along a result's volumes (one value per volume).
-PER_VOLUME = ("strength", "alpha", "months")
+PER_VOLUME = ("strength", "alpha", "months", "horizon_months", "prediction")
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,16 @@ def iter_interpolate(session: Session, scan_a: Scan, scan_b: Scan, alphas: Seque
     return Result(volumes, refs, scan_a, session.contract, prov, (codes_a, codes_b))
 
 
+def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float],
+                 targets: Sequence[float], steps: int | None = None,
+                 encode_steps: int | None = None, **kwargs: Any) -> ProgressGen[Result]:
+    """The brain at each target date from two or more visits, on the latest visit's grid: see
+    :func:`napari_ldae.operations_predict.iter_predict`."""
+    from napari_ldae.operations_predict import iter_predict as predict
+
+    return (yield from predict(session, scans, months, targets, steps, encode_steps, **kwargs))
+
+
 # ----------------------------------------------------------------------------- export
 def export(path: str | os.PathLike, result: Result, kind: str = "image",
            overwrite: bool = False, reference: int = 0, **extra: Any) -> Path:
@@ -214,21 +224,38 @@ def visit_dates(path_a: str | os.PathLike, path_b: str | os.PathLike,
                 months_a: float | None = None,
                 months_b: float | None = None) -> tuple[float, float]:
     """The two visits' dates in months: given, else from BIDS names or ``sessions.tsv``."""
-    from napari_ldae.data.cohort import months_from_bids
     from napari_ldae.errors import LDAEError
 
-    dates = []
-    for path, given, flag in ((path_a, months_a, "--months-a"), (path_b, months_b, "--months-b")):
-        t = given if given is not None else months_from_bids(path)
-        if t is None:
-            raise LDAEError(f"cannot tell the date of {Path(path).name}: no ses-M<months> in its "
-                            f"name and no sessions.tsv with a months column; give {flag} (and "
-                            "the other visit's) in months")
-        dates.append(float(t))
+    dates = visit_months([path_a, path_b], [months_a, months_b],
+                         flags=("--months-a (and the other visit's)",
+                                "--months-b (and the other visit's)"))
     if dates[0] == dates[1]:
         raise LDAEError(f"both visits are dated month {number(dates[0])}; interpolation needs "
                         "two dates (check --months-a/--months-b)")
     return dates[0], dates[1]
+
+
+def visit_months(paths: Sequence[str | os.PathLike],
+                 given: Sequence[float | None] | None = None,
+                 flags: Sequence[str] | None = None) -> list[float]:
+    """Each visit's date in months: given, else from its BIDS name or ``sessions.tsv``.
+
+    ``flags``: per visit, the option that gives its date (named in the error when unknown).
+    """
+    from napari_ldae.data.cohort import months_from_bids
+    from napari_ldae.errors import LDAEError
+
+    given = list(given) if given is not None else [None] * len(paths)
+    dates = []
+    for i, (path, months) in enumerate(zip(paths, given, strict=True)):
+        t = months if months is not None else months_from_bids(path)
+        if t is None:
+            flag = flags[i] if flags else "--dates (one per visit)"
+            raise LDAEError(f"cannot tell the date of {Path(path).name}: no ses-M<months> in its "
+                            f"name and no sessions.tsv with a months column; give {flag} in "
+                            "months")
+        dates.append(float(t))
+    return dates
 
 
 def number(value: float, sign: bool = False) -> str:

@@ -354,6 +354,13 @@ class Session:
         return (yield from operations.iter_interpolate(self, scan_a, scan_b, alphas, steps,
                                                        encode_steps, **kwargs))
 
+    def iter_predict(self, scans: Sequence[Scan], months: Sequence[float],
+                     targets: Sequence[float], steps: int | None = None,
+                     encode_steps: int | None = None, **kwargs: Any) -> ProgressGen[Result]:
+        """See :func:`napari_ldae.operations_predict.iter_predict`."""
+        return (yield from operations.iter_predict(self, scans, months, targets, steps,
+                                                   encode_steps, **kwargs))
+
     def export(self, path: str | os.PathLike, volume_model, scan: Scan, provenance: dict,
                overwrite: bool = False, *, difference: bool = False) -> Path:
         """Write model-space volume(s) of ``scan`` (``difference``: signed, already taken)
