@@ -35,3 +35,26 @@ def shown_path(path: str | Path) -> str:
     except ValueError:
         return str(path)
     return f"napari_ldae.resources/{inside.as_posix()}"
+
+
+#: How the model panel and ``napari-ldae info`` name the shipped demo bundle.
+BUILTIN_BUNDLE = "built-in demo bundle"
+
+
+def display_path(path: str | Path) -> str:
+    """How a path is shown to people: the shipped demo bundle as :data:`BUILTIN_BUNDLE`, a path
+    under the home folder as ``~/…``, anything else as given."""
+    p = Path(path).expanduser()
+    if p.resolve() == resource_path("demo").resolve():
+        return BUILTIN_BUNDLE
+    try:
+        inside = p.absolute().relative_to(Path.home())
+    except ValueError:
+        return str(path)
+    return "~" if inside == Path() else f"~/{inside.as_posix()}"
+
+
+def path_from_display(text: str) -> Path:
+    """The path behind a :func:`display_path` text (or any path a person typed)."""
+    text = text.strip()
+    return resource_path("demo") if text == BUILTIN_BUNDLE else Path(text).expanduser()

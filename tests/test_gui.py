@@ -6,6 +6,8 @@ one module-wide Session so that codes stay cached between tests.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from ldae_factory import shared_tiny_bundle, tiny_scan
 from napari_ldae.data.io import write_scan
 from napari_ldae.gui import _jobs
 from napari_ldae.gui._state import get_state
-from napari_ldae.session import OOM_HINT, Session
+from napari_ldae.session import DEMO_BUNDLE, OOM_HINT, Session
 
 pytestmark = pytest.mark.filterwarnings("ignore:System theme detection")
 
@@ -140,6 +142,21 @@ def test_model_panel_load_and_unload(make_napari_viewer, bundle, tmp_path, qtbot
     panel.unload_button.click()
     assert state.session is None and manip.direction.count() == 0
     _assert_idle_ui(panel.controls)
+
+
+def test_model_panel_shows_no_absolute_paths(make_napari_viewer, monkeypatch, tmp_path):
+    """The built-in bundle is named as such and the cache is under ``~``: no machine's paths."""
+    from napari_ldae._resources import BUILTIN_BUNDLE, path_from_display
+
+    for env in ("NAPARI_LDAE_BUNDLE", "NAPARI_LDAE_CACHE"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    panel = _widget(make_napari_viewer(), "ModelWidget")
+    assert panel.bundle_edit.text() == BUILTIN_BUNDLE
+    assert panel.cache_edit.text() == "~/.cache/napari-ldae"
+    assert str(Path.home()) not in panel.bundle_edit.text() + panel.cache_edit.text()
+    assert path_from_display(panel.bundle_edit.text()) == DEMO_BUNDLE
+    assert path_from_display(panel.cache_edit.text()) == tmp_path / ".cache" / "napari-ldae"
 
 
 def test_model_panel_reports_a_bad_bundle(make_napari_viewer, tmp_path, qtbot):

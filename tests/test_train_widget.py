@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from napari_ldae._resources import path_from_display
 from napari_ldae.gui._state import get_state
 
 pytestmark = pytest.mark.filterwarnings("ignore:System theme detection")
@@ -163,7 +164,7 @@ def test_train_widget_runs_a_tiny_run_and_loads_its_bundle(make_napari_viewer, q
     qtbot.waitUntil(lambda: state.session is not None and not w.controls.busy, timeout=WAIT_MS)
     assert Path(state.session.bundle.path).resolve() == (run / "bundle").resolve()
     assert "loaded the trained bundle" in w.controls.status.text()
-    assert Path(model.bundle_edit.text()).resolve() == (run / "bundle").resolve()
+    assert path_from_display(model.bundle_edit.text()).resolve() == (run / "bundle").resolve()
     assert model.unload_button.isEnabled()
 
     # the same folder again, without resume: refused before any process starts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from napari_ldae._resources import display_path
 from napari_ldae.cli._common import session
 from napari_ldae.operations import number
 
@@ -43,7 +44,7 @@ def add_info(sub: argparse._SubParsersAction) -> None:
             return
         arch = info["architecture"]
         lines = [
-            f"bundle       {info['name']}  ({info['path']})",
+            f"bundle       {info['name']}  ({display_path(info['path'])})",
             f"sha256       {info['bundle_sha256']}",
             f"trained      {'yes' if info['trained'] else 'NO (random weights)'}",
             f"parameters   {info['parameters'] or 0:,}",

@@ -1,4 +1,8 @@
-"""The model panel: bundle, device, precision, step counts, cache dir, Load/Unload, facts."""
+"""The model panel: bundle, device, precision, step counts, cache dir, Load/Unload, facts.
+
+Paths are shown as people read them (:func:`~napari_ldae._resources.display_path`): the shipped
+bundle as "built-in demo bundle", folders under the home folder as ``~/…``.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_ldae._resources import display_path, path_from_display
 from napari_ldae.core.progress import Progress
 from napari_ldae.gui._base import LDAEWidget, form_row
 from napari_ldae.gui._controls import RunControls
@@ -76,7 +81,8 @@ class ModelWidget(LDAEWidget):
         """Load the bundle in a worker (replacing the current model)."""
         from napari_ldae.session import Session
 
-        bundle = self.bundle_edit.text().strip() or None
+        text = self.bundle_edit.text().strip()
+        bundle = path_from_display(text) if text else None
         device, precision = self.device.currentText(), self.precision.currentText()
         cache = self.cache_edit.text().strip()
         if self.state.session is not None:
@@ -85,7 +91,7 @@ class ModelWidget(LDAEWidget):
         def work():
             yield Progress(0, 1, "loading")
             return Session(bundle, device=device, precision=precision,
-                           cache_dir=Path(cache) if cache else None)
+                           cache_dir=path_from_display(cache) if cache else None)
 
         self.run_job(self.controls, work, "Load model", self._loaded)
 
@@ -105,8 +111,8 @@ class ModelWidget(LDAEWidget):
     def _show_session(self, session) -> None:
         self.unload_button.setEnabled(session is not None)
         if session is not None:
-            self.bundle_edit.setText(str(session.bundle.path))
-            self.cache_edit.setText(str(session.cache_dir))
+            self.bundle_edit.setText(display_path(session.bundle.path))
+            self.cache_edit.setText(display_path(session.cache_dir))
             if self.device.findText(session.device) >= 0:
                 self.device.setCurrentText(session.device)
             self.precision.setCurrentText(session.precision)
@@ -131,7 +137,7 @@ class ModelWidget(LDAEWidget):
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Model bundle directory")
         if path:
-            self.bundle_edit.setText(path)
+            self.bundle_edit.setText(display_path(path))
 
 
 def _default_bundle_text() -> str:
@@ -139,7 +145,7 @@ def _default_bundle_text() -> str:
     from napari_ldae.session import default_bundle_path
 
     try:
-        return str(default_bundle_path())
+        return display_path(default_bundle_path())
     except BundleError:
         return ""
 
@@ -149,7 +155,7 @@ def _default_cache_text() -> str:
 
     from napari_ldae.session import CACHE_ENV
 
-    return os.environ.get(CACHE_ENV, str(Path.home() / ".cache" / "napari-ldae"))
+    return display_path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "napari-ldae")
 
 
 def readable(value: float) -> str:
