@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from napari_ldae import __version__
-from napari_ldae.cli import demo, evaluate, info, model, train
+from napari_ldae.cli import demo, evaluate, info, model, predict, train
 from napari_ldae.errors import LDAEError
 
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         model.add_reconstruct,
         model.add_manipulate,
         model.add_interpolate,
+        predict.add_predict,
         demo.add_demo,
         evaluate.add_evaluate,
     ):

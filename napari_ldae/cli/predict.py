@@ -1,0 +1,121 @@
+"""predict: a subject's brain at any date from two or more of its visits, in the latest visit's
+space (a thin command over :func:`napari_ldae.operations.iter_predict`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from napari_ldae.cli._common import inputs, model_options, outputs, progress, say, session, stem
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    from napari_ldae.core.trajectory import DEFAULT_X_T_RULE, X_T_RULES
+
+    p = sub.add_parser(
+        "predict", help="predict a later visit from two or more earlier ones (by date)",
+        description="Encode two or more visits of one subject, fit their trajectory in code "
+        "space (semantic y: least-squares line in time over all visits; stochastic x_T: "
+        "--x-t-rule) and decode it at each date given with --months (months from baseline). "
+        "A date past the last visit is a prediction, one between visits an interpolation. The "
+        "visits' dates come from BIDS names (ses-M06) or a sessions.tsv (`months` column), else "
+        "from --dates. Writes OUTDIR/<stem>_predict-M<months>.nii.gz in the space of the latest "
+        "visit (<stem>), with the visits, dates and fit residual in the JSON sidecar. Visits "
+        "that look like different subjects and dates far outside the visits' span are warned "
+        "about.",
+    )
+    p.add_argument("visits", nargs="+", metavar="VISIT",
+                   help="two or more visits of one subject (NIfTI), in any order")
+    p.add_argument("--months", type=float, nargs="+", required=True, metavar="T",
+                   help="dates to predict, in months from baseline (e.g. 36 48)")
+    p.add_argument("--dates", type=float, nargs="+", metavar="M",
+                   help="the visits' own dates in months, one per VISIT in the same order "
+                   "(default: from BIDS names / sessions.tsv)")
+    p.add_argument("--x-t-rule", choices=X_T_RULES, default=DEFAULT_X_T_RULE,
+                   help="stochastic code at a date: slerp between visits, continued past them "
+                   "(default), or the latest visit's")
+    p.add_argument("--difference", action="store_true",
+                   help="also write prediction − reconstruction of the latest visit "
+                   "(<stem>_predict-M<months>_diff.nii.gz)")
+    model_options(p)
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(a: argparse.Namespace) -> None:
+    from napari_ldae.errors import LDAEError
+    from napari_ldae.operations import visit_months
+    from napari_ldae.operations_predict import check_visits
+
+    paths = inputs(a.visits, unique=a.save_codes)
+    if a.dates is not None and len(a.dates) != len(paths):
+        raise LDAEError(f"--dates gives {len(a.dates)} date(s) for {len(paths)} visit(s): one "
+                        "per VISIT, in the same order")
+    months = visit_months(paths, a.dates)
+    targets = list(dict.fromkeys(a.months))
+    shown = set(check_visits([str(p) for p in paths], months, targets))
+    for message in shown:
+        warn(message)
+    latest = paths[max(range(len(paths)), key=lambda i: months[i])]
+    tags = [f"M{t:g}" for t in targets]
+    names = [f"{stem(latest)}_predict-{t}.nii.gz" for t in tags]
+    names += [f"{stem(latest)}_predict-{t}_diff.nii.gz" for t in tags if a.difference]
+    names += [f"{stem(p)}_codes.safetensors" for p in paths] * a.save_codes
+    outs = outputs(a.out, names, a.overwrite)
+    s, result = _predict(a, paths, months, targets, shown)
+    _write_all(a, s, result, outs, len(targets), paths)
+
+
+def _predict(a: argparse.Namespace, paths: list[Path], months: list[float],
+             targets: list[float], shown: set[str]):
+    """Run the prediction, printing the warnings not shown yet (those from the codes)."""
+    import warnings
+
+    from napari_ldae.data.io import read_scan
+    from napari_ldae.operations_predict import PredictionWarning
+
+    s = session(a)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PredictionWarning)
+        result = progress(s.iter_predict(
+            [read_scan(p) for p in paths], months, targets, a.steps, a.steps,
+            x_T_rule=a.x_t_rule, reference=a.difference, names=[str(p) for p in paths]),
+            f"predict ×{len(targets)} from {len(paths)} visits", a.quiet)
+    for w in caught:
+        if issubclass(w.category, PredictionWarning) and str(w.message) not in shown:
+            warn(str(w.message))
+        elif not issubclass(w.category, PredictionWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return s, result
+
+
+def _write_all(a: argparse.Namespace, s, result, outs: list[Path], n: int,
+               paths: list[Path]) -> None:
+    """Every output, or none: a failure removes what this run wrote."""
+    from napari_ldae.data.io import is_nifti_path, sidecar_path
+    from napari_ldae.operations import export, write_codes
+
+    written: list[Path] = []
+    try:
+        for j in range(n):
+            written.append(export(outs[j], result.item(j), overwrite=a.overwrite))
+            if a.difference:
+                written.append(export(outs[n + j], result.item(j), "difference",
+                                      overwrite=a.overwrite))
+        if a.save_codes:
+            steps = result.provenance["encode_steps"]
+            codes = dict(zip(result.provenance["visits"], result.codes, strict=True))
+            for out, path in zip(outs[-len(paths):], paths, strict=True):
+                written.append(write_codes(out, codes[str(path)], s, path, steps))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+            if is_nifti_path(path):
+                sidecar_path(path).unlink(missing_ok=True)
+        raise
+    for path in written:
+        say(a, path)
+
+
+def warn(message: str) -> None:
+    print(f"napari-ldae predict: warning: {message}", file=sys.stderr)
