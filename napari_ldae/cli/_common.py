@@ -1,10 +1,10 @@
-"""What the model commands share: their options, input and output checks, the session and
-progress bars. Inputs and outputs are checked before the model loads."""
+"""What the commands share: their declaration, options, input and output checks, the session
+and progress bars. Inputs and outputs are checked before the model loads."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -25,19 +25,43 @@ def positive_int(text: str) -> int:
     return value
 
 
-def model_options(p: argparse.ArgumentParser, *, save_codes: bool = True) -> None:
-    """Options shared by the commands that run the model."""
-    p.add_argument("-o", "--out", required=True, metavar="OUTDIR",
-                   help="output folder (created if missing)")
+def command(sub: argparse._SubParsersAction, name: str,
+            run: Callable[[argparse.Namespace], None], *, help: str,
+            description: str | None = None) -> argparse.ArgumentParser:
+    """The parser of sub-command ``name``, whose handler is ``run``."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.set_defaults(func=run)
+    return p
+
+
+def scans_argument(p: argparse.ArgumentParser) -> None:
+    """The input scans of the model commands (``IN ...``)."""
+    p.add_argument("inputs", nargs="+", metavar="IN", help="NIfTI scans (.nii, .nii.gz)")
+
+
+def bundle_option(p: argparse.ArgumentParser) -> None:
+    """``--bundle``, defaulting to ``$NAPARI_LDAE_BUNDLE``, else the demo bundle."""
     p.add_argument("--bundle", metavar="B",
                    help="model bundle folder or .ldae file (default: $NAPARI_LDAE_BUNDLE, "
                    "else the demo bundle)")
-    p.add_argument("--steps", type=positive_int, metavar="N",
-                   help="DDIM steps of encoding and decoding (default: the bundle's)")
+
+
+def device_options(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision``, resolved by :func:`napari_ldae.core.device.resolve`."""
     p.add_argument("--device", metavar="D",
                    help="cpu, cuda, cuda:1 or mps (default: the first available)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="network precision; bf16/fp16 on CUDA only (default fp32)")
+
+
+def model_options(p: argparse.ArgumentParser, *, save_codes: bool = True) -> None:
+    """Options shared by the commands that run the model."""
+    p.add_argument("-o", "--out", required=True, metavar="OUTDIR",
+                   help="output folder (created if missing)")
+    bundle_option(p)
+    p.add_argument("--steps", type=positive_int, metavar="N",
+                   help="DDIM steps of encoding and decoding (default: the bundle's)")
+    device_options(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (otherwise an existing output is an error)")
     if save_codes:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from napari_ldae.cli._common import command
 from napari_ldae.errors import LDAEError
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
+    p = command(
+        sub, "demo", run_demo,
         help="open napari with the demo bundle, a synthetic subject and the LDAE widgets "
         "(without a display: save screenshots instead)",
     )
@@ -20,18 +21,17 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--screenshot", metavar="DIR", help="drive the demo headless, save PNGs "
                    "(2D edit with its difference map, 3D view, interpolation sweep) and exit")
 
-    def run(a: argparse.Namespace) -> None:
-        import os
 
-        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            _rerun_under_xvfb(a)
-            return
-        from napari_ldae.gui.demo import run_demo
+def run_demo(a: argparse.Namespace) -> None:
+    import os
 
-        for path in run_demo(a.bundle, a.screenshot, a.device):
-            print(f"wrote {path}")
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        _rerun_under_xvfb(a)
+        return
+    from napari_ldae.gui import demo
 
-    p.set_defaults(func=run)
+    for path in demo.run_demo(a.bundle, a.screenshot, a.device):
+        print(f"wrote {path}")
 
 
 def _rerun_under_xvfb(a: argparse.Namespace) -> None:

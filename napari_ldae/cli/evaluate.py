@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from napari_ldae.cli._common import positive_int, say
+from napari_ldae.cli._common import command, device_options, positive_int, say
 
 if TYPE_CHECKING:
     from napari_ldae.core.progress import ProgressGen
@@ -17,8 +17,9 @@ T = TypeVar("T")
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     from napari_ldae.evaluate import SECTIONS
 
-    p = sub.add_parser(
-        "evaluate", help="reproduce the paper's evaluations on a cohort (JSON/Markdown report)",
+    p = command(
+        sub, "evaluate", run_evaluate,
+        help="reproduce the paper's evaluations on a cohort (JSON/Markdown report)",
         description="Reconstruction at several DDIM step counts against the autoencoder "
         "ceiling, semantic-only decoding, linear probes (AD vs CN, age), interpolation of visit "
         "triplets against a copy-the-nearest-visit baseline and, when the cohort has "
@@ -58,38 +59,34 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="optimizer steps of each linear probe (default: the trainer's, 2000)")
     p.add_argument("--skip", nargs="+", choices=SECTIONS, default=[], metavar="SECTION",
                    help=f"sections to leave out: {', '.join(SECTIONS)}")
-    p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1 or mps (default: the "
-                   "first available)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="network precision; bf16/fp16 on CUDA only (default fp32)")
+    device_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing reports")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    def run(a: argparse.Namespace) -> None:
-        from napari_ldae.evaluate.report import (
-            EvaluateOptions,
-            iter_evaluate,
-            write_json,
-            write_markdown,
-        )
 
-        outs = [Path(x).expanduser() for x in (a.out, a.markdown) if x]
-        for out in outs if not a.overwrite else ():
-            if out.exists():
-                raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-        options = EvaluateOptions(
-            steps=tuple(a.steps), task_steps=a.task_steps, split=a.split, seed=a.seed,
-            val_fraction=a.val_fraction, test_fraction=a.test_fraction,
-            max_subjects=a.max_subjects, strengths=tuple(a.strengths), direction=a.direction,
-            lpips_weights=a.lpips_weights, probe_steps=a.probe_steps, skip=tuple(a.skip),
-            device=a.device,
-            precision=a.precision, command=_evaluate_command(a))
-        report = _evaluate_progress(iter_evaluate(a.bundle, a.cohort, options), a.quiet)
-        say(a, write_json(report, a.out))
-        if a.markdown:
-            say(a, write_markdown(report, a.markdown))
+def run_evaluate(a: argparse.Namespace) -> None:
+    from napari_ldae.evaluate.report import (
+        EvaluateOptions,
+        iter_evaluate,
+        write_json,
+        write_markdown,
+    )
 
-    p.set_defaults(func=run)
+    outs = [Path(x).expanduser() for x in (a.out, a.markdown) if x]
+    for out in outs if not a.overwrite else ():
+        if out.exists():
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    options = EvaluateOptions(
+        steps=tuple(a.steps), task_steps=a.task_steps, split=a.split, seed=a.seed,
+        val_fraction=a.val_fraction, test_fraction=a.test_fraction,
+        max_subjects=a.max_subjects, strengths=tuple(a.strengths), direction=a.direction,
+        lpips_weights=a.lpips_weights, probe_steps=a.probe_steps, skip=tuple(a.skip),
+        device=a.device,
+        precision=a.precision, command=_evaluate_command(a))
+    report = _evaluate_progress(iter_evaluate(a.bundle, a.cohort, options), a.quiet)
+    say(a, write_json(report, a.out))
+    if a.markdown:
+        say(a, write_markdown(report, a.markdown))
 
 
 def _evaluate_command(a: argparse.Namespace) -> str:

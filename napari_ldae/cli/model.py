@@ -5,20 +5,30 @@ from __future__ import annotations
 
 import argparse
 
-from napari_ldae.cli._common import inputs, model_options, outputs, progress, say, session, stem
+from napari_ldae.cli._common import (
+    command,
+    inputs,
+    model_options,
+    outputs,
+    progress,
+    say,
+    scans_argument,
+    session,
+    stem,
+)
 from napari_ldae.operations import number
 
 
 def add_encode(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "encode", help="encode scans into LDAE codes (<stem>_codes.safetensors)",
+    p = command(
+        sub, "encode", run_encode,
+        help="encode scans into LDAE codes (<stem>_codes.safetensors)",
         description="Encode each scan into its LDAE codes: semantic y and stochastic x_T (DDIM "
         "inversion). Each goes to OUTDIR/<stem>_codes.safetensors with the steps, the bundle "
         "hash and the source path in its metadata.",
     )
-    p.add_argument("inputs", nargs="+", metavar="IN", help="NIfTI scans (.nii, .nii.gz)")
+    scans_argument(p)
     model_options(p, save_codes=False)
-    p.set_defaults(func=run_encode)
 
 
 def run_encode(a: argparse.Namespace) -> None:
@@ -35,14 +45,14 @@ def run_encode(a: argparse.Namespace) -> None:
 
 
 def add_reconstruct(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "reconstruct", help="encode and decode scans (<stem>_recon.nii.gz)",
+    p = command(
+        sub, "reconstruct", run_reconstruct,
+        help="encode and decode scans (<stem>_recon.nii.gz)",
         description="Encode each scan and decode its codes: OUTDIR/<stem>_recon.nii.gz, in the "
         "input's space, header and intensity units, with a JSON sidecar.",
     )
-    p.add_argument("inputs", nargs="+", metavar="IN", help="NIfTI scans (.nii, .nii.gz)")
+    scans_argument(p)
     model_options(p)
-    p.set_defaults(func=run_reconstruct)
 
 
 def run_reconstruct(a: argparse.Namespace) -> None:
@@ -63,14 +73,15 @@ def run_reconstruct(a: argparse.Namespace) -> None:
 
 
 def add_manipulate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "manipulate", help="edit scans along a named direction (<stem>_<DIR><±S>.nii.gz)",
+    p = command(
+        sub, "manipulate", run_manipulate,
+        help="edit scans along a named direction (<stem>_<DIR><±S>.nii.gz)",
         description="Move each scan's semantic code along a direction of the bundle (see "
         "`napari-ldae info`) by each strength and decode, all strengths in one batch: "
         "OUTDIR/<stem>_<DIR><±S>.nii.gz per input and strength (e.g. scan_AD+2.0.nii.gz), in "
         "the input's space. Strength 0 is the reconstruction.",
     )
-    p.add_argument("inputs", nargs="+", metavar="IN", help="NIfTI scans (.nii, .nii.gz)")
+    scans_argument(p)
     p.add_argument("--direction", required=True, metavar="NAME",
                    help="direction name, e.g. AD (listed by `napari-ldae info`)")
     p.add_argument("--strength", required=True, type=float, nargs="+", metavar="S",
@@ -80,7 +91,6 @@ def add_manipulate(sub: argparse._SubParsersAction) -> None:
                    help="also write the signed difference edit − reconstruction "
                    "(<stem>_<DIR><±S>_diff.nii.gz)")
     model_options(p)
-    p.set_defaults(func=run_manipulate)
 
 
 def run_manipulate(a: argparse.Namespace) -> None:
@@ -110,8 +120,9 @@ def run_manipulate(a: argparse.Namespace) -> None:
 
 
 def add_interpolate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "interpolate", help="interpolate between two visits (by α or by date)",
+    p = command(
+        sub, "interpolate", run_interpolate,
+        help="interpolate between two visits (by α or by date)",
         description="Encode two visits A and B of one subject and decode their interpolation "
         "(lerp of y, slerp of x_T) at each α (0 = A, 1 = B) or each date in months from "
         "baseline. The visits' dates come from BIDS names (ses-M06) or a sessions.tsv "
@@ -132,7 +143,6 @@ def add_interpolate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extrapolate", action="store_true",
                    help="allow α outside [0, 1] (dates before A or after B)")
     model_options(p)
-    p.set_defaults(func=run_interpolate)
 
 
 def run_interpolate(a: argparse.Namespace) -> None:

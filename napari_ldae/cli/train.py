@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from napari_ldae.cli._common import command
 from napari_ldae.core import REFERENCE_SCALE_FACTOR
 
 
 def add_import_official(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "import-official",
+    p = command(
+        sub, "import-official", run_import_official,
         help="convert the official LDAE release files (pickled .pth/.ckpt) into a bundle",
     )
     p.add_argument("--unet", required=True, help="ShiftUNet state dict (decoder.pth)")
@@ -26,27 +27,26 @@ def add_import_official(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, help="bundle directory (or .ldae file) to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
 
-    def run(a: argparse.Namespace) -> None:
-        import json
-        from pathlib import Path
 
-        from napari_ldae.core.reference import import_official
+def run_import_official(a: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
 
-        config = json.loads(Path(a.config).read_text()) if a.config else None
-        path = import_official(
-            unet=a.unet, encoder=a.encoder, autoencoder=a.autoencoder,
-            semantic_mean=a.semantic_mean, semantic_std=a.semantic_std,
-            classifier=a.classifier, scale_factor=a.scale_factor,
-            config=config, out=a.out, overwrite=a.overwrite,
-        )
-        print(f"wrote bundle {path}")
+    from napari_ldae.core.reference import import_official
 
-    p.set_defaults(func=run)
+    config = json.loads(Path(a.config).read_text()) if a.config else None
+    path = import_official(
+        unet=a.unet, encoder=a.encoder, autoencoder=a.autoencoder,
+        semantic_mean=a.semantic_mean, semantic_std=a.semantic_std,
+        classifier=a.classifier, scale_factor=a.scale_factor,
+        config=config, out=a.out, overwrite=a.overwrite,
+    )
+    print(f"wrote bundle {path}")
 
 
 def add_make_cohort(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "make-cohort",
+    p = command(
+        sub, "make-cohort", run_make_cohort,
         help="write a synthetic longitudinal cohort (ICBM152-based, known ground truth)",
         description="Write a BIDS-like synthetic longitudinal cohort built on the ICBM152 2009a "
         "template: per-subject anatomy, CN/AD (and optionally MCI) atrophy over ADNI-like "
@@ -68,35 +68,34 @@ def add_make_cohort(sub: argparse._SubParsersAction) -> None:
                         "hippocampal size, cortical thickness, asymmetry; default) or template "
                         "(every subject the template with small warps, generator v1)")
 
-    def run(a: argparse.Namespace) -> None:
-        from tqdm import tqdm
 
-        from napari_ldae.data.synthetic import make_cohort
+def run_make_cohort(a: argparse.Namespace) -> None:
+    from tqdm import tqdm
 
-        bars: list[tqdm] = []  # opened at the first report, once the arguments are checked
+    from napari_ldae.data.synthetic import make_cohort
 
-        def progress(done: int, total: int) -> None:
-            if not bars:
-                bars.append(tqdm(total=total, unit="subject", desc="make-cohort"))
-            bars[0].update(done - bars[0].n)
+    bars: list[tqdm] = []  # opened at the first report, once the arguments are checked
 
-        try:
-            path = make_cohort(
-                a.out, a.subjects, a.seed, spacing=a.spacing, visits=tuple(a.visits),
-                mci=a.mci, overwrite=a.overwrite, workers=a.workers, progress=progress,
-                variety=a.variety,
-            )
-        finally:
-            for bar in bars:
-                bar.close()
-        print(f"wrote synthetic cohort {path}")
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="subject", desc="make-cohort"))
+        bars[0].update(done - bars[0].n)
 
-    p.set_defaults(func=run)
+    try:
+        path = make_cohort(
+            a.out, a.subjects, a.seed, spacing=a.spacing, visits=tuple(a.visits),
+            mci=a.mci, overwrite=a.overwrite, workers=a.workers, progress=progress,
+            variety=a.variety,
+        )
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"wrote synthetic cohort {path}")
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
+    p = command(
+        sub, "train", run_train,
         help="train a stage (autoencoder, latent, representation, probe) or all four",
         description="Train LDAE on a cohort with PyTorch Lightning: one GPU, several (DDP) or "
         "several nodes (torchrun / SLURM). Each stage reads the previous one's outputs under "
@@ -118,21 +117,19 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    help="optimizer steps of each network stage run (overrides <stage>.max_steps)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. latent.lr=1e-4 trainer.precision=bf16-mixed")
-
-    def run(a: argparse.Namespace) -> None:
-        from napari_ldae.train.config import STAGES
-        from napari_ldae.train.run import resolve, train
-
-        stages = STAGES if a.stage == "all" else (a.stage,)
-        config = resolve(a.config, a.data, a.overrides, devices=a.devices,
-                         accelerator=a.accelerator, num_nodes=a.num_nodes,
-                         max_steps=a.max_steps, stages=stages)
-        bundle = train(a.stage, config, a.out, resume=a.resume)
-        if bundle is not None:
-            print(f"bundle: {bundle}")
-
     p.__class__ = _TrainParser  # KEY=VALUE overrides may also follow the options
-    p.set_defaults(func=run)
+
+def run_train(a: argparse.Namespace) -> None:
+    from napari_ldae.train.config import STAGES
+    from napari_ldae.train.run import resolve, train
+
+    stages = STAGES if a.stage == "all" else (a.stage,)
+    config = resolve(a.config, a.data, a.overrides, devices=a.devices,
+                     accelerator=a.accelerator, num_nodes=a.num_nodes,
+                     max_steps=a.max_steps, stages=stages)
+    bundle = train(a.stage, config, a.out, resume=a.resume)
+    if bundle is not None:
+        print(f"bundle: {bundle}")
 
 
 class _TrainParser(argparse.ArgumentParser):
