@@ -178,13 +178,14 @@ def iter_evaluate(bundle: str | os.PathLike, cohort: str | os.PathLike,
     from napari_ldae.data.cohort import read_cohort
 
     started, t0 = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
-    loaded, model = _load_model(bundle, options or EvaluateOptions())
+    session = _session(bundle, options or EvaluateOptions())
+    loaded = session.bundle
     options = resolve_split(options or EvaluateOptions(), loaded.config)
     cohort_table = read_cohort(cohort)
     plan = make_plan(cohort_table, options)
     if not plan.evaluated:
         raise LDAEError(f"no subjects to evaluate in {cohort} (split {options.split!r})")
-    ctx = _context(loaded, model, plan, options)
+    ctx = _context(session, plan, options)
     results = []
     for n, (subject, records) in enumerate(plan.evaluated.items(), start=1):
         label = f"[{n}/{len(plan.evaluated)}] {subject}"
@@ -214,29 +215,25 @@ def evaluate(bundle: str | os.PathLike, cohort: str | os.PathLike,
     return drain(iter_evaluate(bundle, cohort, options), callback)
 
 
-def _load_model(bundle: str | os.PathLike, options: EvaluateOptions):
-    """The bundle and its model, on the device and precision every command resolves alike."""
-    from napari_ldae.core.bundle import load_bundle
-    from napari_ldae.core.device import resolve
+def _session(bundle: str | os.PathLike, options: EvaluateOptions):
+    """The bundle loaded as every command loads it: a :class:`~napari_ldae.session.Session`
+    (one loader, one device and precision resolver, the bundle's preprocessing contract)."""
+    from napari_ldae.session import Session
 
-    loaded = load_bundle(bundle)
-    device, precision = resolve(options.device, options.precision)
-    return loaded, loaded.load_model(device, precision, options.max_batch)
+    return Session(bundle, device=options.device, precision=options.precision,
+                   max_batch=options.max_batch)
 
 
-def _context(loaded, model, plan: Plan, options: EvaluateOptions) -> Context:
-    from napari_ldae.data.preprocess import PreprocessContract
-
+def _context(session, plan: Plan, options: EvaluateOptions) -> Context:
     notes = plan.notes
     lpips, why = im.lpips_metric(options.lpips_weights)
     if why:
         notes["lpips"] = why
-    direction, why = ad_direction(model, options.direction)
+    direction, why = ad_direction(session.model, options.direction)
     if why:
         notes["manipulation.direction"] = why
     evaluated = [r for recs in plan.evaluated.values() for r in recs]
-    contract = PreprocessContract.from_dict(loaded.config["preprocessing"])
-    return Context(model, contract, options, lpips, direction,
+    return Context(session.model, session.contract, options, lpips, direction,
                    manipulation.truths(evaluated), notes)
 
 
