@@ -22,8 +22,10 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="reproduce the paper's evaluations on a cohort (JSON/Markdown report)",
         description="Reconstruction at several DDIM step counts against the autoencoder "
         "ceiling, semantic-only decoding, linear probes (AD vs CN, age), interpolation of visit "
-        "triplets against a copy-the-nearest-visit baseline and, when the cohort has "
-        "ventricle_ml, ventricle volume under edits toward AD. See "
+        "triplets against a copy-the-nearest-visit baseline, prediction of each subject's "
+        "last visit(s) from the earlier ones against copying the last visit and a line through "
+        "the measured ventricle volumes, and, when the cohort has ventricle_ml, ventricle "
+        "volume under edits toward AD. See "
         "docs/reproducing-the-paper.md.",
     )
     p.add_argument("--bundle", required=True, metavar="B", help="model bundle (folder or .ldae)")

@@ -1,8 +1,8 @@
 """Metrics and the reproduction of the paper's tables on any cohort."""
 
 #: Sections of ``napari-ldae evaluate`` (each can be skipped); kept here, import-light, for the CLI.
-SECTIONS = ("reconstruction", "semantic_only", "probe", "interpolation", "manipulation",
-            "code_use")
+SECTIONS = ("reconstruction", "semantic_only", "probe", "interpolation", "extrapolation",
+            "manipulation", "code_use")
 
 #: How the linear probes are fitted: the trainer's defaults (``probe`` section of a training
 #: config) and what ``evaluate`` refits with. Here, import-light, so that ``train`` takes them

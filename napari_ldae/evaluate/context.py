@@ -49,6 +49,7 @@ class SubjectResult:
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # section → metric
     seconds: dict[str, float] = field(default_factory=dict)  # section → seconds per scan
     triplets: list[dict[str, float]] = field(default_factory=list)
+    extrapolations: list[dict[str, Any]] = field(default_factory=list)  # held-out visits
     # structure → per visit: truth, measured (scan), measured_ae (its AE reconstruction)
     structures: dict[str, list[dict[str, float | None]]] = field(default_factory=dict)
     # structure → measured volume of the baseline edited at each strength

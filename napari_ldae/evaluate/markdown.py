@@ -10,11 +10,14 @@ _DASH = "—"
 
 def render(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
     """The whole report as Markdown (``paper``: dotted key → the paper's number)."""
+    from napari_ldae.evaluate import extrapolation
+
     parts = [
         _header(report),
         _reconstruction(report, paper),
         _probes(report, paper),
         _interpolation(report, paper),
+        extrapolation.markdown(report),
         _manipulation(report),
         _code_use(report),
         _notes(report),

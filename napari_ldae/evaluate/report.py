@@ -10,6 +10,8 @@ visit by visit in model space (the bundle's preprocessing contract):
 - **interpolation**: every (start, target, end) visit triplet, α from the months, against the
   autoencoder reconstruction of the real target (as the paper), beside copying the nearest visit
   (its autoencoder reconstruction), by time gap (end − start) and prediction gap (target − start);
+- **extrapolation** (:mod:`.extrapolation`): the last visit(s) left out and predicted from the
+  earlier ones, against the truth and two baselines, by horizon;
 - **manipulation** (:mod:`.manipulation`): the baseline scan edited toward AD at each strength;
   the ventricles and hippocampi measured on the edits where the cohort has their true volumes
   (``ventricle_ml``, ``hippocampus_ml``; each measurement first validated on the real scans), and
@@ -46,7 +48,7 @@ from napari_ldae._resources import shown_path
 from napari_ldae.core.progress import Progress, ProgressGen, drain
 from napari_ldae.data.cohort import Cohort, ScanRecord
 from napari_ldae.errors import LDAEError
-from napari_ldae.evaluate import code_use, interpolation, manipulation, probe_report
+from napari_ldae.evaluate import code_use, extrapolation, interpolation, manipulation, probe_report
 from napari_ldae.evaluate import image_metrics as im
 from napari_ldae.evaluate.context import (
     Context,
@@ -138,6 +140,11 @@ def _iter_subject(ctx: Context, records: list[ScanRecord],
         t = time.perf_counter()
         res.triplets = yield from interpolation.iter_subject(ctx, records, codes, ae, label)
         ctx.timed("interpolation", t)
+    if ctx.options.runs("extrapolation"):
+        t = time.perf_counter()
+        res.extrapolations = yield from extrapolation.iter_subject(ctx, records, codes, x, ae,
+                                                                   affines, label)
+        ctx.timed("extrapolation", t)
     if ctx.options.runs("manipulation"):
         t = time.perf_counter()
         yield from manipulation.iter_subject(ctx, x, ae, affines, codes, res, label)
@@ -267,6 +274,7 @@ def _image_sections(report: dict[str, Any], results: list[SubjectResult],
     else:
         report["semantic_only"] = skipped(notes, "semantic_only", ("ssim", "mse"))
     report["interpolation"] = interpolation.section(results, opts, notes)
+    report["extrapolation"] = extrapolation.section(results, ctx, notes)
     report["manipulation"] = manipulation.section(results, ctx, notes)
 
 

@@ -1,0 +1,227 @@
+"""The extrapolation section of ``napari-ldae evaluate``: a subject's later visits predicted from
+its earlier ones and measured against the truth.
+
+For every evaluated subject with 3 or more visits, the last visit is left out (and, with 4 or
+more, also the last two); the trajectory (:mod:`napari_ldae.core.trajectory`) is fitted to the
+earlier visits' codes and decoded at the held-out dates, once per x_T rule. Compared with:
+
+- **images**: SSIM and MSE against the autoencoder reconstruction of the real held-out scan (as
+  the interpolation section and the paper), beside copying the last earlier visit (its
+  autoencoder reconstruction);
+- **ventricle volume** against the cohort's true ``ventricle_ml``, measured with
+  :mod:`.ventricles`: on the prediction itself, and as the last visit's measured volume plus the
+  predicted change (prediction − autoencoder reconstruction of the last visit, which cancels the
+  decoder's own bias); beside two baselines, copying the last visit's measured volume and a
+  least-squares line through the earlier visits' measured volumes. Measuring the autoencoder
+  reconstruction of the real held-out scan gives the ceiling.
+
+Rows are grouped by horizon, months from the last earlier visit to the held-out one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_ldae.core.model import Codes
+from napari_ldae.core.progress import ProgressGen
+from napari_ldae.core.trajectory import DEFAULT_X_T_RULE, X_T_RULES, fit_trajectory
+from napari_ldae.data.cohort import ScanRecord
+from napari_ldae.errors import LDAEError
+from napari_ldae.evaluate import image_metrics as im
+from napari_ldae.evaluate.context import Context, SubjectResult, score, skipped, task
+
+KEYS = (f"{DEFAULT_X_T_RULE}_ssim_mean", "copy_ssim_mean",
+        f"{DEFAULT_X_T_RULE}_ventricle_abs_error_ml_mean",
+        "copy_ventricle_abs_error_ml_mean", "linear_ventricle_abs_error_ml_mean")
+#: Horizon groups: name → (lowest, highest) months from the last earlier visit, inclusive.
+HORIZONS = {"6": (0.0, 6.0), "12": (6.0 + 1e-9, 12.0), "13-23": (12.0 + 1e-9, 24.0 - 1e-9),
+            "24+": (24.0, math.inf)}
+_ROW_INFO = ("subject", "held_out", "horizon", "n_inputs", "months", "truth_ml",
+             "true_change_ml", "fit_unexplained")
+
+
+def held_out_counts(n_visits: int) -> list[int]:
+    """How many last visits are left out in turn: 1 with 3+ visits, also 2 with 4+."""
+    return [k for k in (1, 2) if n_visits - k >= 2]
+
+
+def horizon_group(months: float) -> str:
+    return next(name for name, (lo, hi) in HORIZONS.items() if lo <= months <= hi)
+
+
+# ----------------------------------------------------------------------------- one subject
+def iter_subject(ctx: Context, records: list[ScanRecord], codes: Codes, x: torch.Tensor,
+                 ae: torch.Tensor, affines: list, label: str) -> ProgressGen[list[dict]]:
+    """Every held-out case of one subject: one row per held-out visit."""
+    months = [float(r.months) for r in records]
+    measure = _ventricles(ctx, records, x, ae, affines)
+    rows: list[dict[str, Any]] = []
+    for k in held_out_counts(len(records)):
+        n = len(records) - k
+        targets = list(range(n, len(records)))
+        dates = [months[j] for j in targets]
+        try:
+            fits = [fit_trajectory(codes[:n], months[:n], rule) for rule in X_T_RULES]
+        except LDAEError as err:  # duplicate dates
+            ctx.notes[f"extrapolation.{records[0].subject}"] = str(err)
+            return rows
+        gen = ctx.model.iter_decode(Codes.cat([f.codes_at(dates) for f in fits]),
+                                    ctx.options.decode_steps)
+        decoded = yield from task(gen, f"{label}: predict month(s) "
+                                       f"{', '.join(f'{d:g}' for d in dates)} from {n} visits")
+        decoded = decoded.cpu().reshape(len(fits), len(targets), *decoded.shape[1:])
+        ref = ae[targets]
+        copy = score(ctx, ae[[n - 1] * len(targets)], ref)
+        scores = {rule: score(ctx, decoded[i], ref) for i, rule in enumerate(X_T_RULES)}
+        for m, j in enumerate(targets):
+            row: dict[str, Any] = {"subject": records[0].subject, "held_out": k,
+                                   "horizon": months[j] - months[n - 1], "n_inputs": n,
+                                   "months": months[j],
+                                   "fit_unexplained": fits[0].unexplained}
+            for rule in X_T_RULES:
+                row |= {f"{rule}_{metric}": v[m] for metric, v in scores[rule].items()}
+            row |= {f"copy_{metric}": v[m] for metric, v in copy.items()}
+            if measure is not None:
+                row |= measure(n, j, {rule: decoded[i, m, 0].numpy()
+                                      for i, rule in enumerate(X_T_RULES)})
+            rows.append(row)
+    return rows
+
+
+def _ventricles(ctx: Context, records: list[ScanRecord], x: torch.Tensor, ae: torch.Tensor,
+                affines: list):
+    """``measure(n, j, predictions)`` → the ventricle rows of held-out visit ``j`` predicted
+    from the first ``n`` visits, or None when the cohort has no true volumes to compare with."""
+    from napari_ldae.evaluate.ventricles import ventricle_ml
+
+    truth = [_number(r.extra.get("ventricle_ml")) for r in records]
+    if "ventricle" not in ctx.truths or truth[-1] is None:
+        return None
+    try:
+        real = [ventricle_ml(x[v, 0].numpy(), affines[v]) for v in range(len(records))]
+        recon = [ventricle_ml(ae[v, 0].float().numpy(), affines[v]) for v in range(len(records))]
+    except (ValueError, LDAEError) as err:  # not MNI-aligned, or no nilearn
+        ctx.notes["extrapolation.ventricles"] = f"ventricle measurement impossible: {err}"
+        return None
+    months = [float(r.months) for r in records]
+
+    def measure(n: int, j: int, predictions: Mapping[str, np.ndarray]) -> dict[str, float]:
+        line = np.polyfit(months[:n], real[:n], 1)
+        out = {"truth_ml": truth[j], "true_change_ml": truth[j] - truth[n - 1],
+               "copy_ventricle_error_ml": real[n - 1] - truth[j],
+               "linear_ventricle_error_ml": float(np.polyval(line, months[j])) - truth[j],
+               "ceiling_ventricle_error_ml": recon[j] - truth[j]}
+        for rule, volume in predictions.items():
+            predicted = ventricle_ml(volume, affines[n - 1])
+            out[f"{rule}_ventricle_error_ml"] = predicted - truth[j]
+            out[f"{rule}_change_ventricle_error_ml"] = (real[n - 1] + predicted - recon[n - 1]
+                                                        - truth[j])
+        return out
+
+    return measure
+
+
+def _number(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+# ----------------------------------------------------------------------------- the section
+def section(results: list[SubjectResult], ctx: Context, notes: dict[str, str]) -> dict[str, Any]:
+    if not ctx.options.runs("extrapolation"):
+        return skipped(notes, "extrapolation", KEYS)
+    rows = [row for r in results for row in r.extrapolations]
+    out: dict[str, Any] = {
+        "steps": ctx.options.decode_steps, "x_T_rules": list(X_T_RULES),
+        "default_x_T_rule": DEFAULT_X_T_RULE, "n_predictions": len(rows),
+        "n_subjects": sum(1 for r in results if r.extrapolations),
+        "held_out": "the last visit (3+ visits), and the last two (4+ visits)",
+        "reference": "autoencoder reconstruction of the real held-out visit",
+        "copy_baseline": "the last earlier visit (its autoencoder reconstruction; its measured "
+                         "ventricle volume)",
+        "linear_baseline": "least-squares line in time through the earlier visits' measured "
+                           "ventricle volumes",
+        "change": "the last visit's measured volume plus the predicted change (prediction − "
+                  "autoencoder reconstruction of the last visit)",
+        "ceiling": "ventricles measured on the autoencoder reconstruction of the real held-out "
+                   "visit"}
+    if not rows:
+        for key in KEYS:
+            notes[f"extrapolation.{key}"] = ("no subject with 3 or more visits at distinct "
+                                             "months")
+        return out | dict.fromkeys(KEYS)
+    out |= means(rows)
+    if not any("truth_ml" in r for r in rows):
+        for key in KEYS[2:]:
+            out[key] = None
+            notes.setdefault(f"extrapolation.{key}", notes.get(
+                "extrapolation.ventricles", "the cohort has no ventricle_ml column"))
+    out["predictions"] = rows
+    out["by_horizon"] = {name: means(group) for name in HORIZONS
+                         if (group := [r for r in rows if horizon_group(r["horizon"]) == name])}
+    return out
+
+
+def means(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means of every metric over rows: ``*_error_ml`` as mean absolute error and bias."""
+    out: dict[str, Any] = {"n": len(rows),
+                           "horizon_mean": im.summary(r["horizon"] for r in rows)["mean"]}
+    for key in dict.fromkeys(k for r in rows for k in r):
+        if key in _ROW_INFO:
+            continue
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if key.endswith("_error_ml"):
+            stem = key.removesuffix("_error_ml")
+            out[f"{stem}_abs_error_ml_mean"] = im.summary(abs(v) for v in values)["mean"]
+            out[f"{stem}_bias_ml"] = im.summary(values)["mean"]
+        else:
+            out[f"{key}_mean"] = im.summary(values)["mean"]
+    if any("true_change_ml" in r for r in rows):
+        out["true_change_ml_mean"] = im.summary(r.get("true_change_ml") for r in rows)["mean"]
+    return out
+
+
+# ----------------------------------------------------------------------------- Markdown
+def markdown(report: Mapping[str, Any]) -> str:
+    """The section as Markdown: image metrics and ventricle errors by horizon."""
+    ex = report.get("extrapolation") or {}
+    title = "## Extrapolation: later visits predicted from earlier ones"
+    if not ex:
+        return ""
+    if ex.get("skipped"):
+        return f"{title}\n\n_{ex['skipped']}_"
+    groups = {"all": ex, **(ex.get("by_horizon") or {})}
+    rules = ex.get("x_T_rules") or []
+    image = [[g, t.get("n"), *(t.get(f"{r}_ssim_mean") for r in rules), t.get("copy_ssim_mean"),
+              *(t.get(f"{r}_mse_mean") for r in rules), t.get("copy_mse_mean")]
+             for g, t in groups.items()]
+    text = [title, "", f"{ex.get('n_predictions')} held-out visits of {ex.get('n_subjects')} "
+            f"subjects ({ex.get('held_out')}), decoded with {ex.get('steps')} DDIM steps; "
+            f"x_T rules {', '.join(rules)} (default {ex.get('default_x_T_rule')}). Reference: "
+            f"{ex.get('reference')}; copy: {ex.get('copy_baseline')}.", "",
+            _table(["horizon (months)", "n", *(f"SSIM {r}" for r in rules), "SSIM copy",
+                    *(f"MSE {r}" for r in rules), "MSE copy"], image)]
+    if ex.get("copy_ventricle_abs_error_ml_mean") is not None:
+        names = [*rules, *(f"{r}_change" for r in rules), "copy", "linear", "ceiling"]
+        vent = [[g, t.get("n"), t.get("true_change_ml_mean"),
+                 *(t.get(f"{n}_ventricle_abs_error_ml_mean") for n in names)]
+                for g, t in groups.items()]
+        text += ["", "Ventricle volume, mean absolute error against the truth (ml); "
+                 f"`_change`: {ex.get('change')}; linear: {ex.get('linear_baseline')}; "
+                 f"ceiling: {ex.get('ceiling')}.", "",
+                 _table(["horizon (months)", "n", "true change", *names], vent)]
+    return "\n".join(text)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    from napari_ldae.evaluate.markdown import _table as table
+
+    return table(header, rows)

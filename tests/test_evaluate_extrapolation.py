@@ -1,0 +1,131 @@
+"""The extrapolation section of `napari-ldae evaluate` on a tiny random bundle and a tiny synthetic
+cohort with four visits per subject: held-out visits, baselines, horizons and the Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ldae.cli import main
+from napari_ldae.evaluate import SECTIONS
+from napari_ldae.evaluate import extrapolation as ex
+
+OTHERS = [s for s in SECTIONS if s != "extrapolation"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """2 subjects (CN, AD) with 4 visits each at 6 mm, with their true ventricle volumes."""
+    from napari_ldae.data.synthetic import make_cohort
+
+    return make_cohort(tmp_path_factory.mktemp("four_visits") / "bids", subjects=2, seed=2,
+                       spacing=6.0, visits=(4, 4))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    from napari_ldae.core.presets import save_random_bundle
+
+    return save_random_bundle(tmp_path_factory.mktemp("extrapolation") / "bundle", "tiny")
+
+
+@pytest.fixture(scope="module")
+def report(bundle, cohort, tmp_path_factory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("extrapolation-out")
+    rc = main(["evaluate", "--bundle", str(bundle), "--cohort", str(cohort), "--out",
+               str(out / "r.json"), "--markdown", str(out / "r.md"), "--split", "all",
+               "--steps", "2", "--skip", *OTHERS, "-q"])
+    assert rc == 0
+    return json.loads((out / "r.json").read_text()), (out / "r.md").read_text()
+
+
+def test_every_held_out_visit_is_predicted(report, cohort):
+    from napari_ldae.data.cohort import read_cohort
+
+    section = report[0]["extrapolation"]
+    visits = read_cohort(cohort).by_subject()
+    # last visit from the first three, last two from the first two: 1 + 2 rows per subject
+    assert section["n_predictions"] == 6 and section["n_subjects"] == 2
+    rows = section["predictions"]
+    for row in rows:
+        months = [r.months for r in visits[row["subject"]]]
+        n = row["n_inputs"]
+        assert n == 4 - row["held_out"]
+        assert row["months"] in months[n:]
+        assert row["horizon"] == row["months"] - months[n - 1]
+        truth = float(visits[row["subject"]][months.index(row["months"])].extra["ventricle_ml"])
+        assert row["truth_ml"] == pytest.approx(truth)
+    assert sum(g["n"] for g in section["by_horizon"].values()) == 6
+    for key in (*ex.KEYS, "latest_ssim_mean", "copy_mse_mean", "true_change_ml_mean",
+                "ceiling_ventricle_abs_error_ml_mean", "slerp_change_ventricle_abs_error_ml_mean"):
+        assert isinstance(section[key], float) and math.isfinite(section[key]), key
+
+
+def test_baselines_are_what_they_say(report, cohort):
+    """The copy baseline scores the last earlier visit's AE reconstruction and measures the
+    last earlier real scan; the linear baseline is a line through the measured volumes."""
+    from napari_ldae.core.bundle import load_bundle
+    from napari_ldae.data.cohort import read_cohort
+    from napari_ldae.evaluate import image_metrics as im
+    from napari_ldae.evaluate.context import load_scans
+    from napari_ldae.evaluate.ventricles import ventricle_ml
+
+    loaded = load_bundle(report[0]["meta"]["bundle"]["path"])
+    model = loaded.load_model("cpu", "fp32")
+    from napari_ldae.data.preprocess import PreprocessContract
+
+    contract = PreprocessContract.from_dict(loaded.config["preprocessing"])
+    visits = read_cohort(cohort).by_subject()
+    row = next(r for r in report[0]["extrapolation"]["predictions"] if r["held_out"] == 2)
+    records = visits[row["subject"]]
+    x, affines = load_scans(records, contract)
+    ae = model.autoencode(x)
+    n, j = row["n_inputs"], [r.months for r in records].index(row["months"])
+    assert row["copy_ssim"] == pytest.approx(im.ssim(ae[n - 1:n], ae[j:j + 1])[0], abs=1e-6)
+    measured = [ventricle_ml(x[v, 0].numpy(), affines[v]) for v in range(n)]
+    assert row["copy_ventricle_error_ml"] == pytest.approx(measured[-1] - row["truth_ml"])
+    line = np.polyfit([r.months for r in records[:n]], measured, 1)
+    assert row["linear_ventricle_error_ml"] == pytest.approx(
+        np.polyval(line, row["months"]) - row["truth_ml"])
+
+
+def test_markdown_has_the_section(report):
+    md = report[1]
+    assert "## Extrapolation: later visits predicted from earlier ones" in md
+    assert "| horizon (months) | n | true change | slerp | latest |" in md
+
+
+def test_groups_and_means():
+    assert ex.held_out_counts(2) == [] and ex.held_out_counts(3) == [1]
+    assert ex.held_out_counts(6) == [1, 2]
+    assert [ex.horizon_group(h) for h in (3, 6, 7, 12, 18, 24, 60)] == [
+        "6", "6", "12", "12", "13-23", "24+", "24+"]
+    rows = [{"horizon": 6.0, "slerp_ventricle_error_ml": -2.0, "slerp_ssim": 0.5},
+            {"horizon": 12.0, "slerp_ventricle_error_ml": 1.0, "slerp_ssim": 0.7}]
+    out = ex.means(rows)
+    assert out["slerp_ventricle_abs_error_ml_mean"] == pytest.approx(1.5)
+    assert out["slerp_ventricle_bias_ml"] == pytest.approx(-0.5)
+    assert out["slerp_ssim_mean"] == pytest.approx(0.6) and out["n"] == 2
+
+
+def test_skipped_section_explains_itself(bundle, cohort, tmp_path):
+    rc = main(["evaluate", "--bundle", str(bundle), "--cohort", str(cohort), "--out",
+               str(tmp_path / "r.json"), "--split", "all", "--steps", "1", "--max-subjects", "1",
+               "--skip", *SECTIONS, "-q"])
+    assert rc == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["extrapolation"]["skipped"] == "skipped (--skip extrapolation)"
+    assert report["notes"]["extrapolation.copy_ssim_mean"] == "skipped (--skip extrapolation)"
