@@ -108,13 +108,14 @@ def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float
                  targets: Sequence[float], steps: int | None = None,
                  encode_steps: int | None = None, *, x_T_rule: str = DEFAULT_X_T_RULE,
                  reference: bool = True, names: Sequence[str] | None = None,
-                 **fields: Any) -> ProgressGen[Result]:
+                 warn: bool = True, **fields: Any) -> ProgressGen[Result]:
     """The brain at each target date from two or more visits: ``(N, X, Y, Z)`` on the latest
     visit's grid.
 
     ``months``: the visits' dates (any order); ``names``: how the provenance names the visits
     (default: their paths). ``reference``: also decode the latest visit's reconstruction, for
-    the differences. ``fields`` go into the provenance.
+    the differences. ``warn``: raise the warnings as :class:`PredictionWarning` too (the GUI
+    shows them from the provenance instead). ``fields`` go into the provenance.
     """
     from napari_ldae.operations import Result, _per_volume, _steps, provenance
 
@@ -137,7 +138,7 @@ def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float
     if reference:
         refs = ((yield from session.iter_reconstruction(codes[-1], steps)),)
     volumes = yield from session.iter_decode(trajectory.codes_at(targets), steps)
-    for message in found:
+    for message in found if warn else ():
         warnings.warn(message, PredictionWarning, stacklevel=2)
     prov = provenance(
         session, "predict", steps, encode_steps, visits=names, **trajectory.summary(),

@@ -338,61 +338,6 @@ def test_without_a_model_the_widgets_say_so(make_napari_viewer, scan_file, monke
     _assert_idle_ui(enc.controls)
 
 
-# ----------------------------------------------------------------------------- interpolate
-def _two_visits(viewer, tmp_path):
-    """Visits at months 0 and 12 (BIDS names) opened and chosen in the interpolate widget."""
-    paths = []
-    for i, months in enumerate((0, 12)):
-        scan = tiny_scan(seed=i)
-        paths.append(write_scan(tmp_path / f"sub-01_ses-M{months:02d}_T1w.nii.gz", scan.data,
-                                like=scan))
-    a, b = (_open(viewer, p) for p in paths)
-    interp = _widget(viewer, "InterpolateWidget")
-    interp.combo_a.select(a.name)
-    interp.combo_b.select(b.name)
-    return a, b, interp
-
-
-def test_interpolate_dates_and_sweep(viewer, tmp_path, monkeypatch):
-    monkeypatch.setenv(_jobs.SYNC_ENV, "1")
-    a, b, interp = _two_visits(viewer, tmp_path)
-    assert interp.months_a.value() == 0 and interp.months_b.value() == 12  # from BIDS names
-    interp.slider.setValue(3.0)
-    interp.interpolate()
-    name = f"{a.name} → {b.name} [interp]"
-    assert viewer.layers[name].data.shape == (32, 32, 32)
-    assert viewer.layers[name].metadata["ldae_provenance"]["alpha"] == 0.25
-    assert f"{name} Δ to {a.name}" in viewer.layers and f"{name} Δ to {b.name}" in viewer.layers
-    interp.frames.setValue(3)
-    interp.sweep()
-    sweep = viewer.layers[f"{a.name} → {b.name} [sweep]"]
-    assert sweep.data.shape == (3, 32, 32, 32)
-    assert "months 0, 6, 12" in interp.sweep_controls.status.text()
-
-
-def test_interpolate_live_preview_blends_anchor_dates(viewer, tmp_path, monkeypatch, qtbot):
-    monkeypatch.setenv(_jobs.SYNC_ENV, "1")
-    get_state(viewer).set_steps({"decode": 2, "preview": 1})
-    a, b, interp = _two_visits(viewer, tmp_path)
-    interp.slider.setValue(4.5)  # α 0.375: between the anchors 0.25 and 0.5
-    qtbot.waitUntil(lambda: interp.preview.anchors is not None, timeout=WAIT_MS)
-    anchors = interp.preview.anchors
-    assert list(anchors.values) == [0.0, 0.25, 0.5, 0.75, 1.0]
-    image, diff_a, diff_b = anchors.shown
-    assert not diff_a[0].any() and not diff_b[-1].any()  # the ends are the reconstructions
-    layer = viewer.layers[f"{a.name} → {b.name} [interp]"]
-    qtbot.waitUntil(lambda: layer.metadata["ldae_provenance"]["months"] == 4.5, timeout=WAIT_MS)
-    prov = layer.metadata["ldae_provenance"]
-    assert prov["alpha"] == 0.375 and "blend" in prov["preview"] and prov["steps"] == 1
-    expected = 0.5 * (image[1] + image[2])
-    np.testing.assert_allclose(layer.data, expected, rtol=1e-5, atol=1e-5)
-    assert "live preview" in interp.controls.status.text()
-    interp.slider.sliderReleased.emit()  # full quality of the exact date
-    prov = layer.metadata["ldae_provenance"]
-    assert prov["steps"] == 2 and "preview" not in prov and prov["alpha"] == 0.375
-    assert "full quality (2 steps); largest change to visit A" in interp.controls.status.text()
-
-
 # ----------------------------------------------------------------------------- export
 def test_export_overlays_the_source_file_and_never_overwrites_silently(
         viewer, scan_file, tmp_path, monkeypatch):

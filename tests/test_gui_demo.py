@@ -38,8 +38,12 @@ def test_demo_screenshot_steps(make_napari_viewer, tmp_path, monkeypatch):
     paths = demo.screenshots(viewer, widgets, visits, tmp_path / "shots")
     assert [p.name for p in paths] == list(demo.SCREENSHOTS)
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
-    assert viewer.layers[f"{visits[0].name} → {visits[-1].name} [sweep]"].data.shape[0] == 5
-    assert viewer.dims.axis_labels[0] == "sweep frame"
+    sweep = viewer.layers[f"{visits[-1].name} [sweep over time]"]
+    assert sweep.data.shape[0] == 5 and viewer.dims.axis_labels[0] == "months"
+    prov = sweep.metadata["ldae_provenance"]  # the last sweep runs as far past the last visit
+    assert prov["months"] == [0.0, 9.0, 18.0, 27.0, 36.0]  # as the visits span (0 … 18)
+    assert prov["prediction"] == [False, False, False, True, True]
+    assert "prediction: 18 months past the last visit" in widgets["interpolate"].kind.text()
 
 
 def test_demo_without_display_or_xvfb_says_how(monkeypatch, capsys):

@@ -1,7 +1,8 @@
 """``napari-ldae demo``: napari with a bundle loaded, a synthetic subject and the widgets.
 
 With a screenshot folder the same steps run headless (synchronously) and PNGs are saved:
-a 2D edit with its difference overlay, the 3D view, and an interpolation sweep.
+a 2D edit with its difference overlay, the 3D view, a sweep over the visits and a sweep into
+the future (a prediction).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from napari_ldae.gui._state import get_state
 
 SCREENSHOTS = ("model-panel.png", "manipulate-2d.png", "manipulate-3d.png",
-               "interpolate-sweep.png")
+               "interpolate-sweep.png", "predict-sweep.png")
 
 
 def open_subject(viewer, spacing: float, seed: int = 0, n_visits: int = 4) -> list:
@@ -116,18 +117,25 @@ def screenshots(viewer, widgets: dict, visits: list, out: Path) -> list[Path]:
     shoot(paths[2], angles=(-10.0, 25.0, 75.0))
     interp = widgets["interpolate"]
     raise_docks(widgets["docks"], ("interpolate",))
-    interp.combo_a.select(visits[0].name)
-    interp.combo_b.select(visits[-1].name)
+    interp.table.only([v.name for v in visits])
+    months = interp.months()
     interp.frames.setValue(5)
-    interp.sweep()
-    sweep = f"{visits[0].name} → {visits[-1].name} [sweep]"
-    shown = (sweep, f"{sweep} Δ to {visits[0].name}")
-    for layer in viewer.layers:
-        layer.visible = layer.name in shown
-    viewer.layers.selection.active = viewer.layers[sweep]
-    axial_view(viewer)
-    viewer.dims.set_current_step(0, 2)
-    shoot(paths[3])
+    sweep = f"{visits[-1].name} [sweep over time]"
+    shown = (sweep, f"{sweep} Δ to {visits[-1].name}")
+    for path, end, frame in ((paths[3], months[-1], 2),  # over the visits
+                             (paths[4], 2 * months[-1] - months[0], 4)):  # as far ahead again
+        interp.sweep_to.setValue(end)
+        interp.slider.blockSignals(True)  # the date label follows the frame shown
+        interp.slider.setValue(months[0] + (end - months[0]) * frame / 4)
+        interp.slider.blockSignals(False)
+        interp.label_date()
+        interp.sweep()
+        for layer in viewer.layers:
+            layer.visible = layer.name in shown
+        viewer.layers.selection.active = viewer.layers[sweep]
+        axial_view(viewer)
+        viewer.dims.set_current_step(0, frame)
+        shoot(path)
     return paths
 
 

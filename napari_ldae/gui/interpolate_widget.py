@@ -1,234 +1,213 @@
-"""Interpolate: the brain at any date between two visits of one subject (a missing visit).
+"""Visits over time: a subject's brain at any date, between its visits or past the last one.
 
-Visits come from image layers (or files opened into layers); their dates (months from
-baseline) come from the layer's ``ldae_visit`` metadata, BIDS names or ``sessions.tsv``, or
-are typed. α = (t − t_A)/(t_B − t_A) interpolates the codes (lerp y, slerp x_T). Results are
-shown on visit A's model grid (the two visits should be registered to one another); the
-differences to each visit are interpolation − reconstruction of that visit. Dragging the date
-slider shows a live preview blended from a few anchor dates decoded once (``gui._preview``);
-full quality follows when it rests.
+Any number of a subject's loaded visits (two or more, checked in the visits table, each with its
+date in months from baseline) are encoded and their trajectory is fitted in code space
+(:func:`napari_ldae.operations.iter_predict`: y on a least-squares line in time, x_T by slerp
+between visits, continued past them). The date slider runs from before the first visit to past
+the last one; a date past the last visit is labelled a *prediction*. Results are shown on the
+latest visit's model grid (the visits should be registered to one another), with the difference
+to the latest visit's reconstruction. Dragging the slider shows a live preview blended from
+anchor dates decoded once (``gui._preview``); full quality follows when it rests. Sweep renders
+a range of dates, a future one included, into one 4D layer.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QDoubleSpinBox, QFileDialog, QHBoxLayout, QPushButton, QSpinBox, QWidget
+from qtpy.QtWidgets import QDoubleSpinBox, QLabel, QSpinBox, QWidget
 from superqt import QLabeledDoubleSlider
 
 from napari_ldae.gui._base import LDAEWidget, form_row
-from napari_ldae.gui._controls import LayerCombo, RunControls
+from napari_ldae.gui._controls import RunControls
 from napari_ldae.gui._layers import (
     ResultGeometry,
     change_percent,
-    is_source_layer,
     label_sweep_axis,
     scan_from_layer,
     show_difference,
     show_image,
 )
 from napari_ldae.gui._preview import ANCHORS, LivePreview, PreviewContext, Request
+from napari_ldae.gui._visits import VisitTable
 from napari_ldae.operations import Result
-from napari_ldae.session import alpha_from_months, describe_error, months_from_bids
+from napari_ldae.session import describe_error
+
+
+def date_label(month: float, first: float, last: float) -> str:
+    """What a date is, relative to the visits: a prediction past the last one."""
+    if month > last:
+        return f"prediction: {month - last:g} months past the last visit (month {last:g})"
+    if month < first:
+        return f"before the first visit (month {first:g}): extrapolated back"
+    return "between the visits: interpolation"
+
+
+def slider_range(months: list[float]) -> tuple[float, float]:
+    """Half the visits' span before the first, the whole span (at least 12 months) past the
+    last, in half months."""
+    first, last = min(months), max(months)
+    span = max(last - first, 1.0)
+    lo, hi = first - span / 2, last + max(span, 12.0)
+    return float(np.floor(2 * lo) / 2), float(np.ceil(2 * hi) / 2)
 
 
 class InterpolateWidget(LDAEWidget):
-    """Two visits with their dates, a date slider, a sweep over time, Δ to each visit; the
-    :class:`~napari_ldae.gui._preview.PreviewSource` of its slider."""
+    """Visits with their dates, a date slider before, between and past them, a sweep over time,
+    Δ to the latest visit; the :class:`~napari_ldae.gui._preview.PreviewSource` of its slider."""
 
-    title = "Interpolate"
+    title = "Visits over time"
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)
-        self.combo_a, self.months_a = self._visit_row("visit A")
-        self.combo_b, self.months_b = self._visit_row("visit B")
+        self.table = form_row(self.form, "visits", VisitTable(self.viewer),
+                              "a subject's visits (two or more) and their dates")
         self.slider = QLabeledDoubleSlider(Qt.Horizontal)
         self.slider.setSingleStep(0.5)
-        form_row(self.form, "date (months)", self.slider, "date of the interpolated scan")
+        form_row(self.form, "date (months)", self.slider, "date of the scan shown")
+        self.kind = form_row(self.form, "", QLabel(""))
+        self.sweep_to = form_row(self.form, "sweep to (months)", QDoubleSpinBox(),
+                                 "Sweep renders the first visit's date up to this date")
+        self.sweep_to.setRange(-1200.0, 1200.0)
         self.frames = form_row(self.form, "sweep frames", QSpinBox(),
                                "dates rendered into one 4D layer by Sweep")
         self.frames.setRange(2, 101)
         self.frames.setValue(5)
-        self.controls = self.add_controls(RunControls("Interpolate",
+        self.controls = self.add_controls(RunControls("Render date",
                                                       lambda: self.preview.render_full()))
         self.sweep_controls = self.add_controls(RunControls("Sweep over time", self.sweep))
         self.finish_layout()
         self.preview = LivePreview(self, self.controls, self.slider, self)
-        self.combo_a.currentTextChanged.connect(lambda _t: self._dates_from(self.combo_a, 0))
-        self.combo_b.currentTextChanged.connect(lambda _t: self._dates_from(self.combo_b, 1))
-        for box in (self.months_a, self.months_b):
-            box.valueChanged.connect(self._update_range)
-        if self.combo_b.count() > 1:
-            self.combo_b.setCurrentIndex(self.combo_b.count() - 1)
-        self._dates_from(self.combo_a, 0)
-        self._dates_from(self.combo_b, 1)
-
-    def _visit_row(self, label: str) -> tuple[LayerCombo, QDoubleSpinBox]:
-        combo = LayerCombo(self.viewer, is_source_layer)
-        months = QDoubleSpinBox()
-        months.setRange(-1200.0, 1200.0)
-        months.setSuffix(" mo")
-        months.setToolTip("months from baseline (from BIDS names / sessions.tsv when present)")
-        open_button = QPushButton("file…")
-        open_button.clicked.connect(lambda: self._open_file(combo))
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
-        for w, stretch in ((combo, 3), (months, 1), (open_button, 0)):
-            row.addWidget(w, stretch)
-        holder = QWidget()
-        holder.setLayout(row)
-        form_row(self.form, label, holder)
-        return combo, months
-
-    # ------------------------------------------------------------------------- dates
-    def _open_file(self, combo: LayerCombo) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a visit", "",
-                                              "NIfTI (*.nii *.nii.gz)")
-        if path:
-            self.open_visit(path, combo)
-
-    def open_visit(self, path: str | Path, combo: LayerCombo) -> None:
-        layers = self.viewer.open(str(path), plugin="napari-ldae")
-        if layers:
-            combo.select(layers[0].name)
-
-    def _dates_from(self, combo: LayerCombo, which: int) -> None:
-        months = layer_months(combo.layer())
-        if months is not None:
-            (self.months_a, self.months_b)[which].setValue(months)
+        self.table.changed.connect(self._update_range)
+        self.slider.valueChanged.connect(self.label_date)
         self._update_range()
 
+    # ------------------------------------------------------------------------- dates
+    def months(self) -> list[float]:
+        return [m for _, m in self.table.visits()]
+
     def _update_range(self, *_) -> None:
-        a, b = self.months_a.value(), self.months_b.value()
-        lo, hi = min(a, b), max(a, b)
-        hi = hi if hi > lo else lo + 1.0
+        months = self.months()
+        if len(months) < 2:
+            self.kind.setText("check two or more visits of one subject")
+            return
+        lo, hi = slider_range(months)
         if (self.slider.minimum(), self.slider.maximum()) == (lo, hi):
+            self.label_date()
             return  # same visits (layer lists refresh often): keep the user's date
         self.slider.blockSignals(True)
         self.slider.setRange(lo, hi)
-        self.slider.setValue((lo + hi) / 2)
+        self.slider.setValue((months[0] + months[-1]) / 2)
         self.slider.blockSignals(False)
+        self.sweep_to.setValue(hi)
+        self.label_date()
 
-    def alphas(self, months: list[float]) -> list[float]:
-        a, b = self.months_a.value(), self.months_b.value()
-        return [round(alpha_from_months(a, b, m), 6) for m in months]
+    def label_date(self, *_) -> None:
+        """Say what the slider's date is: between the visits, before them or a prediction."""
+        months = self.months()
+        if len(months) >= 2:
+            self.kind.setText(date_label(round(self.slider.value(), 3), months[0], months[-1]))
 
     # ------------------------------------------------------------------------- work
     def _prepare(self):
         session = self.state.require_session()
-        la, lb = self.combo_a.layer(), self.combo_b.layer()
-        if la is None or lb is None or la is lb:
-            raise ValueError("choose two different visits (3D image layers)")
-        if self.months_a.value() == self.months_b.value():
-            raise ValueError("the two visits need different dates (months)")
-        scan_a, scan_b = scan_from_layer(la), scan_from_layer(lb)
-        return session, la, lb, scan_a, scan_b, ResultGeometry.of(session, scan_a)
+        visits = self.table.visits()
+        if len(visits) < 2:
+            raise ValueError("check two or more visits of one subject (3D image layers) in "
+                             "the visits table")
+        layers = tuple(ly for ly, _ in visits)
+        scans = tuple(scan_from_layer(ly) for ly in layers)
+        return session, visits, scans, ResultGeometry.of(session, scans[-1])
 
-    def _fields(self, la, lb, months: list[float]) -> dict:
-        """The provenance of the visits and dates (α is added by the operation)."""
-        return {"visit_a": la.name, "visit_b": lb.name, "months_a": self.months_a.value(),
-                "months_b": self.months_b.value(),
-                "months": months if len(months) > 1 else months[0]}
-
-    def _show(self, ctx: PreviewContext, shown: tuple, result: Result, tag: str) -> None:
-        image, diff_a, diff_b = shown
-        (la, lb), geometry = ctx.layers, ctx.geometry
-        name = f"{la.name} → {lb.name} [{tag}]"
-        show_image(self.viewer, name, image, geometry, la,
-                   geometry.result_metadata("image", result, la.name))
-        for i, (visit, diff) in enumerate(((la, diff_a), (lb, diff_b))):
-            show_difference(self.viewer, f"{name} Δ to {visit.name}", diff, geometry,
-                            geometry.result_metadata("difference", result, la.name, i),
-                            visible=visit is la)
+    def _show(self, ctx: PreviewContext, shown: tuple, result: Result, tag: str) -> str:
+        image, diff = shown
+        latest, geometry = ctx.layers[-1], ctx.geometry
+        name = f"{latest.name} [{tag}]"
+        show_image(self.viewer, name, image, geometry, latest,
+                   geometry.result_metadata("image", result, latest.name))
+        show_difference(self.viewer, f"{name} Δ to {latest.name}", diff, geometry,
+                        geometry.result_metadata("difference", result, latest.name, 0))
+        found = result.provenance.get("warnings") or []
+        return "".join(f"; warning: {w}" for w in found)
 
     # ------------------------------------------------------------------------- the slider
     def key(self) -> tuple[tuple, PreviewContext]:
-        session, la, lb, scan_a, scan_b, geometry = self._prepare()
+        session, visits, scans, geometry = self._prepare()
         steps = self.state.steps
-        key = (la.name, id(la.data), lb.name, id(lb.data), self.months_a.value(),
-               self.months_b.value(), steps["preview"], steps["decode"], steps["encode"],
+        key = (tuple((ly.name, id(ly.data), m) for ly, m in visits), self.slider.minimum(),
+               self.slider.maximum(), steps["preview"], steps["decode"], steps["encode"],
                id(session))
-        return key, PreviewContext(session, (la, lb), (scan_a, scan_b), geometry)
+        return key, PreviewContext(session, tuple(ly for ly, _ in visits), scans, geometry)
 
     def anchor_values(self, key: tuple) -> np.ndarray:
-        """Anchor dates α = 0 … 1 (the ends are the reconstructions)."""
-        return np.linspace(0.0, 1.0, ANCHORS)
+        """Dates evenly over the slider's range and every visit's date."""
+        even = np.linspace(key[1], key[2], ANCHORS)
+        return np.unique(np.round(np.concatenate([even, [m for _, _, m in key[0]]]), 3))
 
     def position(self, value: float) -> float:
-        return self.alphas([round(value, 3)])[0]
+        return round(float(value), 3)
 
     def at(self, value: float) -> dict:
-        return {"months": round(value, 3), "alpha": self.position(value)}
+        last = max(self.months(), default=value)
+        return {"months": round(value, 3), "horizon_months": round(value - last, 3),
+                "prediction": value > last}
 
     def iter_result(self, request: Request, positions: list[float] | None):
         ctx, key = request.context, request.key
-        months = [round(request.value, 3)]
-        alphas = self.alphas(months) if positions is None else positions
-        return ctx.session.iter_interpolate_visits(
-            *ctx.scans, alphas, key[7] if positions is None else key[6], key[8],
-            **self._fields(*ctx.layers, months))
+        months = [m for _, _, m in key[0]]
+        targets = [round(request.value, 3)] if positions is None else positions
+        return ctx.session.iter_predict(
+            list(ctx.scans), months, targets, key[4] if positions is None else key[3], key[5],
+            names=[ly.name for ly in ctx.layers], warn=False)
 
     def show(self, request: Request, shown: tuple, result: Result) -> None:
-        """The interpolation and its Δ to each visit, from a blend or at full quality."""
-        self._show(request.context, shown, result, "interp")
-        month, prov = round(request.value, 3), result.provenance
-        alpha, steps = self.position(request.value), prov["steps"]
-        if request.kind == "blend":
-            self.controls.say(f"interp: month {month:g} (α {alpha:.2f}), live preview (blend, "
-                              f"{steps} steps)")
+        """The scan at the slider's date and its Δ to the latest visit."""
+        warned = self._show(request.context, shown, result, "over time")
+        months = [m for _, _, m in request.key[0]]
+        month, steps = round(request.value, 3), result.provenance["steps"]
+        what = date_label(month, months[0], months[-1])
+        if request.kind == "blend":  # (the anchors' warnings are about the anchors' dates)
+            self.controls.say(f"month {month:g}, {what}; live preview (blend, {steps} steps)")
             return
-        self.controls.say(f"interp: months {month:g} (α {alpha:.2f}), full quality ({steps} "
-                          f"steps); largest change to visit A "
-                          f"{change_percent(request.context.geometry, shown[1]):.3g} % of its "
-                          "range")
+        change = change_percent(request.context.geometry, shown[1])
+        self.controls.say(f"month {month:g}, {what}; full quality ({steps} steps); largest "
+                          f"change to the latest visit {change:.3g} % of its range; fit "
+                          f"residual {result.provenance['fit_residual']:.3g}{warned}")
 
     def interpolate(self) -> None:
         """The scan at the slider's date."""
         self.preview.render_full()
 
     def sweep(self) -> None:
-        """Dates from visit A to visit B into one 4D layer."""
-        months = np.linspace(self.months_a.value(), self.months_b.value(), self.frames.value())
-        months = [round(float(m), 3) for m in months]
+        """Dates from the first visit to "sweep to" (past the last visit: predictions) into one
+        4D layer."""
         controls = self.sweep_controls
         try:
-            session, la, lb, scan_a, scan_b, geometry = self._prepare()
-            alphas = self.alphas(months)
+            session, visits, scans, geometry = self._prepare()
         except Exception as err:
             self.fail(controls, describe_error(err))
             return
+        months = [m for _, m in visits]
+        dates = [round(float(t), 3) for t in np.linspace(months[0], self.sweep_to.value(),
+                                                          self.frames.value())]
         if controls.busy:  # a sweep replaces the running sweep (a cancelled job reports
             controls.job.cancel()  # no result)
-        ctx = PreviewContext(session, (la, lb), (scan_a, scan_b), geometry)
+        layers = tuple(ly for ly, _ in visits)
+        ctx = PreviewContext(session, layers, scans, geometry)
         steps, encode_steps = self.state.steps["decode"], self.state.steps["encode"]
 
         def work():
-            result = yield from session.iter_interpolate_visits(
-                scan_a, scan_b, alphas, steps, encode_steps, **self._fields(la, lb, months))
+            result = yield from session.iter_predict(
+                list(scans), months, dates, steps, encode_steps,
+                names=[ly.name for ly in layers], warn=False)
             return result, geometry.for_display(result.volumes, *result.references)
 
         def done(out) -> None:
-            self._show(ctx, out[1], out[0], "sweep")
-            label_sweep_axis(self.viewer)
-            self.viewer.dims.set_current_step(0, len(months) // 2)
-            controls.say(f"sweep: months {', '.join(f'{m:g}' for m in months)} (α "
-                         f"{', '.join(f'{a:.2f}' for a in alphas)}) on the first dims slider")
+            warned = self._show(ctx, out[1], out[0], "sweep over time")
+            label_sweep_axis(self.viewer, "months")
+            future = sum(t > months[-1] for t in dates)
+            self.viewer.dims.set_current_step(0, len(dates) - 1 if future else len(dates) // 2)
+            controls.say(f"sweep: months {', '.join(f'{t:g}' for t in dates)} on the first "
+                         f"dims slider; {future} past the last visit (prediction){warned}")
 
-        self.run_job(controls, work, "Interpolate (sweep)", done)
-
-def layer_months(layer) -> float | None:
-    """Months from baseline of a visit layer: its metadata, else its file or layer name."""
-    if layer is None:
-        return None
-    visit = layer.metadata.get("ldae_visit") or {}
-    if visit.get("months") is not None:
-        return float(visit["months"])
-    path = (layer.metadata.get("ldae_scan") or {}).get("path")
-    for candidate in (path, layer.name.replace(" ", "_")):
-        if candidate:
-            months = months_from_bids(candidate)
-            if months is not None:
-                return months
-    return None
+        self.run_job(controls, work, "Visits over time (sweep)", done)
