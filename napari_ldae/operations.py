@@ -84,6 +84,10 @@ def _per_volume(values: Sequence[float]) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
+def _per_volume_flags(values: Sequence[bool]) -> bool | list[bool]:
+    return bool(values[0]) if len(values) == 1 else [bool(v) for v in values]
+
+
 # ----------------------------------------------------------------------------- use cases
 def iter_reconstruct(session: Session, scan: Scan, steps: int | None = None,
                      encode_steps: int | None = None) -> ProgressGen[Result]:
@@ -163,12 +167,57 @@ def iter_interpolate(session: Session, scan_a: Scan, scan_b: Scan, alphas: Seque
 
 def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float],
                  targets: Sequence[float], steps: int | None = None,
-                 encode_steps: int | None = None, **kwargs: Any) -> ProgressGen[Result]:
-    """The brain at each target date from two or more visits, on the latest visit's grid: see
-    :func:`napari_ldae.operations_predict.iter_predict`."""
-    from napari_ldae.operations_predict import iter_predict as predict
+                 encode_steps: int | None = None, *, x_T_rule: str | None = None,
+                 reference: bool = True, names: Sequence[str] | None = None,
+                 warn: bool = True, **fields: Any) -> ProgressGen[Result]:
+    """The brain at each target date from two or more visits: ``(N, X, Y, Z)`` on the latest
+    visit's grid, decoded from the visits' trajectory in code space (:mod:`napari_ldae.core.
+    trajectory`; ``x_T_rule`` None: its default rule). Bad or doubtful input: see
+    :mod:`napari_ldae.operations_predict`.
 
-    return (yield from predict(session, scans, months, targets, steps, encode_steps, **kwargs))
+    ``months``: the visits' dates (any order); ``names``: how the provenance names the visits
+    (default: their paths). ``reference``: also decode the latest visit's reconstruction, for
+    the differences. ``warn``: raise the warnings as :class:`PredictionWarning` too (the GUI
+    shows them from the provenance instead). ``fields`` go into the provenance.
+    """
+    import warnings
+
+    from napari_ldae.core.trajectory import DEFAULT_X_T_RULE, fit_trajectory
+    from napari_ldae.errors import LDAEError
+    from napari_ldae.operations_predict import (
+        PredictionWarning,
+        check_visits,
+        code_warnings,
+        short_name,
+    )
+
+    names = [str(n) for n in names] if names is not None else \
+        [str(s.path) if s.path else f"visit {i + 1}" for i, s in enumerate(scans)]
+    found = check_visits(names, months, targets)
+    if len(scans) != len(names):
+        raise LDAEError(f"{len(scans)} scan(s) but {len(names)} name(s)")
+    steps, encode_steps = _steps(session, steps, encode_steps)
+    order = sorted(range(len(scans)), key=lambda i: float(months[i]))
+    scans, names = [scans[i] for i in order], [names[i] for i in order]
+    months = [float(months[i]) for i in order]
+    targets = [float(t) for t in targets]
+    codes = []
+    for scan in scans:
+        codes.append((yield from session.iter_encode(scan, encode_steps)))
+    found += code_warnings(session, codes, names)
+    trajectory = fit_trajectory(codes, months, x_T_rule or DEFAULT_X_T_RULE)
+    refs: tuple[np.ndarray, ...] = ()
+    if reference:
+        refs = ((yield from session.iter_reconstruction(codes[-1], steps)),)
+    volumes = yield from session.iter_decode(trajectory.codes_at(targets), steps)
+    for message in found if warn else ():
+        warnings.warn(message, PredictionWarning, stacklevel=2)
+    prov = provenance(
+        session, "predict", steps, encode_steps, visits=names, **trajectory.summary(),
+        months=_per_volume(targets), horizon_months=_per_volume([t - months[-1] for t in targets]),
+        prediction=_per_volume_flags([trajectory.is_prediction(t) for t in targets]),
+        space=f"the latest visit's ({short_name(names[-1])})", warnings=found, **fields)
+    return Result(volumes, refs, scans[-1], session.contract, prov, tuple(codes))
 
 
 # ----------------------------------------------------------------------------- export

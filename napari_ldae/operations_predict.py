@@ -1,35 +1,25 @@
-"""Prediction of a subject's brain at any date from two or more of its visits.
-
-The visits are encoded, their trajectory is fitted in code space
-(:mod:`napari_ldae.core.trajectory`: y by least squares in time, x_T by a documented rule) and
-decoded at each target date. Results lie on the latest visit's grid and are exported in its
-space; a date past the last visit is a *prediction*, one between visits an interpolation.
+"""The checks of a prediction from two or more visits (:func:`napari_ldae.operations.
+iter_predict`): what is refused, what is warned about.
 
 Bad input is refused before anything runs (:func:`check_visits`: one visit, duplicate dates,
 dates that do not match the visits) or warned about (visits that look like different subjects,
-by their BIDS names or their semantic codes; dates far outside the visits' span). Warnings are
-returned, recorded in the provenance and raised as :class:`PredictionWarning`.
+by their BIDS names (:func:`check_visits`) or their semantic codes (:func:`code_warnings`);
+dates far outside the visits' span). Warnings are returned; ``iter_predict`` records them in
+the provenance and raises them as :class:`PredictionWarning`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from napari_ldae.core.progress import ProgressGen
-from napari_ldae.core.trajectory import DEFAULT_X_T_RULE, fit_trajectory
 from napari_ldae.errors import LDAEError
 
 if TYPE_CHECKING:
     from napari_ldae.core.model import Codes
-    from napari_ldae.data.io import Scan
-    from napari_ldae.operations import Result
     from napari_ldae.session import Session
 
 #: Standardised RMS distance of two visits' y above which they look like different subjects.
@@ -62,7 +52,7 @@ def check_visits(names: Sequence[str], months: Sequence[float],
     seen: dict[float, str] = {}
     for name, t in zip(names, months, strict=True):
         if t in seen:
-            raise LDAEError(f"{_short(seen[t])} and {_short(name)} are both dated month "
+            raise LDAEError(f"{short_name(seen[t])} and {short_name(name)} are both dated month "
                             f"{t:g}; each visit needs its own date")
         seen[t] = name
     found: list[str] = []
@@ -99,58 +89,11 @@ def code_warnings(session: Session, codes: Sequence[Codes], names: Sequence[str]
                 worst, pair = d, (i, j)
     if worst <= SUBJECT_DISTANCE:
         return []
-    a, b = (_short(names[k]) for k in pair)
+    a, b = (short_name(names[k]) for k in pair)
     return [f"{a} and {b} have semantic codes {worst:.2f} apart (standardised RMS; visits of "
             f"one subject are usually below {SUBJECT_DISTANCE}): are they the same subject?"]
 
 
-def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float],
-                 targets: Sequence[float], steps: int | None = None,
-                 encode_steps: int | None = None, *, x_T_rule: str = DEFAULT_X_T_RULE,
-                 reference: bool = True, names: Sequence[str] | None = None,
-                 warn: bool = True, **fields: Any) -> ProgressGen[Result]:
-    """The brain at each target date from two or more visits: ``(N, X, Y, Z)`` on the latest
-    visit's grid.
-
-    ``months``: the visits' dates (any order); ``names``: how the provenance names the visits
-    (default: their paths). ``reference``: also decode the latest visit's reconstruction, for
-    the differences. ``warn``: raise the warnings as :class:`PredictionWarning` too (the GUI
-    shows them from the provenance instead). ``fields`` go into the provenance.
-    """
-    from napari_ldae.operations import Result, _per_volume, _steps, provenance
-
-    names = [str(n) for n in names] if names is not None else \
-        [str(s.path) if s.path else f"visit {i + 1}" for i, s in enumerate(scans)]
-    found = check_visits(names, months, targets)
-    if len(scans) != len(names):
-        raise LDAEError(f"{len(scans)} scan(s) but {len(names)} name(s)")
-    steps, encode_steps = _steps(session, steps, encode_steps)
-    order = sorted(range(len(scans)), key=lambda i: float(months[i]))
-    scans, names = [scans[i] for i in order], [names[i] for i in order]
-    months = [float(months[i]) for i in order]
-    targets = [float(t) for t in targets]
-    codes = []
-    for scan in scans:
-        codes.append((yield from session.iter_encode(scan, encode_steps)))
-    found += code_warnings(session, codes, names)
-    trajectory = fit_trajectory(codes, months, x_T_rule)
-    refs: tuple[np.ndarray, ...] = ()
-    if reference:
-        refs = ((yield from session.iter_reconstruction(codes[-1], steps)),)
-    volumes = yield from session.iter_decode(trajectory.codes_at(targets), steps)
-    for message in found if warn else ():
-        warnings.warn(message, PredictionWarning, stacklevel=2)
-    prov = provenance(
-        session, "predict", steps, encode_steps, visits=names, **trajectory.summary(),
-        months=_per_volume(targets), horizon_months=_per_volume([t - months[-1] for t in targets]),
-        prediction=_flags([trajectory.is_prediction(t) for t in targets]),
-        space=f"the latest visit's ({_short(names[-1])})", warnings=found, **fields)
-    return Result(volumes, refs, scans[-1], session.contract, prov, tuple(codes))
-
-
-def _flags(values: list[bool]) -> bool | list[bool]:
-    return values[0] if len(values) == 1 else values
-
-
-def _short(name: str) -> str:
+def short_name(name: str) -> str:
+    """A path's file name (a layer name as it is)."""
     return Path(name).name or str(name)

@@ -11,7 +11,7 @@ from napari_ldae.cli._common import inputs, model_options, outputs, progress, sa
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
-    from napari_ldae.core.trajectory import DEFAULT_X_T_RULE, X_T_RULES
+    from napari_ldae.core import DEFAULT_X_T_RULE, X_T_RULES
 
     p = sub.add_parser(
         "predict", help="predict a later visit from two or more earlier ones (by date)",

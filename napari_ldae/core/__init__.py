@@ -3,3 +3,8 @@
 #: The latent scale factor s the reference code hard-codes (the official release's weights were
 #: trained with it). Kept here, import-light, for the CLI.
 REFERENCE_SCALE_FACTOR = 0.8730
+
+#: How a trajectory places x_T at a date (:mod:`napari_ldae.core.trajectory`), the default first.
+#: Kept here, import-light, for the CLI.
+X_T_RULES = ("slerp", "latest")
+DEFAULT_X_T_RULE = X_T_RULES[0]

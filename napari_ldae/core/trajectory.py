@@ -26,12 +26,11 @@ from typing import Any
 
 import torch
 
-from napari_ldae.core import diffusion
+from napari_ldae.core import DEFAULT_X_T_RULE, X_T_RULES, diffusion
 from napari_ldae.core.model import Codes
 from napari_ldae.errors import LDAEError
 
-X_T_RULES = ("slerp", "latest")
-DEFAULT_X_T_RULE = "slerp"
+__all__ = ["DEFAULT_X_T_RULE", "X_T_RULES", "Trajectory", "fit_trajectory"]
 
 
 @dataclass(frozen=True)

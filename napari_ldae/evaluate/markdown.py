@@ -10,14 +10,12 @@ _DASH = "—"
 
 def render(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
     """The whole report as Markdown (``paper``: dotted key → the paper's number)."""
-    from napari_ldae.evaluate import extrapolation
-
     parts = [
         _header(report),
         _reconstruction(report, paper),
         _probes(report, paper),
         _interpolation(report, paper),
-        extrapolation.markdown(report),
+        _extrapolation(report),
         _manipulation(report),
         _code_use(report),
         _notes(report),
@@ -156,6 +154,38 @@ def _interpolation(report: Mapping[str, Any], paper: Mapping[str, float]) -> str
         text += ["", f"By {title} (months):", "",
                  _table(["months", "n", "SSIM", "copy SSIM", "MSE", "copy MSE", "paper SSIM"],
                         rows)]
+    return "\n".join(text)
+
+
+def _extrapolation(report: Mapping[str, Any]) -> str:
+    """Later visits predicted from earlier ones: image metrics and ventricle errors by
+    horizon."""
+    ex = report.get("extrapolation") or {}
+    title = "## Extrapolation: later visits predicted from earlier ones"
+    if not ex:
+        return ""
+    if ex.get("skipped"):
+        return f"{title}\n\n_{ex['skipped']}_"
+    groups = {"all": ex, **(ex.get("by_horizon") or {})}
+    rules = ex.get("x_T_rules") or []
+    image = [[g, t.get("n"), *(t.get(f"{r}_ssim_mean") for r in rules), t.get("copy_ssim_mean"),
+              *(t.get(f"{r}_mse_mean") for r in rules), t.get("copy_mse_mean")]
+             for g, t in groups.items()]
+    text = [title, "", f"{ex.get('n_predictions')} held-out visits of {ex.get('n_subjects')} "
+            f"subjects ({ex.get('held_out')}), decoded with {ex.get('steps')} DDIM steps; "
+            f"x_T rules {', '.join(rules)} (default {ex.get('default_x_T_rule')}). Reference: "
+            f"{ex.get('reference')}; copy: {ex.get('copy_baseline')}.", "",
+            _table(["horizon (months)", "n", *(f"SSIM {r}" for r in rules), "SSIM copy",
+                    *(f"MSE {r}" for r in rules), "MSE copy"], image)]
+    if ex.get("copy_ventricle_abs_error_ml_mean") is not None:
+        names = [*rules, *(f"{r}_change" for r in rules), "copy", "linear", "ceiling"]
+        vent = [[g, t.get("n"), t.get("true_change_ml_mean"),
+                 *(t.get(f"{n}_ventricle_abs_error_ml_mean") for n in names)]
+                for g, t in groups.items()]
+        text += ["", "Ventricle volume, mean absolute error against the truth (ml); "
+                 f"`_change`: {ex.get('change')}; linear: {ex.get('linear_baseline')}; "
+                 f"ceiling: {ex.get('ceiling')}.", "",
+                 _table(["horizon (months)", "n", "true change", *names], vent)]
     return "\n".join(text)
 
 
