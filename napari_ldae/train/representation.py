@@ -20,8 +20,8 @@ Two more validation numbers say whether the code is used at all: ``val/y_spread`
 across scans over its mean size) and ``val/y_use``, the relative rise of the weighted loss when
 each scan is given another scan's code (0: the gradient estimator ignores y). A third says
 whether encoding and decoding still close: ``val/round_trip``, the latent MSE of a DDIM inversion
-and decode with the scan's own y, over the latents' variance (the frozen UNet alone gives about
-1 %; a shift that is wrong where the loss gives it no weight gives far more).
+and decode with the scan's own y, over the latents' variance (the frozen UNet alone gives 0.10 at
+10 steps on the demo model; a shift that is wrong where the loss gives it no weight, thousands).
 """
 
 from __future__ import annotations
@@ -257,8 +257,9 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
 
 #: |val/y_use| below this is round-off: the gradient estimator ignores the code.
 Y_USE_ROUND_OFF = 1e-4
-#: val/round_trip above this: encoding then decoding a scan no longer returns it.
-ROUND_TRIP_BROKEN = 0.1
+#: val/round_trip above this: encoding then decoding a scan is further from it than the latents'
+#: spread (the DDIM discretisation alone gives 0.10 at 10 steps on the demo model).
+ROUND_TRIP_BROKEN = 1.0
 
 
 def code_use_check(metrics: Mapping[str, Any]) -> dict[str, Any]:
