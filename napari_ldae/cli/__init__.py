@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from napari_ldae import __version__
-from napari_ldae.cli import demo, evaluate, info, model, predict, train
+from napari_ldae.cli import demo, evaluate, info, model, predict, prepare, train
 from napari_ldae.errors import LDAEError
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_make_cohort,
         train.add_train,
         info.add_info,
+        prepare.add_prepare,
         model.add_encode,
         model.add_reconstruct,
         model.add_manipulate,
