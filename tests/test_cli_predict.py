@@ -88,7 +88,7 @@ def test_predict_from_bids_names(capsys, bundle, visits, tmp_path):
         assert prov["visits"] == [str(v.resolve()) for v in visits]
         assert prov["visit_months"] == [0.0, 12.0, 24.0]
         assert prov["horizon_months"] == months - 24 and prov["fit_residual"] >= 0.0
-        assert prov["x_T_rule"] == "slerp" and prov["steps"] == 2
+        assert prov["x_T_rule"] == "hold" and prov["steps"] == 2
 
 
 def test_dates_from_the_command_line(capsys, bundle, visits, tmp_path):

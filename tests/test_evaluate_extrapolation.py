@@ -69,8 +69,9 @@ def test_every_held_out_visit_is_predicted(report, cohort):
         truth = float(visits[row["subject"]][months.index(row["months"])].extra["ventricle_ml"])
         assert row["truth_ml"] == pytest.approx(truth)
     assert sum(g["n"] for g in section["by_horizon"].values()) == 6
-    for key in (*ex.KEYS, "latest_ssim_mean", "copy_mse_mean", "true_change_ml_mean",
-                "ceiling_ventricle_abs_error_ml_mean", "slerp_change_ventricle_abs_error_ml_mean"):
+    assert section["x_T_rules"] == ["hold", "slerp"] and section["default_x_T_rule"] == "hold"
+    for key in (*ex.KEYS, "slerp_ssim_mean", "copy_mse_mean", "true_change_ml_mean",
+                "ceiling_ventricle_abs_error_ml_mean", "hold_change_ventricle_abs_error_ml_mean"):
         assert isinstance(section[key], float) and math.isfinite(section[key]), key
 
 
@@ -105,7 +106,7 @@ def test_baselines_are_what_they_say(report, cohort):
 def test_markdown_has_the_section(report):
     md = report[1]
     assert "## Extrapolation: later visits predicted from earlier ones" in md
-    assert "| horizon (months) | n | true change | slerp | latest |" in md
+    assert "| horizon (months) | n | true change | hold | slerp |" in md
 
 
 def test_groups_and_means():
@@ -113,12 +114,12 @@ def test_groups_and_means():
     assert ex.held_out_counts(6) == [1, 2]
     assert [ex.horizon_group(h) for h in (3, 6, 7, 12, 18, 24, 60)] == [
         "6", "6", "12", "12", "13-23", "24+", "24+"]
-    rows = [{"horizon": 6.0, "slerp_ventricle_error_ml": -2.0, "slerp_ssim": 0.5},
-            {"horizon": 12.0, "slerp_ventricle_error_ml": 1.0, "slerp_ssim": 0.7}]
+    rows = [{"horizon": 6.0, "hold_ventricle_error_ml": -2.0, "hold_ssim": 0.5},
+            {"horizon": 12.0, "hold_ventricle_error_ml": 1.0, "hold_ssim": 0.7}]
     out = ex.means(rows)
-    assert out["slerp_ventricle_abs_error_ml_mean"] == pytest.approx(1.5)
-    assert out["slerp_ventricle_bias_ml"] == pytest.approx(-0.5)
-    assert out["slerp_ssim_mean"] == pytest.approx(0.6) and out["n"] == 2
+    assert out["hold_ventricle_abs_error_ml_mean"] == pytest.approx(1.5)
+    assert out["hold_ventricle_bias_ml"] == pytest.approx(-0.5)
+    assert out["hold_ssim_mean"] == pytest.approx(0.6) and out["n"] == 2
 
 
 def test_skipped_section_explains_itself(bundle, cohort, tmp_path):

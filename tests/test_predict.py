@@ -66,7 +66,7 @@ def test_three_visits_in_any_order(session, scans):
     assert prov["visits"] == ["sub-01_ses-M00", "sub-01_ses-M12", "sub-01_ses-M30"]
     assert prov["visit_months"] == [0.0, 12.0, 30.0]
     assert prov["prediction"] == [False, True] and prov["horizon_months"] == [-12.0, 12.0]
-    assert prov["x_T_rule"] == "slerp" and prov["fit_residual"] > 0.0
+    assert prov["x_T_rule"] == "hold" and prov["fit_residual"] > 0.0
     assert 0.0 < prov["fit_unexplained"] <= 1.0
     assert prov["visit_a"] == "ignored" and prov["warnings"] == []
     one = result.item(1)
@@ -75,12 +75,16 @@ def test_three_visits_in_any_order(session, scans):
     assert np.abs(result.volumes[1] - result.references[0]).max() > 1e-5  # it moved
 
 
-def test_latest_rule_differs_from_slerp_past_the_last_visit(session, scans):
-    slerp = predict(session, scans[:2], [0.0, 12.0], [24.0], reference=False)
+def test_rules_past_the_last_visit(session, scans):
+    """hold (the default) and latest keep the latest x_T there; slerp continues it."""
+    hold = predict(session, scans[:2], [0.0, 12.0], [24.0], reference=False)
     latest = predict(session, scans[:2], [0.0, 12.0], [24.0], reference=False,
                      x_T_rule="latest")
-    assert latest.provenance["x_T_rule"] == "latest" and latest.references == ()
-    assert np.abs(slerp.volumes - latest.volumes).max() > 1e-5
+    slerp = predict(session, scans[:2], [0.0, 12.0], [24.0], reference=False,
+                    x_T_rule="slerp")
+    assert hold.provenance["x_T_rule"] == "hold" and latest.references == ()
+    np.testing.assert_array_equal(hold.volumes, latest.volumes)
+    assert np.abs(slerp.volumes - hold.volumes).max() > 1e-5
 
 
 def test_export_in_the_latest_visits_space(session, scans, tmp_path):

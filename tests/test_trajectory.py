@@ -37,7 +37,7 @@ def linear_codes(months, seed: int = 0) -> tuple[Codes, torch.Tensor, torch.Tens
 def test_linear_motion_recovered_exactly():
     months = [18.0, 0.0, 30.0, 6.0]  # any order
     codes, a, b = linear_codes(months)
-    traj = fit_trajectory(codes, months)
+    traj = fit_trajectory(codes, months, x_T_rule="slerp")
     assert traj.months.tolist() == [0.0, 6.0, 18.0, 30.0]
     torch.testing.assert_close(traj.slope.float(), b, atol=1e-6, rtol=1e-5)
     targets = [-6.0, 3.0, 12.0, 30.0, 48.0, 96.0]
@@ -79,6 +79,23 @@ def test_codes_at_a_visit_are_the_visits_when_the_line_passes_through(months):
         assert torch.equal(at.x_T, codes.x_T[i:i + 1])  # the visit's own x_T, bit for bit
 
 
+def test_hold_rule_interpolates_between_visits_and_holds_the_ends():
+    months = [0.0, 12.0, 24.0]
+    codes, _, _ = linear_codes(months, seed=6)
+    hold = fit_trajectory(codes, months)
+    slerp = fit_trajectory(codes, months, x_T_rule="slerp")
+    assert hold.x_T_rule == "hold"
+    inside = [3.0, 12.0, 20.0]
+    torch.testing.assert_close(hold.x_T_at(inside), slerp.x_T_at(inside))
+    torch.testing.assert_close(hold.x_T_at(inside), circle(inside, seed=6), atol=1e-4,
+                               rtol=1e-4)
+    past, before = hold.x_T_at([30.0, 60.0]), hold.x_T_at([-12.0])
+    assert all(torch.equal(x, codes.x_T[2]) for x in past)
+    assert torch.equal(before[0], codes.x_T[0])
+    assert not torch.allclose(slerp.x_T_at([60.0])[0], codes.x_T[2], atol=1e-3)
+    torch.testing.assert_close(hold.y_at([60.0]), slerp.y_at([60.0]))  # y follows its line
+
+
 def test_latest_rule_keeps_the_latest_x_T():
     months = [0.0, 12.0, 24.0]
     codes, _, _ = linear_codes(months, seed=4)
@@ -110,6 +127,6 @@ def test_bad_input_is_a_clear_error(case, message):
     args = {"single": (codes[0], [0.0]), "duplicate": (codes, [0.0, 6.0, 6.0]),
             "count": (codes, [0.0, 6.0]), "rule": (codes, [0.0, 6.0, 12.0]),
             "nan": (codes, [0.0, float("nan"), 12.0])}[case]
-    rule = "newest" if case == "rule" else "slerp"
+    rule = "newest" if case == "rule" else "hold"
     with pytest.raises(LDAEError, match=message):
         fit_trajectory(*args, x_T_rule=rule)

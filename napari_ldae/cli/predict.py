@@ -33,8 +33,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
                    help="the visits' own dates in months, one per VISIT in the same order "
                    "(default: from BIDS names / sessions.tsv)")
     p.add_argument("--x-t-rule", choices=X_T_RULES, default=DEFAULT_X_T_RULE,
-                   help="stochastic code at a date: slerp between visits, continued past them "
-                   "(default), or the latest visit's")
+                   help="stochastic code at a date: hold (default): slerp between visits, the "
+                   "latest visit's past them; slerp: continued past the visits; latest: the "
+                   "latest visit's at every date")
     p.add_argument("--difference", action="store_true",
                    help="also write prediction − reconstruction of the latest visit "
                    "(<stem>_predict-M<months>_diff.nii.gz)")

@@ -6,5 +6,5 @@ REFERENCE_SCALE_FACTOR = 0.8730
 
 #: How a trajectory places x_T at a date (:mod:`napari_ldae.core.trajectory`), the default first.
 #: Kept here, import-light, for the CLI.
-X_T_RULES = ("slerp", "latest")
+X_T_RULES = ("hold", "slerp", "latest")
 DEFAULT_X_T_RULE = X_T_RULES[0]

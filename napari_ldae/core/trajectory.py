@@ -5,17 +5,21 @@
   says how far the visits are from a line.
 - **x_T** (stochastic) follows one of :data:`X_T_RULES`:
 
-  - ``"slerp"`` (the default): between two visits, the slerp of their x_T (as interpolation);
-    before the first or after the last visit, the slerp of the first two or the last two
-    visits continued past them (α < 0 or > 1). It passes through every visit.
+  - ``"hold"`` (the default): between two visits, the slerp of their x_T (as interpolation);
+    past the last visit the latest visit's x_T, before the first the first visit's (held).
+  - ``"slerp"``: as ``"hold"`` between visits; before the first or after the last visit, the
+    slerp of the first two or the last two visits continued past them (α < 0 or > 1).
   - ``"latest"``: the latest visit's x_T at every date.
 
-  Which predicts a held-out later visit better was measured on the synthetic cohort with the
-  demo bundle: see ``docs/reproducing-the-paper.md`` (extrapolation).
+  Past the last visit "hold" and "latest" give the same codes. Held-out later visits of the
+  synthetic cohort are predicted far better by them than by the continued slerp with the demo
+  bundle (SSIM 0.972 against 0.860 over 16 held-out visits; 0.974 against 0.695 at 24 months
+  and more): see ``docs/reproducing-the-paper.md`` (extrapolation).
 
 At a visit's own date, the codes are that visit's when the y line passes through it (two
-visits, or visits on a line) and the rule keeps its x_T ("slerp" always, "latest" at the latest
-visit): the prediction then decodes to the visit's reconstruction. Pure torch; times in months.
+visits, or visits on a line) and the rule keeps its x_T ("hold" and "slerp" always, "latest"
+at the latest visit): the prediction then decodes to the visit's reconstruction. Pure torch;
+times in months.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ class Trajectory:
         seg = seg.clamp(0, n - 2)
         t0, t1 = self.months[seg], self.months[seg + 1]
         alpha = ((t - t0) / (t1 - t0)).to(self.x_T.dtype)
+        if self.x_T_rule == "hold":  # the end visits' x_T outside the visits' span
+            alpha = alpha.clamp(0.0, 1.0)
         out = diffusion.slerp(self.x_T[seg], self.x_T[seg + 1], alpha)
         exact = (t[:, None] == self.months[None]).nonzero()  # a visit's date: its own x_T
         out[exact[:, 0]] = self.x_T[exact[:, 1]]

@@ -29,12 +29,14 @@ import torch
 
 from napari_ldae.core.model import Codes
 from napari_ldae.core.progress import ProgressGen
-from napari_ldae.core.trajectory import DEFAULT_X_T_RULE, X_T_RULES, fit_trajectory
+from napari_ldae.core.trajectory import DEFAULT_X_T_RULE, fit_trajectory
 from napari_ldae.data.cohort import ScanRecord
 from napari_ldae.errors import LDAEError
 from napari_ldae.evaluate import image_metrics as im
 from napari_ldae.evaluate.context import Context, SubjectResult, score, skipped, task
 
+#: The x_T rules compared: past the last visit "latest" gives the same codes as "hold".
+RULES = ("hold", "slerp")
 KEYS = (f"{DEFAULT_X_T_RULE}_ssim_mean", "copy_ssim_mean",
         f"{DEFAULT_X_T_RULE}_ventricle_abs_error_ml_mean",
         "copy_ventricle_abs_error_ml_mean", "linear_ventricle_abs_error_ml_mean")
@@ -66,7 +68,7 @@ def iter_subject(ctx: Context, records: list[ScanRecord], codes: Codes, x: torch
         targets = list(range(n, len(records)))
         dates = [months[j] for j in targets]
         try:
-            fits = [fit_trajectory(codes[:n], months[:n], rule) for rule in X_T_RULES]
+            fits = [fit_trajectory(codes[:n], months[:n], rule) for rule in RULES]
         except LDAEError as err:  # duplicate dates
             ctx.notes[f"extrapolation.{records[0].subject}"] = str(err)
             return rows
@@ -77,18 +79,18 @@ def iter_subject(ctx: Context, records: list[ScanRecord], codes: Codes, x: torch
         decoded = decoded.cpu().reshape(len(fits), len(targets), *decoded.shape[1:])
         ref = ae[targets]
         copy = score(ctx, ae[[n - 1] * len(targets)], ref)
-        scores = {rule: score(ctx, decoded[i], ref) for i, rule in enumerate(X_T_RULES)}
+        scores = {rule: score(ctx, decoded[i], ref) for i, rule in enumerate(RULES)}
         for m, j in enumerate(targets):
             row: dict[str, Any] = {"subject": records[0].subject, "held_out": k,
                                    "horizon": months[j] - months[n - 1], "n_inputs": n,
                                    "months": months[j],
                                    "fit_unexplained": fits[0].unexplained}
-            for rule in X_T_RULES:
+            for rule in RULES:
                 row |= {f"{rule}_{metric}": v[m] for metric, v in scores[rule].items()}
             row |= {f"copy_{metric}": v[m] for metric, v in copy.items()}
             if measure is not None:
                 row |= measure(n, j, {rule: decoded[i, m, 0].numpy()
-                                      for i, rule in enumerate(X_T_RULES)})
+                                      for i, rule in enumerate(RULES)})
             rows.append(row)
     return rows
 
@@ -140,7 +142,7 @@ def section(results: list[SubjectResult], ctx: Context, notes: dict[str, str]) -
         return skipped(notes, "extrapolation", KEYS)
     rows = [row for r in results for row in r.extrapolations]
     out: dict[str, Any] = {
-        "steps": ctx.options.decode_steps, "x_T_rules": list(X_T_RULES),
+        "steps": ctx.options.decode_steps, "x_T_rules": list(RULES),
         "default_x_T_rule": DEFAULT_X_T_RULE, "n_predictions": len(rows),
         "n_subjects": sum(1 for r in results if r.extrapolations),
         "held_out": "the last visit (3+ visits), and the last two (4+ visits)",

@@ -3,12 +3,12 @@
 Any number of a subject's loaded visits (two or more, checked in the visits table, each with its
 date in months from baseline) are encoded and their trajectory is fitted in code space
 (:func:`napari_ldae.operations.iter_predict`: y on a least-squares line in time, x_T by slerp
-between visits, continued past them). The date slider runs from before the first visit to past
-the last one; a date past the last visit is labelled a *prediction*. Results are shown on the
-latest visit's model grid (the visits should be registered to one another), with the difference
-to the latest visit's reconstruction. Dragging the slider shows a live preview blended from
-anchor dates decoded once (``gui._preview``); full quality follows when it rests. Sweep renders
-a range of dates, a future one included, into one 4D layer.
+between visits and held at the end visits' outside them). The date slider runs from before the
+first visit to past the last one; a date past the last visit is labelled a *prediction*.
+Results are shown on the latest visit's model grid (the visits should be registered to one
+another), with the difference to the latest visit's reconstruction. Dragging the slider shows a
+live preview blended from anchor dates decoded once (``gui._preview``); full quality follows
+when it rests. Sweep renders a range of dates, a future one included, into one 4D layer.
 """
 
 from __future__ import annotations
