@@ -348,9 +348,11 @@ def test_perceptual_loss_needs_local_weights(tmp_path):
 def test_config_rejects_unknown_keys_and_applies_overrides(tiny_cohort):
     with pytest.raises(TrainingError, match="did you mean 'max_steps'"):
         resolve(TINY, tiny_cohort, ["latent.max_step=3"])
-    config = resolve(TINY, tiny_cohort, ["latent.lr=0.5", "model.unet.dropout=0.2"],
+    config = resolve(TINY, tiny_cohort, ["latent.lr=0.5", "model.unet.dropout=0.2",
+                                         "representation.lr=2e-3"],
                      devices=3, max_steps=7, stages=("latent",))
     assert config["latent"]["lr"] == 0.5 and config["latent"]["max_steps"] == 7
+    assert config["representation"]["lr"] == 0.002  # a float, not PyYAML 1.1's string "2e-3"
     assert config["autoencoder"]["max_steps"] == 4 and config["trainer"]["devices"] == 3
     from napari_ldae.train.config import model_config, stage_precision
 

@@ -119,7 +119,7 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         if not p.is_file():
             raise TrainingError(f"no config file at {p}")
         try:
-            user = yaml.safe_load(p.read_text()) or {}
+            user = yaml_load(p.read_text()) or {}
         except yaml.YAMLError as err:
             raise TrainingError(f"{p} is not valid YAML: {err}") from err
         if not isinstance(user, dict):
@@ -148,7 +148,6 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any], where: str,
 
 def apply_override(config: dict[str, Any], item: str) -> None:
     """Set ``a.b.c=value`` (value parsed as YAML) in place."""
-    import yaml
 
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
@@ -164,7 +163,24 @@ def apply_override(config: dict[str, Any], item: str) -> None:
             raise TrainingError(f"config key {'.'.join(parents[:i + 1])!r} is not a section")
     if leaf not in node and (not parents or parents[0] != "model"):
         raise TrainingError(f"unknown config key {key!r}" + _hint(leaf, node))
-    node[leaf] = yaml.safe_load(raw)
+    node[leaf] = yaml_load(raw)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load``, but ``2e-3`` is a float as in YAML 1.2 (PyYAML's 1.1 makes it a
+    string, and ``lr=2e-3`` then failed deep inside a run)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    return yaml.load(text, Loader=Loader)
 
 
 def validate(config: Mapping[str, Any]) -> None:
