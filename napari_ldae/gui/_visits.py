@@ -45,7 +45,10 @@ class VisitTable(QTableWidget):
         super().__init__(0, 2, parent)
         self.viewer = viewer
         self.setHorizontalHeaderLabels(["visit", "months"])
-        self.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        header = self.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.Fixed)
+        self.setColumnWidth(1, 110)
         self.verticalHeader().setVisible(False)
         self.setSelectionMode(QAbstractItemView.NoSelection)
         self.setMinimumHeight(110)
@@ -63,6 +66,7 @@ class VisitTable(QTableWidget):
         except RuntimeError:  # the Qt object is gone
             return
         self.blockSignals(True)
+        self.setRowCount(0)  # drops the old rows' date boxes (layers may have moved)
         self.setRowCount(len(layers))
         for row, layer in enumerate(layers):
             checked, months = self._known.get(layer.name, (None, None))
@@ -75,7 +79,6 @@ class VisitTable(QTableWidget):
             self.setItem(row, 0, item)
             box = QDoubleSpinBox()
             box.setRange(-1200.0, 1200.0)
-            box.setSuffix(" mo")
             box.setValue(months)
             box.setToolTip("months from baseline (from BIDS names / sessions.tsv when present)")
             box.valueChanged.connect(lambda _v: self._remember_and_emit())
