@@ -127,7 +127,7 @@ def test_live_preview_blends_anchor_dates(viewer, tmp_path, monkeypatch, qtbot):
     image, diff = anchors.shown
     # at the latest visit's date: its reconstruction (up to the float noise of a batch)
     lo, hi = w._prepare()[3].scan.intensity_range
-    assert np.abs(diff[4]).max() < 1e-4 * (hi - lo)
+    assert np.abs(diff[4]).max() < 1e-3 * (hi - lo)  # batch float noise depends on threads
     layer = viewer.layers[f"{layers[1].name} [over time]"]
     qtbot.waitUntil(lambda: layer.metadata["ldae_provenance"]["months"] == 15.0,
                     timeout=WAIT_MS)
