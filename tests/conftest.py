@@ -25,3 +25,31 @@ def longitudinal_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return make_cohort(tmp_path_factory.mktemp("longitudinal_cohort") / "bids", subjects=4,
                        seed=1, spacing=6.0, visits=(3, 3))
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight `tiny` bundle made once per session (CLI and evaluate tests)."""
+    from napari_ldae.core.presets import save_random_bundle
+
+    return save_random_bundle(tmp_path_factory.mktemp("bundle") / "tiny", "tiny")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: the CI machine's two cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cli_environment(one_torch_thread, tmp_path_factory: pytest.TempPathFactory):
+    """One torch thread, one codes cache for the module and no bundle from the environment."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NAPARI_LDAE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.delenv("NAPARI_LDAE_BUNDLE", raising=False)
+        yield

@@ -25,25 +25,7 @@ AFFINE = make_affine((2.0, 2.0, 2.0), flips=(-1, -1, 1), rot=rotation(8, -6, 10)
 SHAPE = (20, 24, 20)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _environment(tmp_path_factory):
-    """One codes cache for the module; one torch thread (shared CPUs thrash with more)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NAPARI_LDAE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        mp.delenv("NAPARI_LDAE_BUNDLE", raising=False)
-        yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    from napari_ldae.core.presets import save_random_bundle
-
-    return save_random_bundle(tmp_path_factory.mktemp("bundle") / "tiny", "tiny")
+pytestmark = pytest.mark.usefixtures("cli_environment")
 
 
 @pytest.fixture(scope="module")

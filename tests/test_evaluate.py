@@ -37,20 +37,7 @@ UNMEASURABLE_EDITS = {"manipulation.hippocampus_monotonic_fraction",
                       "manipulation.hippocampus_change_ml_per_unit"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: the CI machine's two cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    from napari_ldae.core.presets import save_random_bundle
-
-    return save_random_bundle(tmp_path_factory.mktemp("evaluate") / "bundle", "tiny")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

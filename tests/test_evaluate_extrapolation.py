@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from napari_ldae.cli import main
 from napari_ldae.evaluate import SECTIONS
@@ -18,12 +17,7 @@ from napari_ldae.evaluate import extrapolation as ex
 OTHERS = [s for s in SECTIONS if s != "extrapolation"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +27,6 @@ def cohort(tmp_path_factory) -> Path:
 
     return make_cohort(tmp_path_factory.mktemp("four_visits") / "bids", subjects=2, seed=2,
                        spacing=6.0, visits=(4, 4))
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    from napari_ldae.core.presets import save_random_bundle
-
-    return save_random_bundle(tmp_path_factory.mktemp("extrapolation") / "bundle", "tiny")
 
 
 @pytest.fixture(scope="module")

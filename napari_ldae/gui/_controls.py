@@ -11,15 +11,20 @@ from napari_ldae.core.progress import Progress
 from napari_ldae.gui._jobs import Job
 
 
+def follow_layer_list(viewer, refresh: Callable) -> None:
+    """Call ``refresh`` whenever layers are added, removed or reordered."""
+    events = viewer.layers.events
+    for ev in (events.inserted, events.removed, events.moved):
+        ev.connect(refresh)
+
+
 class LayerCombo(QComboBox):
     """Image layers of the viewer that pass ``accept``, kept up to date by name."""
 
     def __init__(self, viewer, accept: Callable, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer, self.accept = viewer, accept
-        events = viewer.layers.events
-        for ev in (events.inserted, events.removed, events.moved):
-            ev.connect(self.refresh)
+        follow_layer_list(viewer, self.refresh)
         self.refresh()
 
     def refresh(self, *_) -> None:

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QTableWidgetItem,
 )
 
+from napari_ldae.gui._controls import follow_layer_list
 from napari_ldae.gui._layers import is_source_layer
 from napari_ldae.session import months_from_bids
 
@@ -54,9 +55,7 @@ class VisitTable(QTableWidget):
         self.setMinimumHeight(110)
         self._known: dict[str, tuple[bool, float]] = {}  # name → (checked, months)
         self.itemChanged.connect(lambda _item: self._remember_and_emit())
-        events = viewer.layers.events
-        for ev in (events.inserted, events.removed, events.moved):
-            ev.connect(self.refresh)
+        follow_layer_list(viewer, self.refresh)
         self.refresh()
 
     # ----------------------------------------------------------------------- rows
