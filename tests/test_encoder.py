@@ -1,4 +1,5 @@
-"""Tests of the 2.5D semantic encoder (``napari_ldae.core.encoder``)."""
+"""Tests of the 2.5D semantic encoder (``napari_ldae.core.encoder``) and its slice networks
+(``napari_ldae.core.slice_backbones``)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from napari_ldae.core.encoder import (
-    CONVNEXT_TINY,
-    ConvNeXt,
     EncoderConfig,
     SemanticEncoder,
-    convnext_state_from_torchvision,
     drop_aliases,
     infer_block_setting,
-    rgb_stem_to_gray,
     sinusoidal_table,
-    stochastic_depth,
 )
 from napari_ldae.core.reference import load_semantic_encoder
+from napari_ldae.core.slice_backbones import (
+    CONVNEXT_TINY,
+    ConvNeXt,
+    convnext_state_from_torchvision,
+    rgb_stem_to_gray,
+    stochastic_depth,
+)
 from napari_ldae.errors import BundleError
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -11,12 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from napari_ldae.core.reference import load_shift_unet
-from napari_ldae.core.unet import (
-    AttentionBlock,
-    LatentUNet,
-    ShiftUNet,
-    UNetConfig,
-)
+from napari_ldae.core.unet import LatentUNet, ShiftUNet, UNetConfig
+from napari_ldae.core.unet_blocks import AttentionBlock
 from napari_ldae.errors import BundleError
 
 FIXTURES = Path(__file__).parent / "fixtures"

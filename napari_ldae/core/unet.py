@@ -1,7 +1,8 @@
 """The latent ε-prediction UNet (stage 2) and its gradient-estimator branch (stage 3).
 
 `LatentUNet` is a guided-diffusion-style UNet (scale-shift GroupNorm res blocks, res-block
-up/down-sampling, legacy-order QKV attention). `ShiftUNet` adds PDAE's gradient estimator: a new
+up/down-sampling, legacy-order QKV attention; the blocks are in
+:mod:`napari_ldae.core.unet_blocks`). `ShiftUNet` adds PDAE's gradient estimator: a new
 middle block and a mirror of the output blocks, conditioned on the semantic code ``y`` by a second,
 outer AdaGN, fed by the frozen encoder half. Module and parameter names follow the reference code
 exactly, so official state dicts load as they are.
@@ -12,26 +13,27 @@ In 3D, down/up-sampling acts on the last two axes only (stride (1, 2, 2)), as in
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from napari_ldae.core.unet_blocks import (
+    NORM_GROUPS,
+    AttentionBlock,
+    Blocks,
+    ResBlock,
+    conv_nd,
+    normalization,
+    timestep_embedding,
+    zero_module,
+)
 from napari_ldae.errors import BundleError
 
-__all__ = [
-    "LatentUNet",
-    "ShiftUNet",
-    "UNetConfig",
-    "timestep_embedding",
-]
+__all__ = ["LatentUNet", "ShiftUNet", "UNetConfig"]
 
-#: Groups of every GroupNorm (guided-diffusion's ``normalization``).
-NORM_GROUPS = 32
 #: Top-level modules of `ShiftUNet` that form the gradient-estimator branch.
 BRANCH_MODULES = ("label_emb", "shift_middle_block", "shift_output_blocks", "shift_out")
 #: Top-level modules shared with `LatentUNet` (frozen in `ShiftUNet`).
@@ -136,154 +138,6 @@ _REFERENCE_NAMES = {
 
 
 # --------------------------------------------------------------------------------------------
-# Building blocks
-# --------------------------------------------------------------------------------------------
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding ``[cos(t·f), sin(t·f)]`` of original timesteps: float32 ``(B, dim)``.
-
-    Guided-diffusion's ``timestep_embedding``, computed the same way (float32) for parity."""
-    half = dim // 2
-    exponent = torch.arange(half, dtype=torch.float32, device=t.device) / half
-    freqs = torch.exp(-math.log(max_period) * exponent)
-    args = t[:, None].float() * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, 1)) if dim % 2 else emb
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the input dtype (autocast-safe)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
-
-
-def _norm(channels: int) -> GroupNorm32:
-    return GroupNorm32(NORM_GROUPS, channels)
-
-
-def _conv(dims: int, c_in: int, c_out: int, kernel: int) -> nn.Module:
-    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
-    return conv(c_in, c_out, kernel, padding=kernel // 2)
-
-
-def _zero(module: nn.Module) -> nn.Module:
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
-
-
-def _downsample(x: Tensor, dims: int) -> Tensor:
-    """2× average pooling of the last ``min(dims, 2)`` axes."""
-    kernel = (2,) if dims == 1 else (1,) * (dims - 2) + (2, 2)
-    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
-    return pool(x, kernel, kernel)
-
-
-def _upsample(x: Tensor, dims: int) -> Tensor:
-    """2× nearest upsampling of the last ``min(dims, 2)`` axes."""
-    k = min(dims, 2)
-    size = (*x.shape[2:-k], *(2 * s for s in x.shape[-k:]))
-    return F.interpolate(x, size=size, mode="nearest")
-
-
-class ResBlock(nn.Module):
-    """Res block with scale-shift AdaGN on the time embedding; optionally a second, outer AdaGN on
-    the semantic embedding (``emb_z_layers``: ``(1 + z_scale)·(GN(h)(1 + s) + b) + z_shift``) and
-    optionally 2× down/up-sampling (``resample`` = ``"down"`` / ``"up"``)."""
-
-    def __init__(
-        self,
-        channels: int,
-        emb_channels: int,
-        dropout: float,
-        dims: int,
-        out_channels: int | None = None,
-        resample: str | None = None,
-        z_cond: bool = False,
-    ) -> None:
-        super().__init__()
-        out_channels = out_channels or channels
-        self.dims, self.resample, self.z_cond = dims, resample, z_cond
-        self.in_layers = nn.Sequential(
-            _norm(channels), nn.SiLU(), _conv(dims, channels, out_channels, 3)
-        )
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
-        if z_cond:
-            self.emb_z_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
-        self.out_layers = nn.Sequential(
-            _norm(out_channels),
-            nn.SiLU(),
-            nn.Dropout(dropout),
-            _zero(_conv(dims, out_channels, out_channels, 3)),
-        )
-        same = out_channels == channels
-        self.skip_connection = nn.Identity() if same else _conv(dims, channels, out_channels, 1)
-
-    def _resample(self, x: Tensor) -> Tensor:
-        if self.resample == "down":
-            return _downsample(x, self.dims)
-        return _upsample(x, self.dims) if self.resample == "up" else x
-
-    def _scale_shift(self, layers: nn.Module, emb: Tensor) -> tuple[Tensor, Tensor]:
-        out = layers(emb)
-        return out.view(*out.shape, *(1,) * self.dims).chunk(2, dim=1)
-
-    def forward(self, x: Tensor, emb: Tensor, emb_z: Tensor | None = None) -> Tensor:
-        norm, act, conv = self.in_layers
-        h = act(norm(x))
-        if self.resample is not None:
-            h, x = self._resample(h), self._resample(x)
-        h = conv(h)
-        scale, shift = self._scale_shift(self.emb_layers, emb)
-        out_norm, out_act, drop, out_conv = self.out_layers
-        h = out_norm(h) * (1.0 + scale) + shift
-        if self.z_cond:
-            z_scale, z_shift = self._scale_shift(self.emb_z_layers, emb_z)
-            h = (1.0 + z_scale) * h + z_shift
-        return self.skip_connection(x) + out_conv(drop(out_act(h)))
-
-
-class AttentionBlock(nn.Module):
-    """Self-attention over all spatial positions (legacy QKV order: heads split before q/k/v).
-
-    ``qkv`` and ``proj_out`` are kernel-1 ``Conv1d`` (reference layout), applied as matmuls on the
-    token layout so that `F.scaled_dot_product_attention` receives contiguous heads.
-    """
-
-    def __init__(self, channels: int, num_heads: int, head_channels: int = -1) -> None:
-        super().__init__()
-        self.num_heads = num_heads if head_channels == -1 else channels // head_channels
-        self.norm = _norm(channels)
-        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
-        self.proj_out = _zero(nn.Conv1d(channels, channels, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)
-        tokens = self.norm(x).transpose(1, 2)  # (B, T, C)
-        qkv = F.linear(tokens, self.qkv.weight[..., 0], self.qkv.bias)  # (B, T, 3C)
-        ch = c // self.num_heads
-        q, k, v = qkv.view(b, -1, self.num_heads, 3, ch).permute(3, 0, 2, 1, 4)  # (B, H, T, ch)
-        a = F.scaled_dot_product_attention(q, k, v)
-        a = a.transpose(1, 2).reshape(b, -1, c)  # (B, T, C)
-        h = F.linear(a, self.proj_out.weight[..., 0], self.proj_out.bias)
-        return (x + h.transpose(1, 2)).reshape(b, c, *spatial)
-
-
-class Blocks(nn.Sequential):
-    """Sequential container passing ``(emb, emb_z)`` to its res blocks."""
-
-    def forward(self, x: Tensor, emb: Tensor, emb_z: Tensor | None = None) -> Tensor:
-        for layer in self:
-            x = layer(x, emb, emb_z) if isinstance(layer, ResBlock) else layer(x)
-        return x
-
-
-# --------------------------------------------------------------------------------------------
 # The networks
 # --------------------------------------------------------------------------------------------
 
@@ -324,7 +178,7 @@ class LatentUNet(nn.Module):
     def _build_encoder(self) -> tuple[nn.ModuleList, _Plan]:
         cfg = self.config
         ch = cfg.channel_mult[0] * cfg.base_channels
-        blocks = nn.ModuleList([Blocks(_conv(cfg.dims, cfg.in_channels, ch, 3))])
+        blocks = nn.ModuleList([Blocks(conv_nd(cfg.dims, cfg.in_channels, ch, 3))])
         plan = _Plan(skip_channels=[ch])
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
@@ -364,7 +218,8 @@ class LatentUNet(nn.Module):
     def _build_out(self) -> nn.Sequential:
         cfg = self.config
         ch = cfg.channel_mult[0] * cfg.base_channels
-        return nn.Sequential(_norm(ch), nn.SiLU(), _zero(_conv(cfg.dims, ch, cfg.in_channels, 3)))
+        out_conv = zero_module(conv_nd(cfg.dims, ch, cfg.in_channels, 3))
+        return nn.Sequential(normalization(ch), nn.SiLU(), out_conv)
 
     # -- forward ------------------------------------------------------------------------------
 
