@@ -291,7 +291,7 @@ def visit_months(paths: Sequence[str | os.PathLike],
 
     ``flags``: per visit, the option that gives its date (named in the error when unknown).
     """
-    from napari_ldae.data.cohort import months_from_bids
+    from napari_ldae.data.visit_months import months_from_bids
     from napari_ldae.errors import LDAEError
 
     given = list(given) if given is not None else [None] * len(paths)

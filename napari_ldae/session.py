@@ -34,7 +34,6 @@ from napari_ldae.core.bundle import Bundle, load_bundle
 from napari_ldae.core.device import is_out_of_memory
 from napari_ldae.core.model import Codes, LDAEModel
 from napari_ldae.core.progress import ProgressGen, drain
-from napari_ldae.data.cohort import months_from_bids  # noqa: F401  (here for the GUI and CLI)
 from napari_ldae.errors import BundleError, LDAEError
 from napari_ldae.operations import Result
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from napari_ldae.data.cohort import Cohort, ScanRecord, read_cohort, split_subjects
+from napari_ldae.data.cohort import Cohort, ScanRecord, read_cohort
+from napari_ldae.data.subject_splits import split_subjects
 from napari_ldae.errors import CohortError
 
 
@@ -202,7 +203,8 @@ def test_synthetic_cohort_anatomy_reaches_extra(tmp_path):
 
 def test_session_labels_have_one_meaning():
     """Training's cohort reader and the GUI/CLI's BIDS names agree on every label."""
-    from napari_ldae.data.cohort import _months, months_from_bids, session_months
+    from napari_ldae.data.cohort import _months
+    from napari_ldae.data.visit_months import months_from_bids, session_months
 
     for label, months in (("ses-screening", 0.0), ("ses-sc", 0.0), ("ses-bl", 0.0),
                           ("baseline", 0.0), ("ses-M06", 6.0), ("m18", 18.0), ("ses-x", None)):

@@ -13,6 +13,7 @@ from ldae_factory import STEPS, shared_tiny_bundle, tiny_scan
 from napari_ldae import session as session_mod
 from napari_ldae.core.progress import drain
 from napari_ldae.data.io import read_scan, write_scan
+from napari_ldae.data.visit_months import months_from_bids
 from napari_ldae.errors import BundleError, LDAEError
 from napari_ldae.session import (
     Session,
@@ -20,7 +21,6 @@ from napari_ldae.session import (
     default_bundle_path,
     default_cache_dir,
     describe_error,
-    months_from_bids,
 )
 
 

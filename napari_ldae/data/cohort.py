@@ -1,4 +1,4 @@
-"""Cohorts: a BIDS-like folder or a CSV read into one table of scans, and subject-grouped splits.
+"""Cohorts: a BIDS-like folder or a CSV read into one table of scans (and written back as CSV).
 
 BIDS-like tree::
 
@@ -9,6 +9,8 @@ BIDS-like tree::
 CSV: one row per scan, columns ``path, subject`` and optionally ``session, months, diagnosis,
 age``; other columns go to :attr:`ScanRecord.extra`. Relative paths are relative to the CSV's
 folder. ``n/a`` or an empty cell means unknown. No pandas: the :mod:`csv` module does it all.
+Visit dates come from :mod:`napari_ldae.data.visit_months`; splitting by subject is
+:mod:`napari_ldae.data.subject_splits`.
 """
 
 from __future__ import annotations
@@ -17,21 +19,17 @@ import csv
 import difflib
 import math
 import os
-import random
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from napari_ldae.data.visit_months import session_months
 from napari_ldae.errors import CohortError
 
 CSV_COLUMNS = ("path", "subject", "session", "months", "diagnosis", "age")
 REQUIRED_CSV = ("path", "subject")
-SPLITS = ("train", "val", "test")
 _NULL = {"", "n/a", "na", "nan", "none"}
-_MONTH_RE = re.compile(r"^(?:ses-)?m(\d+(?:\.\d+)?)$", re.IGNORECASE)
-_BASELINE = {"bl", "baseline", "sc", "screening"}
 
 
 @dataclass(frozen=True)
@@ -267,57 +265,6 @@ def _t1w(anat: Path, owner: Path) -> Path:
     return found[0]
 
 
-# ----------------------------------------------------------------------------- dates
-def session_months(session: str) -> float | None:
-    """Months from baseline that a session label names, or None: ``ses-M06``/``M06`` → 6;
-    ``bl``, ``baseline``, ``sc``, ``screening`` (with or without ``ses-``) → 0. The one
-    parser of session labels: cohorts (training, evaluate), the GUI and the CLI."""
-    label = session.strip().lower().removeprefix("ses-")
-    if label in _BASELINE:
-        return 0.0
-    match = _MONTH_RE.match(label)
-    return float(match.group(1)) if match else None
-
-
-def months_from_bids(path: str | os.PathLike) -> float | None:
-    """Months from baseline of a BIDS-named scan, or None when unknown.
-
-    The ``months`` column of ``sub-X_sessions.tsv`` (searched in the parent folders) wins;
-    otherwise the session label (:func:`session_months`).
-    """
-    p = Path(path)
-    session = _session_label(p)
-    if session is None:
-        return None
-    from_table = _months_from_table(p, session)
-    if from_table is not None:
-        return from_table
-    return session_months(session)
-
-
-def _session_label(p: Path) -> str | None:
-    for part in [*p.name.split("_"), *(q.name for q in p.parents)]:
-        if part.startswith("ses-"):
-            return part.split(".")[0]
-    return None
-
-
-def _months_from_table(p: Path, session: str) -> float | None:
-    for folder in list(p.parents)[:4]:
-        for tsv in sorted(folder.glob("*sessions.tsv")):
-            lines = [ln.split("\t") for ln in tsv.read_text().splitlines() if ln.strip()]
-            if not lines or "session_id" not in lines[0] or "months" not in lines[0]:
-                continue
-            sid, col = lines[0].index("session_id"), lines[0].index("months")
-            for row in lines[1:]:
-                if len(row) > max(sid, col) and row[sid].strip() == session:
-                    try:
-                        return float(row[col])
-                    except ValueError:
-                        return None
-    return None
-
-
 # ----------------------------------------------------------------------------- cells
 def _months(cell: str, session: str, n_visits: int, where: str) -> float:
     value = _number(cell, "months", where)
@@ -386,101 +333,3 @@ def _check_unique_paths(records: list[ScanRecord], source: Path) -> None:
             raise CohortError(f"{source}: scan {r.path} is listed twice ({seen[r.path]} and "
                               f"{r.subject} {r.session})")
         seen[r.path] = f"{r.subject} {r.session}"
-
-
-# ----------------------------------------------------------------------------- splits
-def split_subjects(
-    cohort: Cohort, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
-) -> dict[str, Cohort]:
-    """Split by subject into ``{"train", "val", "test"}``, stratified by baseline diagnosis.
-
-    Deterministic for a given cohort and ``seed`` (independent of row order); every visit of a
-    subject lands in the same split. A non-zero fraction gets at least one subject.
-    """
-    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= f < 1.0:
-            raise CohortError(f"{name} must be in [0, 1), got {f}")
-    groups = cohort.by_subject()
-    n = len(groups)
-    n_test = _split_size(n, test_fraction)
-    n_val = _split_size(n, val_fraction)
-    if n - n_test - n_val < 1:
-        raise CohortError(
-            f"cannot split {n} subject(s) into train/val/test with val_fraction={val_fraction} "
-            f"and test_fraction={test_fraction}; training needs at least one subject"
-        )
-    strata = _strata(groups, seed)
-    test_counts = _allocate({k: len(v) for k, v in strata.items()}, n_test)
-    left = {k: len(v) - test_counts[k] for k, v in strata.items()}
-    val_counts = _allocate(left, n_val)
-    assignment: dict[str, str] = {}
-    for key, subjects in strata.items():
-        t, v = test_counts[key], val_counts[key]
-        for i, s in enumerate(subjects):
-            assignment[s] = "test" if i < t else "val" if i < t + v else "train"
-    return {
-        split: Cohort([r for r in cohort if assignment[r.subject] == split], cohort.root)
-        for split in SPLITS
-    }
-
-
-def limit_subjects(groups: dict[str, list[ScanRecord]], n: int | None,
-           seed: int) -> dict[str, list[ScanRecord]]:
-    """At most ``n`` subjects, taken in turn from each diagnosis (seeded order)."""
-    if n is None or n >= len(groups):
-        return dict(sorted(groups.items()))
-    order = _stratified_order(groups, seed)
-    return {s: groups[s] for s in sorted(order[:n])}
-
-
-def _stratified_order(groups: dict[str, list[ScanRecord]], seed: int) -> list[str]:
-    """Subjects taken in turn from each diagnosis."""
-    lists = list(_strata(groups, seed).values())
-    return [lst[i] for i in range(max(map(len, lists))) for lst in lists if i < len(lst)]
-
-
-def subject_folds(groups: dict[str, list[ScanRecord]],
-              seed: int) -> tuple[list[dict[str, list[ScanRecord]]], str]:
-    """Subject-grouped K-fold (stratified by diagnosis), K = 2…5 as the smaller class allows."""
-    strata = _strata(groups, seed)
-    smaller = min(len(strata.get("AD", [])), len(strata.get("CN", []))) or len(groups)
-    k = min(max(2, min(5, smaller)), len(groups))
-    fold_of, offset = {}, 0
-    for subjects in strata.values():
-        for i, s in enumerate(subjects):
-            fold_of[s] = (i + offset) % k
-        offset += len(subjects)
-    folds = [{"train": [r for s in sorted(groups) if fold_of[s] != f for r in groups[s]],
-              "val": [],
-              "test": [r for s in sorted(groups) if fold_of[s] == f for r in groups[s]]}
-             for f in range(k)]
-    return folds, (f"subject-grouped {k}-fold cross-validation over the evaluated subjects "
-                   f"(stratified by diagnosis, seed {seed}); metrics averaged over folds")
-
-
-def _split_size(n: int, fraction: float) -> int:
-    return 0 if fraction == 0 else max(1, round(n * fraction))
-
-
-def _strata(groups: dict[str, list[ScanRecord]], seed: int) -> dict[str, list[str]]:
-    """Subjects by baseline diagnosis, each list in a seeded random order."""
-    strata: dict[str, list[str]] = {}
-    for subject in sorted(groups):
-        key = groups[subject][0].diagnosis or "unknown"
-        strata.setdefault(key, []).append(subject)
-    for key in sorted(strata):
-        random.Random(f"{seed}:{key}").shuffle(strata[key])
-    return dict(sorted(strata.items()))
-
-
-def _allocate(sizes: dict[str, int], total: int) -> dict[str, int]:
-    """Largest-remainder allocation of ``total`` across strata in proportion to their sizes."""
-    n = sum(sizes.values())
-    if n == 0 or total == 0:
-        return dict.fromkeys(sizes, 0)
-    exact = {k: total * s / n for k, s in sizes.items()}
-    counts = {k: math.floor(e) for k, e in exact.items()}
-    order = sorted(sizes, key=lambda k: (-(exact[k] - counts[k]), -sizes[k], k))
-    for k in order[: total - sum(counts.values())]:
-        counts[k] += 1
-    return counts

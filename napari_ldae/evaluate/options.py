@@ -91,7 +91,7 @@ class Plan:
 
 def make_plan(cohort: Cohort, options: EvaluateOptions) -> Plan:
     """Evaluated subjects and probe folds, deterministic in the cohort and the seed."""
-    from napari_ldae.data.cohort import limit_subjects, split_subjects, subject_folds
+    from napari_ldae.data.subject_splits import limit_subjects, split_subjects, subject_folds
 
     options = resolve_split(options)
     if options.split == "all":

@@ -16,9 +16,9 @@ from qtpy.QtWidgets import (
     QTableWidgetItem,
 )
 
+from napari_ldae.data.visit_months import months_from_bids
 from napari_ldae.gui._controls import follow_layer_list
 from napari_ldae.gui._layers import is_source_layer
-from napari_ldae.session import months_from_bids
 
 
 def layer_months(layer) -> float | None:

@@ -25,11 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from napari_ldae.data.cohort import Cohort, ScanRecord, read_cohort, split_subjects
+from napari_ldae.data.cohort import Cohort, ScanRecord, read_cohort
 from napari_ldae.data.preprocess import PreprocessContract
+from napari_ldae.data.subject_splits import SPLITS, split_subjects
 from napari_ldae.errors import TrainingError
-
-SPLITS = ("train", "val", "test")
 
 
 # ----------------------------------------------------------------------------- cohort
