@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
+from napari_ldae._files import atomic_write
 from napari_ldae.errors import TrainingError
 from napari_ldae.train.config import resolve_accelerator, stage_precision
 
@@ -307,10 +308,8 @@ def load_best(module: nn.Module, ckpt: Checkpoints, last: bool = False) -> int:
 def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(path)
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(cpu, str(tmp)))
 
 
 def load_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -328,10 +327,7 @@ def load_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

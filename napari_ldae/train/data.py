@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from napari_ldae._files import atomic_write
 from napari_ldae.data.cohort import Cohort, ScanRecord, read_cohort
 from napari_ldae.data.preprocess import PreprocessContract
 from napari_ldae.data.subject_splits import SPLITS, split_subjects
@@ -52,18 +53,9 @@ def write_splits(splits: Mapping[str, Cohort], path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- caches
-def atomic_write(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
-
-
 def save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, np.ascontiguousarray(array))
-    os.replace(tmp, path)
+    """Write one cached array atomically (``_files.atomic_write``)."""
+    atomic_write(path, lambda tmp: np.save(tmp, np.ascontiguousarray(array)))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

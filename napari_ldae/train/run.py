@@ -86,8 +86,9 @@ def _record(config: Mapping[str, Any], out: Path) -> None:
     """Write the resolved config and the subject splits (rank 0)."""
     import yaml
 
+    from napari_ldae._files import atomic_write
     from napari_ldae.train.common import is_global_zero
-    from napari_ldae.train.data import atomic_write, load_splits, write_splits
+    from napari_ldae.train.data import load_splits, write_splits
 
     if not is_global_zero():
         return
