@@ -2,11 +2,11 @@
 
 Image layers made here are in the scan's closest RAS axis order with a diagonal
 ``scale``/``translate`` (world = RAS millimetres), and carry the source scan in
-``layer.metadata["ldae_scan"]`` (:func:`napari_ldae.data.io.scan_metadata`): path, true affine,
-file shape, NIfTI header bytes, the reorientation and the intensity range. Layers derived from
-a scan (edits, difference maps) should copy the source layer's ``scale``, ``translate`` and
-``metadata``; the writer then saves them in the original file's space and header. A dict in
-``layer.metadata["ldae_provenance"]`` is copied into the export's JSON sidecar.
+``layer.metadata["ldae_scan"]`` (:func:`napari_ldae.data.layer_metadata.scan_metadata`): path,
+true affine, file shape, NIfTI header bytes, the reorientation and the intensity range. Layers
+derived from a scan (edits, difference maps) should copy the source layer's ``scale``,
+``translate`` and ``metadata``; the writer then saves them in the original file's space and
+header. A dict in ``layer.metadata["ldae_provenance"]`` is copied into the export's JSON sidecar.
 
 nibabel and the data modules are imported inside the functions: napari imports this module
 when it uses one of its commands, and it should stay light.
@@ -50,7 +50,7 @@ def read_nifti(path: PathLike | Sequence[PathLike]) -> list[LayerData]:
 
 def scan_layer_data(scan: Scan, name: str | None = None) -> LayerData:
     """``(data, kwargs, "image")`` for a scan: display-ordered voxels, geometry, metadata."""
-    from napari_ldae.data.io import META_KEY, scan_metadata
+    from napari_ldae.data.layer_metadata import META_KEY, scan_metadata
 
     data = scan.display_data
     kwargs = {
@@ -85,7 +85,8 @@ def write_nifti(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     layer gets the affine of its napari transform, its world axes taken as RAS millimetres.
     napari's save dialog asks before replacing a file, so this writer replaces existing files.
     """
-    from napari_ldae.data.io import META_KEY, PROVENANCE_KEY, header_from_metadata, write_scan
+    from napari_ldae.data.io import write_scan
+    from napari_ldae.data.layer_metadata import META_KEY, PROVENANCE_KEY, header_from_metadata
     from napari_ldae.errors import ScanError
     from napari_ldae.gui._layers import RESULT_KEY
 
@@ -112,7 +113,7 @@ def write_nifti(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
 def export_layer(path: PathLike, metadata: dict, name: str | None, overwrite: bool) -> Path:
     """Write an LDAE result layer through :func:`napari_ldae.operations.export`: its
     model-space record (``ldae_result`` metadata), in the source scan's space and header."""
-    from napari_ldae.data.io import PROVENANCE_KEY
+    from napari_ldae.data.layer_metadata import PROVENANCE_KEY
     from napari_ldae.gui._layers import RESULT_KEY
     from napari_ldae.operations import export
 
@@ -124,7 +125,7 @@ def export_layer(path: PathLike, metadata: dict, name: str | None, overwrite: bo
 
 def _source_space(arr: np.ndarray, source: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Layer data in the source file's voxel order, or (None, None) if the shapes differ."""
-    from napari_ldae.data.io import DisplayGeometry
+    from napari_ldae.data.display_geometry import DisplayGeometry
 
     affine = np.asarray(source["affine"], dtype=np.float64)
     geom = DisplayGeometry.from_affine(affine, tuple(source["shape"]))

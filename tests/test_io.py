@@ -12,15 +12,9 @@ import pytest
 from nibabel.testing import data_path
 from nifti_factory import KINDS, blob, make_affine, make_kind, rotation, save
 
-from napari_ldae.data.io import (
-    DisplayGeometry,
-    Scan,
-    read_scan,
-    scan_from_metadata,
-    scan_metadata,
-    sidecar_path,
-    write_scan,
-)
+from napari_ldae.data.display_geometry import DisplayGeometry
+from napari_ldae.data.io import Scan, read_scan, sidecar_path, write_scan
+from napari_ldae.data.layer_metadata import scan_from_metadata, scan_metadata
 from napari_ldae.errors import ScanError
 
 NIBABEL_DATA = Path(data_path)

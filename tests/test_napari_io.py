@@ -14,7 +14,8 @@ import pytest
 from nifti_factory import KINDS, blob, make_affine, make_kind
 
 from napari_ldae import napari_io
-from napari_ldae.data.io import META_KEY, PROVENANCE_KEY, read_scan, sidecar_path
+from napari_ldae.data.io import read_scan, sidecar_path
+from napari_ldae.data.layer_metadata import META_KEY, PROVENANCE_KEY
 from napari_ldae.errors import ScanError
 
 

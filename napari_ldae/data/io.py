@@ -1,14 +1,11 @@
-"""NIfTI scans in and out, and the canonical display geometry napari needs.
+"""NIfTI scans in and out.
 
 A :class:`Scan` keeps the file's voxels in the file's own axis order (``data``), the true
-voxel-to-world affine (RAS+ millimetres, nibabel's convention), the header and the path.
-Its :class:`DisplayGeometry` says how to show it in napari without a rotated affine: the data
-reoriented to the closest RAS axis order (a permutation and flips, never a resampling), plus a
-diagonal ``scale``/``translate``. :func:`write_scan` writes volumes back in the scan's own space
-and header, atomically, with a JSON sidecar, and never replaces a file unless asked.
-
-napari layers carry a scan's geometry in ``layer.metadata["ldae_scan"]``
-(:func:`scan_metadata`, :func:`scan_from_metadata`); see ``docs/data.md``.
+voxel-to-world affine (RAS+ millimetres, nibabel's convention), the header and the path, and its
+napari :class:`~napari_ldae.data.display_geometry.DisplayGeometry`. :func:`read_scan` reads and
+checks a file; :func:`write_scan` writes volumes back in the scan's own space and header,
+atomically, with a JSON sidecar, and never replaces a file unless asked. A scan's geometry in a
+napari layer's metadata is :mod:`napari_ldae.data.layer_metadata`.
 """
 
 from __future__ import annotations
@@ -23,99 +20,26 @@ from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
-from nibabel import orientations as ornt_mod
 
 from napari_ldae._files import atomic_write, nifti_stem
+from napari_ldae.data.display_geometry import DisplayGeometry
 from napari_ldae.errors import ScanError
 
 #: Limits on what counts as a plausible brain scan.
 MIN_DIM, MAX_DIM = 8, 1024
 MAX_VOXEL_MM = 20.0
-#: Key of a napari layer's ``metadata`` holding the source scan's geometry.
-META_KEY = "ldae_scan"
-#: Key of a napari layer's ``metadata`` whose dict is copied into an export's sidecar.
-PROVENANCE_KEY = "ldae_provenance"
-METADATA_VERSION = 1
 
 NanPolicy = Literal["raise", "zero"]
 Space = Literal["scan", "model"]
 _SUFFIXES = (".nii.gz", ".nii")
 
 
-# ----------------------------------------------------------------------------- geometry
-@dataclass(frozen=True, eq=False)
-class DisplayGeometry:
-    """How a scan is shown in napari: canonical (RAS) axis order and a diagonal transform.
-
-    ``ornt`` is nibabel's orientation of the file axes (``io_orientation(affine)``): file axis
-    ``i`` becomes display axis ``ornt[i, 0]``, flipped when ``ornt[i, 1] == -1``. For a scan
-    that is not oblique, ``diag(scale) @ v + translate`` is exactly the world position (mm) of
-    display voxel ``v``; for an oblique scan it is the closest axis-aligned placement, exact at
-    the volume's centre (``oblique_deg`` says by how much it is rotated).
-    """
-
-    ornt: np.ndarray
-    file_shape: tuple[int, int, int]
-    scale: tuple[float, float, float]
-    translate: tuple[float, float, float]
-    oblique_deg: float
-
-    @classmethod
-    def from_affine(cls, affine: np.ndarray, shape: tuple[int, ...]) -> DisplayGeometry:
-        """Geometry of a 3D grid of ``shape`` with voxel-to-world ``affine``."""
-        shape3 = tuple(int(s) for s in shape[:3])
-        ornt = ornt_mod.io_orientation(affine)
-        reoriented = affine @ ornt_mod.inv_ornt_aff(ornt, shape3)
-        rzs = reoriented[:3, :3]
-        scale = np.linalg.norm(rzs, axis=0)
-        centre = (np.array(_apply_shape(shape3, ornt)) - 1) / 2.0
-        translate = rzs @ centre + reoriented[:3, 3] - scale * centre
-        cosines = np.clip(np.diag(rzs) / scale, -1.0, 1.0)
-        oblique = float(np.degrees(np.arccos(cosines.min())))
-        return cls(ornt, shape3, tuple(map(float, scale)), tuple(map(float, translate)), oblique)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Shape of the display (reoriented) volume."""
-        return _apply_shape(self.file_shape, self.ornt)
-
-    @property
-    def affine(self) -> np.ndarray:
-        """The diagonal 4×4 display affine (display voxel → world mm)."""
-        aff = np.diag([*self.scale, 1.0])
-        aff[:3, 3] = self.translate
-        return aff
-
-    @property
-    def inverse_ornt(self) -> np.ndarray:
-        """Orientation that takes display axes back to the file's axes."""
-        inv = np.zeros_like(self.ornt)
-        for i, (axis, flip) in enumerate(self.ornt):
-            inv[int(axis)] = (i, flip)
-        return inv
-
-    def to_display(self, data: np.ndarray) -> np.ndarray:
-        """File-ordered ``(X, Y, Z, ...)`` array → display order (trailing axes kept)."""
-        return np.ascontiguousarray(ornt_mod.apply_orientation(data, self.ornt))
-
-    def from_display(self, data: np.ndarray) -> np.ndarray:
-        """Display-ordered array → the file's axis order (inverse of :meth:`to_display`)."""
-        return np.ascontiguousarray(ornt_mod.apply_orientation(data, self.inverse_ornt))
-
-
-def _apply_shape(shape: tuple[int, int, int], ornt: np.ndarray) -> tuple[int, int, int]:
-    out = [0, 0, 0]
-    for i, (axis, _) in enumerate(ornt):
-        out[int(axis)] = int(shape[i])
-    return (out[0], out[1], out[2])
-
-
+# ----------------------------------------------------------------------------- the scan
 def voxel_sizes(affine: np.ndarray) -> np.ndarray:
     """Voxel edge lengths (mm) along the three voxel axes of ``affine``."""
     return np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
 
 
-# ----------------------------------------------------------------------------- the scan
 @dataclass(eq=False)
 class Scan:
     """One 3D scan: float32 voxels in the file's axis order, its affine, header and path."""
@@ -386,41 +310,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return repr(obj)
-
-
-# ----------------------------------------------------------------------------- napari metadata
-def scan_metadata(scan: Scan) -> dict[str, Any]:
-    """The ``layer.metadata["ldae_scan"]`` dict describing ``scan`` (see ``docs/data.md``)."""
-    return {
-        "version": METADATA_VERSION,
-        "path": str(scan.path) if scan.path else None,
-        "affine": scan.affine.tolist(),
-        "shape": list(scan.shape),
-        "header": bytes(scan.header.binaryblock),
-        "reorientation": scan.display.ornt.astype(int).tolist(),
-        "intensity_range": list(scan.intensity_range),
-    }
-
-
-def header_from_metadata(meta: dict[str, Any]) -> nib.Nifti1Header:
-    """The NIfTI header kept in an ``ldae_scan`` dict (a fresh one when absent)."""
-    block = meta.get("header") or b""
-    if len(block) == 540:
-        return nib.Nifti2Header(binaryblock=block)
-    if len(block) == 348:
-        return nib.Nifti1Header(binaryblock=block)
-    return nib.Nifti1Header()
-
-
-def scan_from_metadata(display_data: np.ndarray, meta: dict[str, Any]) -> Scan:
-    """Rebuild a :class:`Scan` from a layer's display-ordered data and its ``ldae_scan`` dict."""
-    affine = np.asarray(meta["affine"], dtype=np.float64)
-    geom = DisplayGeometry.from_affine(affine, tuple(meta["shape"]))
-    if tuple(display_data.shape[:3]) != geom.shape:
-        raise ScanError(
-            f"layer data shape {tuple(display_data.shape)} does not match its source scan "
-            f"(display shape {geom.shape})"
-        )
-    data = geom.from_display(np.asarray(display_data, dtype=np.float32))
-    path = Path(meta["path"]) if meta.get("path") else None
-    return Scan(data, affine, header_from_metadata(meta), path)

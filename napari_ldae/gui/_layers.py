@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_ldae.data.io import META_KEY, PROVENANCE_KEY, Scan
+from napari_ldae.data.io import Scan
+from napari_ldae.data.layer_metadata import META_KEY, PROVENANCE_KEY
 from napari_ldae.errors import ScanError
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ DIFF_COLORMAP_NAME = "ldae Δ (bwr)"
 def scan_from_layer(layer) -> Scan:
     """The scan behind an image layer: its ``ldae_scan`` metadata, else its scale/translate
     read as a RAS millimetre affine."""
-    from napari_ldae.data.io import scan_from_metadata
+    from napari_ldae.data.layer_metadata import scan_from_metadata
 
     data = np.asarray(layer.data)
     if data.ndim != 3 or getattr(layer, "rgb", False):
@@ -114,7 +115,7 @@ class ResultGeometry:
                         reference: int = 0) -> dict[str, Any]:
         """A result layer's metadata: its model-space record (what export writes) and
         provenance (``reference``: which reconstruction a difference is taken to)."""
-        from napari_ldae.data.io import scan_metadata
+        from napari_ldae.data.layer_metadata import scan_metadata
 
         return {RESULT_KEY: {"space": self.space, "kind": kind, "scan": scan_metadata(self.scan),
                              "contract": self.session.contract.to_dict(), "record": result,
