@@ -221,6 +221,28 @@ class Session:
         """Direction names → meanings, in the bundle's order."""
         return {k: v.get("meaning", k) for k, v in self.bundle.config["directions"].items()}
 
+    def years(self, direction: str, strength: float) -> float | None:
+        """The strength in years of the training cohort's own change along the direction.
+
+        ``None`` when the bundle has no calibration for it, or its codes did not move along it
+        measurably (train/calibration.py).
+        """
+        info = self.bundle.config["directions"].get(direction, {})
+        per_unit = info.get("calibration", {}).get("years_per_unit")
+        return None if per_unit is None else strength * per_unit
+
+    def years_text(self, direction: str, strength: float) -> str:
+        """"≈ N years of AD-like change", or why no number is given."""
+        info = self.bundle.config["directions"].get(direction, {})
+        if "calibration" not in info:
+            return "no calibration in years in this bundle"
+        years = self.years(direction, strength)
+        if years is None:
+            return ("no calibration in years: the training cohort's codes do not move "
+                    "measurably along this direction between visits")
+        change = "AD-like change" if direction == "AD" else f"change {info.get('meaning', '')}"
+        return f"≈ {years:+.1f} years of {change.strip()}"
+
     # ------------------------------------------------------------------------- encode
     def prepare(self, scan: Scan) -> torch.Tensor:
         """The model input of a scan, ``(1, 1, X, Y, Z)`` in [0, 1] (per the contract)."""

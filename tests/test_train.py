@@ -97,6 +97,9 @@ def test_bundle_records_how_it_was_trained(run_all, tiny_cohort):
     ad = config["directions"]["AD"]["metrics"]
     assert set(ad) >= {"accuracy", "precision", "recall", "f1", "mcc", "roc_auc"}
     assert set(config["directions"]["age"]["metrics"]) >= {"mae", "rmse"}
+    # the strength-in-years calibration comes from the training subjects' visits
+    assert config["directions"]["AD"]["calibration"]["group"] == "AD"
+    assert config["directions"]["age"]["calibration"]["group"] == "all"
     splits = json.loads((out / "splits.json").read_text())
     assert not set(splits["train"]) & set(splits["test"])
 

@@ -68,6 +68,12 @@ class Direction:
     meaning: str  # e.g. "toward AD"
     source: str = ""  # e.g. "linear probe AD vs CN (ROC-AUC 0.91)"
     metrics: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)  # strength in years (train/calibration.py)
+
+    def years(self, strength: float) -> float | None:
+        """Years of the cohort's own change that ``strength`` amounts to (None: uncalibrated)."""
+        per_unit = self.calibration.get("years_per_unit")
+        return None if per_unit is None else strength * per_unit
 
 
 class LDAEModel:
@@ -349,7 +355,8 @@ def _directions(config: Mapping[str, Any],
             raise BundleError(f"direction {name!r} is declared in config.json but "
                               f"semantic.safetensors has no {key!r}")
         out[name] = Direction(name, semantic[key], info.get("meaning", name),
-                              info.get("source", ""), info.get("metrics", {}))
+                              info.get("source", ""), info.get("metrics", {}),
+                              info.get("calibration", {}))
     return out
 
 

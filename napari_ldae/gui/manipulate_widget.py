@@ -59,6 +59,10 @@ class ManipulateWidget(LDAEWidget):
         self.slider.setSingleStep(0.1)
         self.slider.setValue(0.0)
         form_row(self.form, "strength", self.slider, "standard deviations along the direction")
+        self.in_years = form_row(self.form, "in years", QLabel(""),
+                                 "the strength as years of the training cohort's own change "
+                                 "along the direction, between its subjects' visits")
+        self.in_years.setWordWrap(True)
         self.quality = form_row(self.form, "showing", QLabel("nothing yet"))
         self.with_diff = form_row(self.form, "difference", QCheckBox("signed Δ map"))
         self.with_diff.setChecked(True)
@@ -75,6 +79,8 @@ class ManipulateWidget(LDAEWidget):
         self.preview = LivePreview(self, self.controls, self.slider, self)
         self.slider.valueChanged.connect(
             lambda _v: self.quality.setText(f"… strength {self.strength:+.2f}"))
+        self.slider.valueChanged.connect(self._show_years)
+        self.direction.currentIndexChanged.connect(self._show_years)
         self.state.session_changed.connect(self._fill_directions)
         self._fill_directions(self.state.session)
 
@@ -104,6 +110,11 @@ class ManipulateWidget(LDAEWidget):
         index = self.direction.findData(current)
         if index >= 0:
             self.direction.setCurrentIndex(index)
+
+    def _show_years(self, *_args) -> None:
+        session, direction = self.state.session, self.direction.currentData()
+        self.in_years.setText("" if session is None or direction is None
+                              else session.years_text(direction, self.strength))
 
     @property
     def strength(self) -> float:

@@ -5,7 +5,9 @@ per-dimension mean/std. Two linear probes are fitted on the training split (the 
 split is not used): AD vs CN (one linear layer, BCE, Adam 1e-3 by default; AD is the
 positive class) and age (one linear layer, MSE on the standardised age, SGD 1e-3 by default).
 Their weights become the bundle's directions ``"AD"`` ("toward AD": + raises the AD logit) and
-``"age"`` ("older"); their test-split metrics go with them. The bundle lands in ``OUT/bundle``.
+``"age"`` ("older"); their test-split metrics go with them, and so does each direction's
+calibration in years (train/calibration.py: AD subjects' visits for "AD", every subject's for
+"age"). The bundle lands in ``OUT/bundle``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from napari_ldae.train import autoencoder as stage1
 from napari_ldae.train import common
 from napari_ldae.train import latent as stage2
 from napari_ldae.train import representation as stage3
+from napari_ldae.train.calibration import projection_per_year
 from napari_ldae.train.config import NETWORK_STAGES, model_config, resolve_accelerator
 from napari_ldae.train.data import SPLITS, cache_volumes, load_splits, load_volume
 
@@ -94,8 +97,10 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
         w, m = result
         semantic[f"direction.{name}"] = F.normalize(w, dim=0)
         metrics[name] = _clean(m)
+        group = hp["positive"] if name == "AD" else None
         directions[name] = {"meaning": meaning, "source": _source(name, hp), "metrics":
-                            metrics[name]}
+                            metrics[name], "calibration": projection_per_year(
+                                z["train"], recs["train"], w, group)}
         print(f"probe {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics[name].items()
                                               if isinstance(v, float)))
     common.save_safetensors(out / "probe" / "embeddings.safetensors",
