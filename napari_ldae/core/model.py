@@ -70,11 +70,6 @@ class Direction:
     metrics: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)  # strength in years (train/calibration.py)
 
-    def years(self, strength: float) -> float | None:
-        """Years of the cohort's own change that ``strength`` amounts to (None: uncalibrated)."""
-        per_unit = self.calibration.get("years_per_unit")
-        return None if per_unit is None else strength * per_unit
-
 
 class LDAEModel:
     """A trained LDAE: autoencoder, frozen latent UNet with gradient estimator, semantic encoder.
