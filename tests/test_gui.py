@@ -384,7 +384,7 @@ def test_export_overlays_the_source_file_and_never_overwrites_silently(
 
 # ----------------------------------------------------------------------------- train
 def test_parse_progress():
-    from napari_ldae.gui.train_widget import parse_progress
+    from napari_ldae.gui._train_run import parse_progress
 
     assert parse_progress("Epoch 3:  45%|####5     | 45/100 [00:10<00:12]") == (0.45, "epoch 3")
     assert parse_progress("step 20/80 loss 0.1") == (0.25, None)

@@ -105,7 +105,7 @@ def test_command_is_the_cli_train_command(make_napari_viewer, tmp_path, tiny_coh
 def test_stage_tracking_from_the_run_folder(tmp_path):
     import os
 
-    from napari_ldae.gui.train_widget import existing_runs, stage_finished
+    from napari_ldae.gui._train_run import existing_runs, stage_finished
 
     marker = tmp_path / "autoencoder" / "autoencoder.json"
     assert not stage_finished(tmp_path, "autoencoder", 0)
