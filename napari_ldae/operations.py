@@ -4,7 +4,9 @@ Each ``iter_*`` function is a progress generator over a :class:`~napari_ldae.ses
 that returns one :class:`Result`: model-space volumes, the reconstructions they are compared
 with, the source scan and the provenance. Widgets, CLI commands and ``evaluate`` present
 results; :func:`export` writes one (in the scan's space) for the CLI, the export widget and the
-napari writer alike. ``Session`` exposes these functions as methods.
+napari writer alike. ``Session`` exposes these functions as methods. Each use case takes
+``prepare`` ("auto", "yes" or "no"): raw scans are skull-stripped and registered to MNI first,
+and their results go back onto the input's voxels (:mod:`napari_ldae.operations_prepare`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import numpy as np
 
 from napari_ldae import __version__
 from napari_ldae.core.progress import ProgressGen
+from napari_ldae.operations_prepare import Preparation, iter_prepare_inputs
+from napari_ldae.operations_prepare import provenance as prepare_provenance
 
 if TYPE_CHECKING:
     from napari_ldae.core.model import Codes
     from napari_ldae.data.io import Scan
+    from napari_ldae.data.prepare import Prepared
     from napari_ldae.data.preprocess import PreprocessContract
     from napari_ldae.session import Session
 
@@ -38,6 +43,8 @@ class Result:
     ``volumes``: ``(X, Y, Z)`` or ``(N, X, Y, Z)`` in [0, 1] on the model grid of ``scan``;
     ``references``: ``(X, Y, Z)`` reconstructions the differences are taken to; ``provenance``
     lists the per-volume values (:data:`PER_VOLUME`) when there are several volumes.
+    ``scan`` is what the model saw; when it was prepared, ``prepared`` is the way back to the
+    input (:func:`export` writes there) and ``preparations`` say what was done to each input.
     """
 
     volumes: np.ndarray
@@ -46,6 +53,8 @@ class Result:
     contract: PreprocessContract
     provenance: dict[str, Any]
     codes: tuple[Codes, ...] = field(default=(), compare=False, repr=False)
+    prepared: Prepared | None = field(default=None, compare=False, repr=False)
+    preparations: tuple[Preparation, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def differences(self) -> tuple[np.ndarray, ...]:
@@ -90,18 +99,21 @@ def _per_volume_flags(values: Sequence[bool]) -> bool | list[bool]:
 
 # ----------------------------------------------------------------------------- use cases
 def iter_reconstruct(session: Session, scan: Scan, steps: int | None = None,
-                     encode_steps: int | None = None) -> ProgressGen[Result]:
+                     encode_steps: int | None = None, *,
+                     prepare: str = "no") -> ProgressGen[Result]:
     """Encode a scan and decode its codes: one ``(X, Y, Z)`` volume (cached)."""
     steps, encode_steps = _steps(session, steps, encode_steps)
-    codes = yield from session.iter_encode(scan, encode_steps)
+    (prep,) = yield from iter_prepare_inputs(session.contract, [scan], prepare)
+    codes = yield from session.iter_encode(prep.model_scan, encode_steps)
     volume = yield from session.iter_reconstruction(codes, steps)
-    return Result(volume, (), scan, session.contract,
-                  provenance(session, "reconstruct", steps, encode_steps), (codes,))
+    prov = provenance(session, "reconstruct", steps, encode_steps, **prepare_provenance([prep]))
+    return Result(volume, (), prep.model_scan, session.contract, prov, (codes,), prep.prepared,
+                  (prep,))
 
 
 def iter_edit(session: Session, scan: Scan, direction: str, strengths: Sequence[float],
               steps: int | None = None, encode_steps: int | None = None, *,
-              reference: bool = True, **fields: Any) -> ProgressGen[Result]:
+              reference: bool = True, prepare: str = "no", **fields: Any) -> ProgressGen[Result]:
     """Move a scan's code along ``direction`` by each strength: ``(N, X, Y, Z)`` volumes.
 
     ``reference``: also decode the reconstruction (strength 0 is then taken from it, not decoded
@@ -110,7 +122,8 @@ def iter_edit(session: Session, scan: Scan, direction: str, strengths: Sequence[
     check_direction(session, direction)
     steps, encode_steps = _steps(session, steps, encode_steps)
     strengths = [float(s) for s in strengths]
-    codes = yield from session.iter_encode(scan, encode_steps)
+    (prep,) = yield from iter_prepare_inputs(session.contract, [scan], prepare)
+    codes = yield from session.iter_encode(prep.model_scan, encode_steps)
     refs: tuple[np.ndarray, ...] = ()
     moved = strengths
     if reference:
@@ -123,8 +136,9 @@ def iter_edit(session: Session, scan: Scan, direction: str, strengths: Sequence[
         volumes = np.stack([refs[0] if s == 0.0 else next(parts) for s in strengths])
     prov = provenance(session, "manipulate", steps, encode_steps, direction=direction,
                       meaning=session.directions[direction], strength=_per_volume(strengths),
-                      **fields)
-    return Result(volumes, refs, scan, session.contract, prov, (codes,))
+                      **fields, **prepare_provenance([prep]))
+    return Result(volumes, refs, prep.model_scan, session.contract, prov, (codes,),
+                  prep.prepared, (prep,))
 
 
 def check_direction(session: Session, direction: str) -> None:
@@ -138,14 +152,19 @@ def check_direction(session: Session, direction: str) -> None:
 
 def iter_interpolate(session: Session, scan_a: Scan, scan_b: Scan, alphas: Sequence[float],
                      steps: int | None = None, encode_steps: int | None = None, *,
-                     references: bool = True, **fields: Any) -> ProgressGen[Result]:
+                     references: bool = True, prepare: str = "no",
+                     **fields: Any) -> ProgressGen[Result]:
     """The brain between two visits at each α (0: A, 1: B): ``(N, X, Y, Z)`` on A's grid.
 
     ``references``: also decode both reconstructions (α 0 and 1 are then taken from them) for
-    the differences to each visit. ``fields`` (visits, dates) go into the provenance.
+    the differences to each visit. ``fields`` (visits, dates) go into the provenance. Prepared
+    visits are prepared together (B rigidly to A).
     """
     steps, encode_steps = _steps(session, steps, encode_steps)
     alphas = [float(a) for a in alphas]
+    preps = yield from iter_prepare_inputs(session.contract, [scan_a, scan_b], prepare,
+                                           visits=True)
+    scan_a, scan_b = (p.model_scan for p in preps)
     codes_a = yield from session.iter_encode(scan_a, encode_steps)
     codes_b = yield from session.iter_encode(scan_b, encode_steps)
     refs: tuple[np.ndarray, ...] = ()
@@ -161,15 +180,16 @@ def iter_interpolate(session: Session, scan_a: Scan, scan_b: Scan, alphas: Seque
         ends = {0.0: refs[0], 1.0: refs[1]}
         volumes = np.stack([ends[a] if a in ends else next(parts) for a in alphas])
     prov = provenance(session, "interpolate", steps, encode_steps, alpha=_per_volume(alphas),
-                      **fields)
-    return Result(volumes, refs, scan_a, session.contract, prov, (codes_a, codes_b))
+                      **fields, **prepare_provenance(preps))
+    return Result(volumes, refs, scan_a, session.contract, prov, (codes_a, codes_b),
+                  preps[0].prepared, tuple(preps))
 
 
 def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float],
                  targets: Sequence[float], steps: int | None = None,
                  encode_steps: int | None = None, *, x_T_rule: str | None = None,
                  reference: bool = True, names: Sequence[str] | None = None,
-                 warn: bool = True, **fields: Any) -> ProgressGen[Result]:
+                 warn: bool = True, prepare: str = "no", **fields: Any) -> ProgressGen[Result]:
     """The brain at each target date from two or more visits: ``(N, X, Y, Z)`` on the latest
     visit's grid, decoded from the visits' trajectory in code space (:mod:`napari_ldae.core.
     trajectory`; ``x_T_rule`` None: its default rule). Bad or doubtful input: see
@@ -178,7 +198,8 @@ def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float
     ``months``: the visits' dates (any order); ``names``: how the provenance names the visits
     (default: their paths). ``reference``: also decode the latest visit's reconstruction, for
     the differences. ``warn``: raise the warnings as :class:`PredictionWarning` too (the GUI
-    shows them from the provenance instead). ``fields`` go into the provenance.
+    shows them from the provenance instead). ``fields`` go into the provenance. Prepared visits
+    are prepared together (the others rigidly to the earliest).
     """
     import warnings
 
@@ -201,6 +222,8 @@ def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float
     scans, names = [scans[i] for i in order], [names[i] for i in order]
     months = [float(months[i]) for i in order]
     targets = [float(t) for t in targets]
+    preps = yield from iter_prepare_inputs(session.contract, scans, prepare, visits=True)
+    scans = [p.model_scan for p in preps]
     codes = []
     for scan in scans:
         codes.append((yield from session.iter_encode(scan, encode_steps)))
@@ -216,8 +239,10 @@ def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float
         session, "predict", steps, encode_steps, visits=names, **trajectory.summary(),
         months=_per_volume(targets), horizon_months=_per_volume([t - months[-1] for t in targets]),
         prediction=_per_volume_flags([trajectory.is_prediction(t) for t in targets]),
-        space=f"the latest visit's ({short_name(names[-1])})", warnings=found, **fields)
-    return Result(volumes, refs, scans[-1], session.contract, prov, tuple(codes))
+        space=f"the latest visit's ({short_name(names[-1])})", warnings=found, **fields,
+        **prepare_provenance(preps))
+    return Result(volumes, refs, scans[-1], session.contract, prov, tuple(codes),
+                  preps[-1].prepared, tuple(preps))
 
 
 # ----------------------------------------------------------------------------- export
@@ -228,17 +253,24 @@ def export(path: str | os.PathLike, result: Result, kind: str = "image",
     ``kind`` "image" writes the volumes, "difference" the signed ``volumes − references[
     reference]`` (no intensity offset). Several volumes become one 4D file (volumes last). The
     JSON sidecar records the provenance (and ``extra``). Raises :class:`FileExistsError`
-    rather than replacing a file unless ``overwrite``.
+    rather than replacing a file unless ``overwrite``. A result of a prepared scan goes back
+    onto the raw input's voxels, inside its brain mask only (outside: the input's values, or 0
+    for a difference).
     """
     from napari_ldae.data.io import write_scan
     from napari_ldae.data.preprocess import to_scan_space
+    from napari_ldae.operations_prepare import to_input_space
 
     difference = kind == "difference"
     model = result.differences[reference] if difference else result.volumes
     scan = result.scan
-    vol = to_scan_space(model, scan, result.contract)
-    lo, hi = scan.intensity_range
-    vol = vol * np.float32(hi - lo) + (np.float32(0) if difference else np.float32(lo))
+    if result.prepared is not None:
+        vol = to_input_space(model, scan, result.prepared, difference=difference)
+        scan = result.prepared.scan
+    else:
+        vol = to_scan_space(model, scan, result.contract)
+        lo, hi = scan.intensity_range
+        vol = vol * np.float32(hi - lo) + (np.float32(0) if difference else np.float32(lo))
     if vol.ndim == 4:
         vol = np.moveaxis(vol, 0, -1)  # NIfTI: volumes last
     meta = {"direction": None, "strength": None, "alpha": None, "steps": None, "seed": None,
@@ -253,9 +285,12 @@ CODES_FORMAT = "napari-ldae-codes"
 
 
 def write_codes(path: str | os.PathLike, codes: Codes, session: Session,
-                source: str | os.PathLike, steps: int) -> Path:
+                source: str | os.PathLike, steps: int,
+                preparation: Preparation | None = None) -> Path:
     """Codes as safetensors (``y`` (1, d), ``x_T`` (1, C, x, y, z)) with their provenance in
-    the metadata; written atomically."""
+    the metadata (``prepare``: JSON of the input's :class:`Preparation`); written atomically."""
+    import json
+
     from safetensors.torch import save_file
 
     from napari_ldae._files import atomic_write
@@ -264,6 +299,8 @@ def write_codes(path: str | os.PathLike, codes: Codes, session: Session,
     meta = {"format": CODES_FORMAT, "format_version": "1", "steps": str(steps),
             "bundle": session.bundle.name, "bundle_sha256": session.bundle.sha256,
             "source": str(source), "napari_ldae_version": __version__}
+    if preparation is not None:
+        meta["prepare"] = json.dumps(preparation.provenance())
     tensors = {"y": codes.y.detach().cpu().contiguous(),
                "x_T": codes.x_T.detach().cpu().contiguous()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

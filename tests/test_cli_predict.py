@@ -15,7 +15,7 @@ from nifti_factory import blob, make_affine, rotation, save
 
 from napari_ldae.cli import main
 
-STEPS = ["--steps", "2"]
+STEPS = ["--steps", "2", "--prepare", "no"]  # blobs stand in for prepared brains
 AFFINE = make_affine((2.0, 2.0, 2.0), flips=(-1, -1, 1), rot=rotation(8, -6, 10),
                      origin=(20.0, 24.0, -20.0))
 SHAPE = (20, 24, 20)

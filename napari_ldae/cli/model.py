@@ -1,5 +1,6 @@
 """encode / reconstruct / manipulate / interpolate: the GUI's actions, headless, each a thin
-command over :mod:`napari_ldae.operations`; results are NIfTI in the INPUT's space."""
+command over :mod:`napari_ldae.operations`; results are NIfTI in the INPUT's space (raw inputs
+are prepared first: ``--prepare``, :mod:`napari_ldae.cli._prepare`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from napari_ldae.cli._common import (
     session,
     stem,
 )
+from napari_ldae.cli._prepare import check_prepare, finish, prepare_option, qc_names
 from napari_ldae.operations import number
 
 
@@ -25,23 +27,29 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
         help="encode scans into LDAE codes (<stem>_codes.safetensors)",
         description="Encode each scan into its LDAE codes: semantic y and stochastic x_T (DDIM "
         "inversion). Each goes to OUTDIR/<stem>_codes.safetensors with the steps, the bundle "
-        "hash and the source path in its metadata.",
+        "hash, the source path and what --prepare did in its metadata.",
     )
     scans_argument(p)
     model_options(p, save_codes=False)
+    prepare_option(p)
 
 
 def run_encode(a: argparse.Namespace) -> None:
     from napari_ldae.data.io import read_scan
     from napari_ldae.operations import write_codes
+    from napari_ldae.operations_prepare import iter_encode
 
     paths = inputs(a.inputs)
-    outs = outputs(a.out, [f"{stem(i)}_codes.safetensors" for i in paths], a.overwrite)
+    check_prepare(a)
+    names = [[f"{stem(i)}_codes.safetensors", *qc_names(i, a.prepare)] for i in paths]
+    outs = _grouped(outputs(a.out, _flat(names), a.overwrite), names)
     s = session(a)
     steps = a.steps or s.steps["encode"]
     for path, out in zip(paths, outs, strict=True):
-        codes = progress(s.iter_encode(read_scan(path), steps), f"{path.name}: encode", a.quiet)
-        say(a, write_codes(out, codes, s, path, steps))
+        codes, prep = progress(iter_encode(s, read_scan(path), steps, a.prepare),
+                               f"{path.name}: encode", a.quiet)
+        say(a, write_codes(out[0], codes, s, path, steps, prep))
+        _said(a, finish(a, [prep], [out[1:]]))
 
 
 def add_reconstruct(sub: argparse._SubParsersAction) -> None:
@@ -53,23 +61,27 @@ def add_reconstruct(sub: argparse._SubParsersAction) -> None:
     )
     scans_argument(p)
     model_options(p)
+    prepare_option(p)
 
 
 def run_reconstruct(a: argparse.Namespace) -> None:
     from napari_ldae.data.io import read_scan
-    from napari_ldae.operations import export
+    from napari_ldae.operations import export, iter_reconstruct
 
     paths = inputs(a.inputs)
-    names = [[f"{stem(i)}_recon.nii.gz", *[f"{stem(i)}_codes.safetensors"] * a.save_codes]
-             for i in paths]
-    outs = _grouped(outputs(a.out, [n for group in names for n in group], a.overwrite), names)
+    check_prepare(a)
+    names = [[f"{stem(i)}_recon.nii.gz", *[f"{stem(i)}_codes.safetensors"] * a.save_codes,
+              *qc_names(i, a.prepare)] for i in paths]
+    outs = _grouped(outputs(a.out, _flat(names), a.overwrite), names)
     s = session(a)
     for path, out in zip(paths, outs, strict=True):
-        result = progress(s.iter_reconstruct(read_scan(path), a.steps, a.steps),
+        result = progress(iter_reconstruct(s, read_scan(path), a.steps, a.steps,
+                                           prepare=a.prepare),
                           f"{path.name}: reconstruct", a.quiet)
         say(a, export(out[0], result, overwrite=a.overwrite))
         if a.save_codes:
-            _save_codes(a, s, out[-1], result.codes[0], path, result)
+            _save_codes(a, s, out[1], result.codes[0], path, result)
+        _said(a, finish(a, result.preparations, [out[1 + a.save_codes:]]))
 
 
 def add_manipulate(sub: argparse._SubParsersAction) -> None:
@@ -91,6 +103,7 @@ def add_manipulate(sub: argparse._SubParsersAction) -> None:
                    help="also write the signed difference edit − reconstruction "
                    "(<stem>_<DIR><±S>_diff.nii.gz)")
     model_options(p)
+    prepare_option(p)
 
 
 def run_manipulate(a: argparse.Namespace) -> None:
@@ -98,25 +111,29 @@ def run_manipulate(a: argparse.Namespace) -> None:
     from napari_ldae.operations import check_direction, export
 
     paths = inputs(a.inputs)
+    check_prepare(a)
     strengths = list(dict.fromkeys(a.strength))
     tags = [f"{a.direction}{number(v, sign=True)}" for v in strengths]
     names = [[*(f"{stem(i)}_{t}.nii.gz" for t in tags),
               *(f"{stem(i)}_{t}_diff.nii.gz" for t in tags if a.difference),
-              *[f"{stem(i)}_codes.safetensors"] * a.save_codes] for i in paths]
-    outs = _grouped(outputs(a.out, [n for group in names for n in group], a.overwrite), names)
+              *[f"{stem(i)}_codes.safetensors"] * a.save_codes, *qc_names(i, a.prepare)]
+             for i in paths]
+    outs = _grouped(outputs(a.out, _flat(names), a.overwrite), names)
     s = session(a)
     check_direction(s, a.direction)
     n = len(strengths)
+    done = n * (1 + a.difference) + a.save_codes  # the outputs before the QC files
     for path, out in zip(paths, outs, strict=True):
         result = progress(s.iter_edit(read_scan(path), a.direction, strengths, a.steps, a.steps,
-                                      reference=a.difference),
+                                      reference=a.difference, prepare=a.prepare),
                           f"{path.name}: {a.direction} ×{n}", a.quiet)
         for j in range(n):
             say(a, export(out[j], result.item(j), overwrite=a.overwrite))
             if a.difference:
                 say(a, export(out[n + j], result.item(j), "difference", overwrite=a.overwrite))
         if a.save_codes:
-            _save_codes(a, s, out[-1], result.codes[0], path, result)
+            _save_codes(a, s, out[done - 1], result.codes[0], path, result)
+        _said(a, finish(a, result.preparations, [out[done:]]))
 
 
 def add_interpolate(sub: argparse._SubParsersAction) -> None:
@@ -143,15 +160,17 @@ def add_interpolate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extrapolate", action="store_true",
                    help="allow α outside [0, 1] (dates before A or after B)")
     model_options(p)
+    prepare_option(p)
 
 
 def run_interpolate(a: argparse.Namespace) -> None:
     from napari_ldae.data.io import read_scan
     from napari_ldae.errors import LDAEError
-    from napari_ldae.operations import export, visit_dates
+    from napari_ldae.operations import export, visit_dates, write_codes
     from napari_ldae.session import alpha_from_months
 
-    path_a, path_b = inputs([a.a, a.b], unique=a.save_codes)
+    path_a, path_b = inputs([a.a, a.b], unique=a.save_codes or a.prepare != "no")
+    check_prepare(a)
     if a.months is not None:
         dates = visit_dates(path_a, path_b, a.months_a, a.months_b)
         alphas = [alpha_from_months(*dates, t) for t in a.months]
@@ -164,18 +183,25 @@ def run_interpolate(a: argparse.Namespace) -> None:
         raise LDAEError(f"{what} (α = {number(outside[0])}); pass --extrapolate to allow it")
     names = [f"{stem(path_a)}_interp-{t}.nii.gz" for t in tags]
     codes_names = [f"{stem(p)}_codes.safetensors" for p in (path_a, path_b)] * a.save_codes
-    outs = outputs(a.out, names + codes_names, a.overwrite)
+    qc = [qc_names(p, a.prepare) for p in (path_a, path_b)]
+    outs = outputs(a.out, names + codes_names + _flat(qc), a.overwrite)
     s = session(a)
     result = progress(s.iter_interpolate_visits(
         read_scan(path_a), read_scan(path_b), alphas, a.steps, a.steps, references=False,
-        months=a.months, visit_a=str(path_a), visit_b=str(path_b), months_a=dates[0],
-        months_b=dates[1]), f"interpolate ×{len(alphas)}", a.quiet)
+        prepare=a.prepare, months=a.months, visit_a=str(path_a), visit_b=str(path_b),
+        months_a=dates[0], months_b=dates[1]), f"interpolate ×{len(alphas)}", a.quiet)
     for j in range(len(alphas)):
         say(a, export(outs[j], result.item(j), overwrite=a.overwrite))
+    done = len(names) + len(codes_names)
     if a.save_codes:
-        for out, path, codes in zip(outs[len(names):], (path_a, path_b), result.codes,
-                                    strict=True):
-            _save_codes(a, s, out, codes, path, result)
+        for out, path, codes, prep in zip(outs[len(names):done], (path_a, path_b),
+                                          result.codes, result.preparations, strict=True):
+            say(a, write_codes(out, codes, s, path, result.provenance["encode_steps"], prep))
+    _said(a, finish(a, result.preparations, _grouped(outs[done:], qc)))
+
+
+def _flat(names: list[list[str]]) -> list[str]:
+    return [n for group in names for n in group]
 
 
 def _grouped(paths: list, names: list[list[str]]) -> list[list]:
@@ -190,4 +216,10 @@ def _grouped(paths: list, names: list[list[str]]) -> list[list]:
 def _save_codes(a: argparse.Namespace, s, out, codes, path, result) -> None:
     from napari_ldae.operations import write_codes
 
-    say(a, write_codes(out, codes, s, path, result.provenance["encode_steps"]))
+    say(a, write_codes(out, codes, s, path, result.provenance["encode_steps"],
+                       result.preparations[0]))
+
+
+def _said(a: argparse.Namespace, paths) -> None:
+    for path in paths:
+        say(a, path)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from napari_ldae.cli._common import inputs, model_options, outputs, progress, say, session, stem
+from napari_ldae.cli._prepare import check_prepare, finish, prepare_option, qc_names
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
                    help="also write prediction − reconstruction of the latest visit "
                    "(<stem>_predict-M<months>_diff.nii.gz)")
     model_options(p)
+    prepare_option(p)
     p.set_defaults(func=run_predict)
 
 
@@ -48,7 +50,8 @@ def run_predict(a: argparse.Namespace) -> None:
     from napari_ldae.operations import visit_months
     from napari_ldae.operations_predict import check_visits
 
-    paths = inputs(a.visits, unique=a.save_codes)
+    paths = inputs(a.visits, unique=a.save_codes or a.prepare != "no")
+    check_prepare(a)
     if a.dates is not None and len(a.dates) != len(paths):
         raise LDAEError(f"--dates gives {len(a.dates)} date(s) for {len(paths)} visit(s): one "
                         "per VISIT, in the same order")
@@ -62,6 +65,7 @@ def run_predict(a: argparse.Namespace) -> None:
     names = [f"{stem(latest)}_predict-{t}.nii.gz" for t in tags]
     names += [f"{stem(latest)}_predict-{t}_diff.nii.gz" for t in tags if a.difference]
     names += [f"{stem(p)}_codes.safetensors" for p in paths] * a.save_codes
+    names += [n for p in paths for n in qc_names(p, a.prepare)]
     outs = outputs(a.out, names, a.overwrite)
     s, result = _predict(a, paths, months, targets, shown)
     _write_all(a, s, result, outs, len(targets), paths)
@@ -80,7 +84,8 @@ def _predict(a: argparse.Namespace, paths: list[Path], months: list[float],
         warnings.simplefilter("always", PredictionWarning)
         result = progress(s.iter_predict(
             [read_scan(p) for p in paths], months, targets, a.steps, a.steps,
-            x_T_rule=a.x_t_rule, reference=a.difference, names=[str(p) for p in paths]),
+            x_T_rule=a.x_t_rule, reference=a.difference, names=[str(p) for p in paths],
+            prepare=a.prepare),
             f"predict ×{len(targets)} from {len(paths)} visits", a.quiet)
     for w in caught:
         if issubclass(w.category, PredictionWarning) and str(w.message) not in shown:
@@ -97,6 +102,10 @@ def _write_all(a: argparse.Namespace, s, result, outs: list[Path], n: int,
     from napari_ldae.operations import export, write_codes
 
     written: list[Path] = []
+    done = n * (1 + a.difference)
+    visits = result.provenance["visits"]  # by date; ``paths`` in the given order
+    order = [visits.index(str(p)) for p in paths]
+    preps = [result.preparations[i] for i in order]
     try:
         for j in range(n):
             written.append(export(outs[j], result.item(j), overwrite=a.overwrite))
@@ -105,9 +114,13 @@ def _write_all(a: argparse.Namespace, s, result, outs: list[Path], n: int,
                                       overwrite=a.overwrite))
         if a.save_codes:
             steps = result.provenance["encode_steps"]
-            codes = dict(zip(result.provenance["visits"], result.codes, strict=True))
-            for out, path in zip(outs[-len(paths):], paths, strict=True):
-                written.append(write_codes(out, codes[str(path)], s, path, steps))
+            for out, path, i, prep in zip(outs[done:done + len(paths)], paths, order, preps,
+                                          strict=True):
+                written.append(write_codes(out, result.codes[i], s, path, steps, prep))
+            done += len(paths)
+        qc = [outs[done + 2 * k:done + 2 * k + 2] for k in range(len(paths))] \
+            if a.prepare != "no" else [[]] * len(paths)
+        written += finish(a, preps, qc)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

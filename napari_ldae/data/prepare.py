@@ -170,10 +170,19 @@ def prepare(scan: Scan, contract=None, **kwargs) -> Prepared:
     return drain(iter_prepare(scan, contract, **kwargs))
 
 
-def prepare_visits(scans: list[Scan], contract=None, **kwargs) -> list[Prepared]:
+def iter_prepare_visits(scans: list[Scan], contract=None,
+                        **kwargs) -> ProgressGen[list[Prepared]]:
     """Visits of one subject: the first to the template, the others rigidly to the first."""
-    first = prepare(scans[0], contract, **kwargs)
-    return [first, *(prepare(s, contract, reference=first, **kwargs) for s in scans[1:])]
+    first = yield from iter_prepare(scans[0], contract, **kwargs)
+    out = [first]
+    for scan in scans[1:]:
+        out.append((yield from iter_prepare(scan, contract, reference=first, **kwargs)))
+    return out
+
+
+def prepare_visits(scans: list[Scan], contract=None, **kwargs) -> list[Prepared]:
+    """:func:`iter_prepare_visits`, drained."""
+    return drain(iter_prepare_visits(scans, contract, **kwargs))
 
 
 def _brain(scan: Scan, mask: np.ndarray) -> tuple[np.ndarray, float]:

@@ -147,8 +147,6 @@ def write_outputs(prep: Prepared, outdir: str | Path, stem: str, *,
     An existing output is an error unless ``overwrite``; each file is written atomically, and
     when one fails the files this call already wrote are removed.
     """
-    import nibabel as nib
-
     from napari_ldae.data.io import sidecar_path, write_scan
 
     paths = output_paths(outdir, stem)
@@ -157,11 +155,6 @@ def write_outputs(prep: Prepared, outdir: str | Path, stem: str, *,
             if p.exists():
                 raise FileExistsError(f"{p} already exists; pass --overwrite to replace it")
     t = prep.transform
-    hdr = prep.scan.header.copy()
-    mask_img = (nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image)(
-        prep.mask.astype(np.uint8), prep.scan.affine, hdr)
-    mask_img.set_data_dtype(np.uint8)
-    mask_img.header.set_slope_inter(1.0, 0.0)
     qc = {**prep.qc, "warnings": list(prep.warnings), "files": {k: p.name for k, p in
                                                                  paths.items()}}
     written: list[Path] = []
@@ -169,7 +162,7 @@ def write_outputs(prep: Prepared, outdir: str | Path, stem: str, *,
         written.append(paths["transform"])
         t.save(paths["transform"], overwrite=True)
         written.append(paths["mask"])
-        atomic_write(paths["mask"], lambda tmp: nib.save(mask_img, tmp))
+        write_mask(prep, paths["mask"])
         written.append(paths["png"])
         atomic_write(paths["png"], png_bytes(prep))
         written.append(paths["qc"])
@@ -184,3 +177,15 @@ def write_outputs(prep: Prepared, outdir: str | Path, stem: str, *,
             p.unlink(missing_ok=True)
         raise
     return paths
+
+
+def write_mask(prep: Prepared, path: str | Path) -> Path:
+    """The brain mask (uint8, 1 inside) in the input's space and header, written atomically."""
+    import nibabel as nib
+
+    hdr = prep.scan.header.copy()
+    img = (nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image)(
+        prep.mask.astype(np.uint8), prep.scan.affine, hdr)
+    img.set_data_dtype(np.uint8)
+    img.header.set_slope_inter(1.0, 0.0)
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))
