@@ -21,7 +21,7 @@ from napari_ldae.core.bundle import load_bundle, model_weights, save_bundle
 from napari_ldae.core.diffusion import Schedule, ddim_sample, q_sample
 from napari_ldae.core.presets import random_model
 from napari_ldae.errors import BundleError, TrainingError
-from napari_ldae.train.representation import ROUND_TRIP_BROKEN, Y_USE_ROUND_OFF, code_use_check
+from napari_ldae.train.representation import ROUND_TRIP_BROKEN, Y_USE_ROUND_OFF, code_use_summary
 from napari_ldae.train.run import resolve, train
 
 TINY = Path(__file__).resolve().parents[1] / "resources" / "configs" / "tiny.yaml"
@@ -207,20 +207,20 @@ def test_unknown_weights_choice_is_refused(tiny_cohort):
 
 
 def test_code_use_at_round_off_is_a_warning(capsys):
-    quiet = code_use_check({"val/y_use": torch.tensor(Y_USE_ROUND_OFF / 10),
+    quiet = code_use_summary({"val/y_use": torch.tensor(Y_USE_ROUND_OFF / 10),
                             "val/y_spread": torch.tensor(0.001)})
     assert "ignores the semantic code" in quiet["code_use"]["warning"]
     assert "WARNING" in capsys.readouterr().out
-    used = code_use_check({"val/y_use": torch.tensor(0.05)})
+    used = code_use_summary({"val/y_use": torch.tensor(0.05)})
     assert used == {"code_use": {"y_use": pytest.approx(0.05)}}
 
 
 def test_a_round_trip_that_does_not_close_is_a_warning(capsys):
-    broken = code_use_check({"val/y_use": torch.tensor(0.05),
+    broken = code_use_summary({"val/y_use": torch.tensor(0.05),
                              "val/round_trip": torch.tensor(ROUND_TRIP_BROKEN * 10)})
     assert "does not return it" in broken["code_use"]["round_trip_warning"]
     assert "val/round_trip is 1" in capsys.readouterr().out
-    closed = code_use_check({"val/round_trip": torch.tensor(ROUND_TRIP_BROKEN / 10)})
+    closed = code_use_summary({"val/round_trip": torch.tensor(ROUND_TRIP_BROKEN / 10)})
     assert closed == {"code_use": {"round_trip": pytest.approx(ROUND_TRIP_BROKEN / 10)}}
 
 

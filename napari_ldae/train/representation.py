@@ -247,7 +247,7 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
             "best_val_ssim": ckpt.best_score,
             "val_ddim_steps": config["representation"]["val_ddim_steps"],
             "ema_updates": int(module.ema.num_updates), "scale_factor": scale,
-            "stage2_x0_vs_mean": readiness, **code_use_check(trainer.callback_metrics),
+            "stage2_x0_vs_mean": readiness, **code_use_summary(trainer.callback_metrics),
             "oracle": config["representation"]["oracle"],
         })
 
@@ -262,9 +262,10 @@ Y_USE_ROUND_OFF = 1e-4
 ROUND_TRIP_BROKEN = 1.0
 
 
-def code_use_check(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The last ``val/y_use``, ``val/y_spread`` and ``val/round_trip``, with warnings (printed
-    and kept) when the decoder ignores the code or the round trip does not close."""
+def code_use_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``code_use`` entry of ``representation.json``: the last ``val/y_use``,
+    ``val/y_spread`` and ``val/round_trip``, with warnings (printed and kept) when the decoder
+    ignores the code or the round trip does not close."""
     out = {k.split("/")[1]: float(metrics[k])
            for k in ("val/y_use", "val/y_spread", "val/round_trip") if k in metrics}
     if "y_use" in out and abs(out["y_use"]) < Y_USE_ROUND_OFF:
