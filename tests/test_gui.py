@@ -173,6 +173,7 @@ def test_model_panel_reports_a_bad_bundle(make_napari_viewer, tmp_path, qtbot):
 def test_encode_then_slider_updates_one_layer_in_place(viewer, scan_file, qtbot):
     source = _open(viewer, scan_file)
     enc = _widget(viewer, "EncodeWidget")
+    enc.prepare.setCurrentText("no")  # a blob, not a brain
     enc.controls.button.click()
     _idle(qtbot, enc.controls)
     assert enc.codes is not None and "encoded" in enc.controls.status.text()
@@ -291,6 +292,7 @@ def test_cancel_aborts_and_the_ui_recovers(viewer, scan_file, qtbot):
     _open(viewer, scan_file)
     get_state(viewer).set_steps({"encode": 400})  # a new cache key: a long run
     enc = _widget(viewer, "EncodeWidget")
+    enc.prepare.setCurrentText("no")
     enc.controls.button.click()
     qtbot.waitUntil(lambda: enc.controls.bar.value() >= 1, timeout=WAIT_MS)
     assert enc.controls.button.text() == "Cancel"
