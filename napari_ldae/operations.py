@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 SAMPLER = "deterministic DDIM (no random seed involved)"
 #: The provenance keys that vary along a result's volumes (one value per volume).
-PER_VOLUME = ("strength", "alpha", "months", "horizon_months", "prediction")
+PER_VOLUME = ("strength", "years", "alpha", "months", "horizon_months", "prediction")
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,8 @@ def _per_volume(values: Sequence[float]) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
-def _per_volume_flags(values: Sequence[bool]) -> bool | list[bool]:
-    return bool(values[0]) if len(values) == 1 else [bool(v) for v in values]
+def _one_or_all(values: Sequence[Any]) -> Any:
+    return values[0] if len(values) == 1 else list(values)
 
 
 # ----------------------------------------------------------------------------- use cases
@@ -136,6 +136,7 @@ def iter_edit(session: Session, scan: Scan, direction: str, strengths: Sequence[
         volumes = np.stack([refs[0] if s == 0.0 else next(parts) for s in strengths])
     prov = provenance(session, "manipulate", steps, encode_steps, direction=direction,
                       meaning=session.directions[direction], strength=_per_volume(strengths),
+                      years=_one_or_all([session.years(direction, v) for v in strengths]),
                       **fields, **prepare_provenance([prep]))
     return Result(volumes, refs, prep.model_scan, session.contract, prov, (codes,),
                   prep.prepared, (prep,))
@@ -238,7 +239,7 @@ def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float
     prov = provenance(
         session, "predict", steps, encode_steps, visits=names, **trajectory.summary(),
         months=_per_volume(targets), horizon_months=_per_volume([t - months[-1] for t in targets]),
-        prediction=_per_volume_flags([trajectory.is_prediction(t) for t in targets]),
+        prediction=_one_or_all([bool(trajectory.is_prediction(t)) for t in targets]),
         space=f"the latest visit's ({short_name(names[-1])})", warnings=found, **fields,
         **prepare_provenance(preps))
     return Result(volumes, refs, scans[-1], session.contract, prov, tuple(codes),

@@ -104,10 +104,14 @@ def test_reconstruct_in_scan_space(recon, visits):
 
 
 def test_manipulate_strengths_and_difference(capsys, bundle, visits, recon, tmp_path):
-    rc, err = run(capsys, "manipulate", visits[0], "-o", tmp_path, "--bundle", bundle, *STEPS,
-                  "--direction", "AD", "--strength", "0", "1", "--difference")
+    capsys.readouterr()
+    rc = main([str(a) for a in ("manipulate", visits[0], "-o", tmp_path, "--bundle", bundle,
+                                *STEPS, "--direction", "AD", "--strength", "0", "1",
+                                "--difference")])
+    out, err = capsys.readouterr()
     assert rc == 0, err
     assert "AD ×2" in err  # a progress bar per input and operation
+    assert "AD +1.0: no calibration in years in this bundle" in out  # the random bundle's
     stem = "sub-01_ses-M00_T1w_AD"
     assert sorted(p.name for p in tmp_path.glob("*.nii.gz")) == [
         f"{stem}+0.0.nii.gz", f"{stem}+0.0_diff.nii.gz", f"{stem}+1.0.nii.gz",
@@ -115,6 +119,7 @@ def test_manipulate_strengths_and_difference(capsys, bundle, visits, recon, tmp_
     for s in ("+0.0", "+1.0"):
         prov = assert_in_scan_space(tmp_path / f"{stem}{s}.nii.gz", visits[0])["provenance"]
         assert (prov["direction"], prov["strength"], prov["steps"]) == ("AD", float(s), 2)
+        assert "years" in prov and prov["years"] is None
         diff = assert_in_scan_space(tmp_path / f"{stem}{s}_diff.nii.gz", visits[0])
         assert diff["provenance"]["kind"] == "difference"
     zero = unit(tmp_path / f"{stem}+0.0.nii.gz", visits[0])

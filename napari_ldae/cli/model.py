@@ -121,6 +121,8 @@ def run_manipulate(a: argparse.Namespace) -> None:
     outs = _grouped(outputs(a.out, _flat(names), a.overwrite), names)
     s = session(a)
     check_direction(s, a.direction)
+    for v in strengths if not a.quiet else ():
+        print(f"{a.direction} {number(v, sign=True)}: {s.years_text(a.direction, v)}")
     n = len(strengths)
     done = n * (1 + a.difference) + a.save_codes  # the outputs before the QC files
     for path, out in zip(paths, outs, strict=True):
