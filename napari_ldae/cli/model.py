@@ -98,7 +98,8 @@ def add_manipulate(sub: argparse._SubParsersAction) -> None:
                    help="direction name, e.g. AD (listed by `napari-ldae info`)")
     p.add_argument("--strength", required=True, type=float, nargs="+", metavar="S",
                    help="one or more strengths, in standard deviations of the semantic space "
-                   "(negative: the opposite way)")
+                   "(negative: the opposite way); each is also printed, and recorded, in years "
+                   "of the training cohort's own change when the bundle is calibrated")
     p.add_argument("--difference", action="store_true",
                    help="also write the signed difference edit − reconstruction "
                    "(<stem>_<DIR><±S>_diff.nii.gz)")
