@@ -27,11 +27,13 @@ def test_tiny_run_writes_json_and_keeps_hand_written_markdown(tmp_path):
     assert results["machine"]["threads"] == 1
     sections = results["sections"]
     assert list(sections) == list(SECTIONS)
-    for name in ("dae", "sampler", "gui", "efficiency"):
+    for name in ("dae", "sampler", "gui", "efficiency", "prepare"):
         assert sections[name]["skipped"] is None and sections[name]["rows"], name
-    for name in ("dae", "sampler", "gui"):
+    for name in ("dae", "sampler", "gui", "prepare"):
         assert all(isinstance(t["met"], bool) for t in sections[name]["targets"]), name
     assert sections["dae"]["rows"][0].keys() >= {"steps", "DAE / LDAE"}
+    steps = [row["step"] for row in sections["prepare"]["rows"]]
+    assert steps == ["skull stripping", "registration", "resampling and QC", "QC figure", "total"]
 
     text = md.read_text()
     assert text.startswith("# Benchmarks\n\nintro\n") and text.rstrip().endswith("after")
