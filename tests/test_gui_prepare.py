@@ -88,7 +88,7 @@ def test_auto_prepares_a_raw_scan_shows_its_qc_and_exports_back(viewer, raw_file
     names = [ly.name for ly in viewer.layers]
     assert names.index(TEMPLATE_LAYER) < names.index(prepared.name)  # brain over template
     np.testing.assert_allclose(prepared.scale, (6.0, 6.0, 6.0))
-    assert tpl.data.shape == template(2.0)[0].shape
+    assert tpl.data.shape == template(2.0)[0].shape and tpl.colormap.name == "green"
 
     # the prepared brain is the model's input: its edit exports onto the raw scan's voxels
     manip = ManipulateWidget(viewer)

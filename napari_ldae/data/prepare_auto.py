@@ -58,8 +58,8 @@ def check_prepared(scan: Scan) -> PositionCheck:
     thin = _thinned(scan)
     mask = looks_skull_stripped(thin)
     if mask is None:
-        return PositionCheck(False, "not skull-stripped (no constant background around a "
-                                    "foreground of brain size)")
+        return PositionCheck(False, "not skull-stripped, no constant background around a "
+                                    "brain-sized foreground")
     numbers = brain_placement(mask, thin.affine)
     off = np.asarray(numbers["centroid_mm"]) - MNI_BRAIN_CENTROID_MM
     spread = np.asarray(numbers["spread_mm"]) / MNI_BRAIN_SPREAD_MM - 1.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QLabel, QWidget
 
+from napari_ldae._resources import display_path
 from napari_ldae.gui._base import LDAEWidget, form_row
 from napari_ldae.gui._controls import LayerCombo, RunControls
 from napari_ldae.gui._layers import is_volume_layer, scan_from_layer
@@ -64,7 +65,7 @@ class EncodeWidget(LDAEWidget):
                 show_qc(self.viewer, layer, qc)
             warnings = self.preparation.prepared.warnings if qc is not None else []
             self.controls.say(f"{name}: {self.preparation.summary()}; encoded ({steps} steps; "
-                              f"cached in {session.cache_dir})"
+                              f"cached in {display_path(session.cache_dir)})"
                               + "".join(f"; warning: {w}" for w in warnings),
                               error=bool(warnings))
 
@@ -85,7 +86,8 @@ def qc_layer_data(prep, name: str) -> dict:
 
 
 def show_qc(viewer, source, qc: dict) -> None:
-    """The mask's outline over ``source``; the registered brain (magenta) over the template.
+    """The mask's outline over ``source``; the registered brain (magenta, additive) over the
+    template (green): white where they agree, magenta or green where they do not.
 
     Layers of the same names are replaced (the template is added once)."""
     from napari.utils.colormaps import DirectLabelColormap
@@ -101,6 +103,6 @@ def show_qc(viewer, source, qc: dict) -> None:
     mask.contour = 1
     if TEMPLATE_LAYER not in viewer.layers:
         data, kwargs, _ = qc["template"]
-        viewer.add_image(data, **kwargs)
+        viewer.add_image(data, **{**kwargs, "colormap": "green"})
     viewer.add_image(prepared_data, **{**prepared_kwargs, "colormap": "magenta",
                                        "blending": "additive"})
