@@ -54,7 +54,8 @@ class Preparation:
 
     ``model_scan``: what the model sees (the prepared brain, or the input as it is);
     ``prepared``: the way back to the input (None: results are in the input's space already);
-    ``ran``: prepared by this call (False: used as it is, or a preparation remembered).
+    ``ran``: prepared by this call (False: used as it is, or a preparation remembered);
+    ``reason``: why ``auto`` chose what it did.
     """
 
     choice: str
@@ -113,21 +114,21 @@ def iter_prepare_inputs(contract: PreprocessContract, scans: Sequence[Scan], cho
     keys = [content_key(s) for s in scans]
     known = [_recall_output(k) for k in keys]
     if choice == "no" or all(p is not None for p in known):
-        return [_as_is(choice, s, p, "used as asked" if p is None else "prepared earlier")
-                for s, p in zip(scans, known, strict=True)]
+        return [_as_is(choice, s, p) for s, p in zip(scans, known, strict=True)]
     checks = [check_prepared(s) for s in scans] if choice == "auto" else []
     if checks and all(c.looks_prepared or p is not None
                       for c, p in zip(checks, known, strict=True)):
         return [_as_is(choice, s, p, c.reason)
                 for s, p, c in zip(scans, known, checks, strict=True)]
     if checks:
-        bad = next(i for i, c in enumerate(checks) if not c.looks_prepared)
+        bad = next(i for i, (c, p) in enumerate(zip(checks, known, strict=True))
+                   if not c.looks_prepared and p is None)
         require_packages(f"{_name(scans[bad])} does not look prepared ({checks[bad].reason}); "
                          "preparing it")
         reasons = [c.reason for c in checks]
     else:
         require_packages()
-        reasons = ["asked for"] * len(scans)
+        reasons = [""] * len(scans)
     preps = yield from _iter_prepared(contract, scans, keys, visits)
     return [Preparation(choice, s, p.prepared_scan(), p, why, ran=True)
             for s, p, why in zip(scans, preps, reasons, strict=True)]
@@ -155,7 +156,8 @@ def _iter_prepared(contract, scans, keys, visits: bool) -> ProgressGen[list[Prep
     return out
 
 
-def _as_is(choice: str, scan: Scan, known: Prepared | None, reason: str) -> Preparation:
+def _as_is(choice: str, scan: Scan, known: Prepared | None, reason: str = "") -> Preparation:
+    """The scan goes to the model as it is (``known``: it was prepared earlier, from that)."""
     return Preparation(choice, scan, scan, known, reason)
 
 
