@@ -67,9 +67,9 @@ def test_baselines_are_what_they_say(report, cohort):
     last earlier real scan; the linear baseline is a line through the measured volumes."""
     from napari_ldae.core.bundle import load_bundle
     from napari_ldae.data.cohort import read_cohort
+    from napari_ldae.data.ventricles import ventricle_ml
     from napari_ldae.evaluate import image_metrics as im
     from napari_ldae.evaluate.context import load_scans
-    from napari_ldae.evaluate.ventricles import ventricle_ml
 
     loaded = load_bundle(report[0]["meta"]["bundle"]["path"])
     model = loaded.load_model("cpu", "fp32")

@@ -8,12 +8,12 @@ earlier visits' codes and decoded at the held-out dates, once per x_T rule. Comp
 - **images**: SSIM and MSE against the autoencoder reconstruction of the real held-out scan (as
   the interpolation section and the paper), beside copying the last earlier visit (its
   autoencoder reconstruction);
-- **ventricle volume** against the cohort's true ``ventricle_ml``, measured with
-  :mod:`.ventricles`: on the prediction itself, and as the last visit's measured volume plus the
-  predicted change (prediction − autoencoder reconstruction of the last visit, which cancels the
-  decoder's own bias); beside two baselines, copying the last visit's measured volume and a
-  least-squares line through the earlier visits' measured volumes. Measuring the autoencoder
-  reconstruction of the real held-out scan gives the ceiling.
+- **ventricle volume** against the cohort's true ``ventricle_ml``, measured as the region volumes
+  measure it (:mod:`napari_ldae.data.regions`): on the prediction itself, and as the last visit's
+  measured volume plus the predicted change (prediction − autoencoder reconstruction of the last
+  visit, which cancels the decoder's own bias); beside two baselines, copying the last visit's
+  measured volume and a least-squares line through the earlier visits' measured volumes.
+  Measuring the autoencoder reconstruction of the real held-out scan gives the ceiling.
 
 Rows are grouped by horizon, months from the last earlier visit to the held-out one.
 """
@@ -99,7 +99,7 @@ def _ventricles(ctx: Context, records: list[ScanRecord], x: torch.Tensor, ae: to
                 affines: list):
     """``measure(n, j, predictions)`` → the ventricle rows of held-out visit ``j`` predicted
     from the first ``n`` visits, or None when the cohort has no true volumes to compare with."""
-    from napari_ldae.evaluate.ventricles import ventricle_ml
+    from napari_ldae.data.regions import lateral_ventricles_ml as ventricle_ml
 
     truth = [_number(r.extra.get("ventricle_ml")) for r in records]
     if "ventricle" not in ctx.truths or truth[-1] is None:

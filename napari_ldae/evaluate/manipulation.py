@@ -2,7 +2,7 @@
 AD at each strength, then
 
 - the **structures** the cohort has a true volume for (``ventricle_ml``, ``hippocampus_ml``):
-  the measurement (:mod:`.ventricles`, :mod:`.hippocampus`) validated on the real scans, then
+  the region measurement (:mod:`napari_ldae.data.regions`) validated on the real scans, then
   measured on the edits, which should enlarge the ventricles and shrink the hippocampi;
 - **identity**: at the largest strength, whether each edit is still closer (MSE) to its own
   subject's reconstruction than to every other evaluated subject's.
@@ -35,23 +35,22 @@ class Structure:
 
 
 def measurement(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    """The volume measurement (ml) of a structure: ``fn(volume, affine)``."""
-    if name == "ventricle":
-        from napari_ldae.evaluate.ventricles import ventricle_ml
-        return ventricle_ml
-    from napari_ldae.evaluate.hippocampus import hippocampus_ml
-    return hippocampus_ml
+    """The volume measurement (ml) of a structure: ``fn(volume, affine)``, the one the region
+    volumes of every input and result use."""
+    from napari_ldae.data.regions import hippocampal_region_ml, lateral_ventricles_ml
+
+    return lateral_ventricles_ml if name == "ventricle" else hippocampal_region_ml
 
 
 STRUCTURES = {
     "ventricle": Structure("ventricle_ml", +1, "segmentation_validation", "per_subject",
                            "manipulation.segmentation",
                            "template-prior partial-volume CSF segmentation "
-                           "(napari_ldae.evaluate.ventricles)"),
+                           "(napari_ldae.data.ventricles)"),
     "hippocampus": Structure("hippocampus_ml", -1, "hippocampus_validation",
                              "hippocampus_per_subject", "manipulation.hippocampus_measurement",
                              "template boundary shift in the hippocampal region "
-                             "(napari_ldae.evaluate.hippocampus)"),
+                             "(napari_ldae.data.hippocampus)"),
 }
 KEYS = ("ventricle_monotonic_fraction", "ventricle_change_ml_per_unit",
         "hippocampus_monotonic_fraction", "hippocampus_change_ml_per_unit",

@@ -1,6 +1,7 @@
 """A simple lateral-ventricle volume measurement for MNI-aligned T1 volumes.
 
-Used to check manipulations against ground truth (does the "toward AD" direction enlarge the
+The lateral ventricles of the region volumes (:mod:`napari_ldae.data.regions`), which evaluate
+uses to check manipulations against ground truth (does the "toward AD" direction enlarge the
 ventricles?). It is deliberately simple and is validated, not trusted: the evaluation reports
 its correlation and error against the cohort's ``ventricle_ml`` column before using it.
 
@@ -22,11 +23,11 @@ scans registered to MNI like the paper's ADNI preprocessing, and for the synthet
    components dilated by one voxel (their partial-volume rim) and restricted to the ROI are
    summed, fraction times voxel volume, in ml.
 
-Validated against the synthetic cohort's true volumes, measured on the model grid after
-preprocessing (see ``docs/reproducing-the-paper.md``): at 6 mm (32 scans of 16 subjects) r = 0.98,
-mean relative error 0.07 (max 0.21); at 3 mm (12 subjects) r = 0.996, 0.04 (max 0.12); at
-1.5 mm (4 subjects) r = 0.999, 0.03 (max 0.04); it underestimates by 2–4 % on average.
-Supported: grids of 1–6 mm that cover the ventricles, intensities of a skull-stripped T1.
+Validated against the synthetic cohort's true volumes (``docs/method.md``, region volumes): on
+the template variety r ≈ 0.98–0.999 and a mean relative error of 0.03–0.07 at 1.5–6 mm; on the
+realistic variety, whose ventricles range from 5 to 65 ml, about 0.1 at 1.5 and 3 mm, small
+ventricles read too large and large ones 5–10 % too small. Supported: grids of 1–6 mm that
+cover the ventricles, intensities of a skull-stripped T1.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A template boundary-shift measurement of the hippocampal region of MNI-aligned T1 volumes.
 
-The twin of :mod:`.ventricles`, used the same way: validated against the cohort's
-``hippocampus_ml`` column before the edits toward AD are measured with it.
+The twin of :mod:`.ventricles` in the region volumes (:mod:`napari_ldae.data.regions`), used
+the same way: evaluate validates it against the cohort's ``hippocampus_ml`` column before the
+edits toward AD are measured with it.
 
 Why not a threshold. The ventricles are CSF in tissue, dark in bright, so a partial-volume
 threshold finds them. The hippocampal region is grey matter among grey and white matter: in the
@@ -51,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_ldae.evaluate.ventricles import _spacings, mni_ventricles
+from napari_ldae.data.ventricles import _spacings, mni_ventricles
 
 #: Voxels where the blurred template region reaches this fraction are measured.
 REGION_PRIOR = 0.3

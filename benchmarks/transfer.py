@@ -1,0 +1,194 @@
+"""The transfer of a model-grid change onto a full-resolution scan, ``warp`` against ``intensity``.
+
+``python -m benchmarks.transfer [--seed 7] [--scan-mm 1] [--model-mm 3] [--bundle] [--json OUT]``
+
+One synthetic AD subject, generated at the model's spacing and at the scan's (the same anatomy).
+Three changes are carried from the model grid onto the scan, both ways:
+
+- ``enlargement``: a known ventricle enlargement (a smooth field pushing tissue away from the
+  template's ventricles, up to ``ENLARGEMENT_MM``) applied to the model-grid scan; the same field
+  applied to the full-resolution scan (cubic interpolation) is the true result;
+- ``visits``: the first and last visits (years apart) on the model grid, smoothed by one voxel as
+  a decoder would, as "reconstruction" and "edit"; the real last visit at full resolution is the
+  true result (it differs from the carried one by noise, bias and contrast too);
+- ``model`` (``--bundle``): the built-in demo bundle's reconstruction of the full-resolution scan
+  and its edit toward AD at strength ``MODEL_STRENGTH``; no true result.
+
+For each: the lateral-ventricle change of each result (region volumes at the scan's spacing)
+over the change measured on the model-grid pair; sharpness outside the change (brain voxels over
+``OUTSIDE_MM`` from the template's ventricles): mean gradient magnitude and Laplacian energy of
+each result over the input's; the warp's smallest Jacobian determinant in the brain; the root
+mean square difference to the true result near the ventricles; CPU and wall seconds of each
+transfer with one SimpleITK thread and with two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+OUTSIDE_MM = 15.0  # "outside the change": brain voxels this far from the template's ventricles
+ENLARGEMENT_MM = 2.0  # largest displacement of the known enlargement
+ENLARGEMENT_SIGMA_MM = 4.0  # smoothing of the ventricle mask whose gradient gives its direction
+MODEL_STRENGTH = 2.0
+
+
+def _visits(seed: int, spacing: float):
+    from napari_ldae.data.synthetic import make_subject
+
+    visits = make_subject(seed, spacing=spacing, n_visits=4, diagnosis="AD").visits
+    return visits[0], visits[-1]
+
+
+def _enlargement(model_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The known field (3, X, Y, Z; mm) on the model-spacing synthetic grid, and that grid's
+    affine: the gradient of the smoothed template ventricles, pointing into them, so that
+    pulling the image back through it enlarges the ventricles."""
+    from napari_ldae.data.synthetic_template import template_grid, ventricle_mask_template
+
+    grid = template_grid(model_mm)
+    smooth = ndi.gaussian_filter(ventricle_mask_template(model_mm), ENLARGEMENT_SIGMA_MM / model_mm)
+    field = np.stack(np.gradient(smooth, model_mm))
+    return field * (ENLARGEMENT_MM / np.sqrt((field**2).sum(0)).max()), grid.affine
+
+
+def _pulled_back(volume: np.ndarray, affine: np.ndarray, field: np.ndarray,
+                 field_affine: np.ndarray, order: int) -> np.ndarray:
+    """``volume(x + field(x))`` on the volume's own grid (both grids axis-aligned, in mm)."""
+    index = np.indices(volume.shape, dtype=np.float64)
+    world = np.einsum("ij,j...->i...", affine[:3, :3], index) + affine[:3, 3].reshape(3, 1, 1, 1)
+    at = np.linalg.solve(field_affine[:3, :3], (world - field_affine[:3, 3].reshape(3, 1, 1, 1))
+                         .reshape(3, -1)).reshape(world.shape)
+    shift = np.stack([ndi.map_coordinates(c, at, order=1) for c in field])
+    moved = world + shift
+    source = np.linalg.solve(affine[:3, :3], (moved - affine[:3, 3].reshape(3, 1, 1, 1))
+                             .reshape(3, -1)).reshape(world.shape)
+    return ndi.map_coordinates(volume, source, order=order, mode="nearest").astype(np.float32)
+
+
+def _timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, round(time.perf_counter() - wall, 3), round(time.process_time() - cpu, 3)
+
+
+def _sharpness(volume: np.ndarray, where: np.ndarray) -> dict[str, float]:
+    gradient = np.sqrt(sum(g**2 for g in np.gradient(volume)))
+    return {"gradient": float(gradient[where].mean()),
+            "laplacian_energy": float((ndi.laplace(volume)[where] ** 2).mean())}
+
+
+def _case(name: str, scan, pair, model_affine: np.ndarray, scale: float,
+          truth: np.ndarray | None, masks: dict[str, np.ndarray]) -> dict:
+    """Both transfers of one model-grid pair onto ``scan``, measured."""
+    import SimpleITK as sitk
+
+    from napari_ldae.data.regions import region_volumes
+    from napari_ldae.data.transfer import TRANSFERS, carry, scan_to_model_voxels
+
+    def ventricles(volume, affine):
+        return region_volumes(volume, affine)["lateral_ventricles"]
+
+    reconstruction, edit = pair
+    matrix = scan_to_model_voxels(scan.affine, model_affine)
+    model_change = ventricles(edit, model_affine) - ventricles(reconstruction, model_affine)
+    before = ventricles(scan.data, scan.affine)
+    input_sharpness = _sharpness(scan.data, masks["outside"])
+    out = {"case": name, "model_change_ml": model_change, "scan_ventricles_ml": before,
+           "transfers": {}}
+    if truth is not None:
+        out["true_change_ml"] = ventricles(truth, scan.affine) - before
+        out["rmse_input_to_truth_near_ventricles"] = _rmse(scan.data, truth, masks["near"])
+    for method in TRANSFERS:
+        row: dict = {}
+        for threads in (1, 2):
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+            result, wall, cpu = _timed(lambda m=method: carry(
+                m, scan.data, matrix, reconstruction, edit, scale=scale, inside=masks["brain"]))
+            row[f"wall_s_{threads}_threads"], row[f"cpu_s_{threads}_threads"] = wall, cpu
+        change = ventricles(result.data, scan.affine) - before
+        sharp = _sharpness(result.data, masks["outside"])
+        row |= {"change_ml": change, "change_over_model_change": change / model_change,
+                "sharpness_ratio": {k: v / input_sharpness[k] for k, v in sharp.items()},
+                "unchanged_fraction_of_brain":
+                    float((result.data == scan.data)[masks["brain"]].mean())}
+        if truth is not None:
+            row["rmse_to_truth_near_ventricles"] = _rmse(result.data, truth, masks["near"])
+        if result.log_jacobian is not None:
+            row["jacobian_min_in_brain"] = float(np.exp(result.log_jacobian[masks["brain"]].min()))
+            row["log_jacobian_range"] = [float(result.log_jacobian.min()),
+                                         float(result.log_jacobian.max())]
+        out["transfers"][method] = row
+    return out
+
+
+def _rmse(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
+    return float(np.sqrt(((a - b)[where] ** 2).mean()))
+
+
+def _model_pair(scan) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, float]:
+    """The demo bundle's reconstruction and AD edit of ``scan``, the model grid's affine and
+    the scan units per model unit."""
+    import tempfile
+
+    import torch
+
+    from napari_ldae.core.progress import drain
+    from napari_ldae.operations import iter_edit
+    from napari_ldae.session import Session
+
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as cache:
+        session = Session(cache_dir=Path(cache))
+        result = drain(iter_edit(session, scan, "AD", [MODEL_STRENGTH]))
+    lo, hi = scan.intensity_range
+    return (result.references[0], result.volumes[0]), session.model_affine(scan), hi - lo
+
+
+def run(seed: int, scan_mm: float, model_mm: float, bundle: bool) -> dict:
+    from napari_ldae.data.io import Scan
+    from napari_ldae.data.synthetic_template import ventricle_mask_template
+
+    (first, last), (scan_first, scan_last) = _visits(seed, model_mm), _visits(seed, scan_mm)
+    scan = Scan.from_array(scan_first.data, scan_first.affine)
+    template_ventricles = ventricle_mask_template(scan_mm) > 0.5
+    distance = ndi.distance_transform_edt(~template_ventricles, sampling=scan_mm)
+    brain = scan.data > 0
+    masks = {"brain": brain, "outside": brain & (distance > OUTSIDE_MM),
+             "near": brain & (distance <= 6.0)}
+    field, field_affine = _enlargement(model_mm)
+    enlarged = _pulled_back(first.data, first.affine, field, field_affine, order=1)
+    true_enlarged = _pulled_back(scan.data, scan.affine, field, field_affine, order=3)
+    smooth = [ndi.gaussian_filter(v.data, 1.0) * (v.data > 0) for v in (first, last)]
+    cases = [_case("enlargement", scan, (first.data, enlarged), first.affine, 1.0,
+                   true_enlarged, masks),
+             _case("visits", scan, smooth, first.affine, 1.0, scan_last.data, masks)]
+    if bundle:
+        pair, model_affine, scale = _model_pair(scan)
+        cases.append(_case("model", scan, pair, model_affine, scale, None, masks))
+    return {"seed": seed, "scan_mm": scan_mm, "model_mm": model_mm,
+            "scan_shape": list(scan.shape), "cases": cases}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.transfer", description=__doc__)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--scan-mm", type=float, default=1.0)
+    parser.add_argument("--model-mm", type=float, default=3.0)
+    parser.add_argument("--bundle", action="store_true", help="also the demo bundle's edit")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    text = json.dumps(run(args.seed, args.scan_mm, args.model_mm, args.bundle), indent=2)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""Carry a change the model made on its own grid onto the original scan, at the scan's resolution.
+
+The model's change is the difference between its edit (or interpolation) and its reconstruction,
+both decoded on the model grid at the same step counts. The scan itself keeps its detail; only the
+change is carried over, in one of two ways (:data:`TRANSFERS`):
+
+- ``warp``: a dense, invertible deformation from the reconstruction to the edit, estimated on the
+  model grid by SimpleITK's diffeomorphic demons (:func:`estimate_deformation`), composed with the
+  scan → model-grid map (an affine) and applied to the scan, so tissue moves crisply at full
+  resolution. Its log-Jacobian is the map of local expansion (> 0) and shrinkage (< 0).
+- ``intensity``: the scan plus the model's intensity change, resampled onto the scan's voxels.
+
+Exactness: when the edit equals the reconstruction the scan comes back unchanged (the same
+values, bit for bit); voxels outside ``inside`` (the brain), voxels the warp moves by less than
+:data:`STILL_VOXELS` and voxels where the resampled intensity change is zero keep their values
+exactly. Both ways resample only the box of scan voxels the change reaches. SimpleITK and scipy
+are imported inside the functions. See ``docs/method.md`` for the measurements behind the defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_ldae.errors import LDAEError
+
+TRANSFERS = ("warp", "intensity")
+#: The transfer the front ends use unless told otherwise (docs/method.md says why).
+DEFAULT_TRANSFER = "warp"
+#: Scan voxels the warp moves by less than this (in scan voxels) keep their values exactly.
+STILL_VOXELS = 0.01
+#: Diffeomorphic demons: shrink factors of its levels, iterations per level and Gaussian
+#: smoothing of the field (voxels of the level).
+DEMONS_LEVELS, DEMONS_ITERATIONS, DEMONS_SMOOTHING = (4, 2, 1), 15, 0.75
+#: The deformation is estimated in the box of the brain (voxels above this fraction of the
+#: edit's maximum) grown by CROP_MARGIN voxels, and is zero outside it.
+BRAIN_FRACTION, CROP_MARGIN = 0.05, 3
+
+
+@dataclass(frozen=True, eq=False)
+class Deformation:
+    """A deformation on the model grid, from the reconstruction to the edit.
+
+    ``displacement`` (3, X, Y, Z), model voxels: the edit's voxel ``x`` shows the
+    reconstruction at ``x + displacement[:, x]``. ``log_jacobian`` (X, Y, Z): the log of the
+    edit's local volume over the reconstruction's (> 0 where tissue expands).
+    """
+
+    displacement: np.ndarray
+    log_jacobian: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Carried:
+    """A change carried onto a scan: ``data`` on the scan's grid and units, and for ``warp``
+    the log-Jacobian on the same grid (0 wherever the scan was left as it was)."""
+
+    data: np.ndarray
+    method: str
+    log_jacobian: np.ndarray | None = None
+
+
+def scan_to_model_voxels(scan_affine: np.ndarray, model_affine: np.ndarray) -> np.ndarray:
+    """Scan voxel → model voxel (4×4) when both affines map to the same world (an MNI scan)."""
+    return np.linalg.inv(np.asarray(model_affine, float)) @ np.asarray(scan_affine, float)
+
+
+def carry(method: str, scan: np.ndarray, scan_to_model: np.ndarray, reconstruction: np.ndarray,
+          edit: np.ndarray, *, scale: float = 1.0, inside: np.ndarray | None = None) -> Carried:
+    """Carry ``edit − reconstruction`` (model grid, [0, 1]) onto ``scan`` by ``method``.
+
+    ``scan_to_model``: scan voxel → model voxel (4×4); ``scale``: scan units per model unit
+    (the intensity transfer's only use of units); ``inside``: the scan voxels that may change
+    (its brain mask), all when None.
+    """
+    if method not in TRANSFERS:
+        raise LDAEError(f"unknown transfer {method!r}; choose one of {', '.join(TRANSFERS)}")
+    reconstruction, edit = _model_pair(reconstruction, edit)
+    scan, matrix, inside = _scan_inputs(scan, scan_to_model, inside)
+    if np.array_equal(reconstruction, edit):
+        zero = np.zeros(scan.shape, np.float32) if method == "warp" else None
+        return Carried(scan.copy(), method, zero)
+    if method == "intensity":
+        return Carried(_carry_intensity(scan, matrix, edit - reconstruction, scale, inside), method)
+    data, log_jacobian = _carry_warp(scan, matrix, estimate_deformation(reconstruction, edit),
+                                     inside)
+    return Carried(data, method, log_jacobian)
+
+
+def estimate_deformation(reconstruction: np.ndarray, edit: np.ndarray, *,
+                         iterations: int = DEMONS_ITERATIONS,
+                         smoothing: float = DEMONS_SMOOTHING) -> Deformation:
+    """The diffeomorphic demons deformation (SimpleITK) that turns ``reconstruction`` into
+    ``edit``: the edit is the fixed image, the reconstruction the moving one. Their intensities
+    are compared as they are (one decoder made both): matching their histograms would undo
+    part of a volume change, which changes the share of each intensity."""
+    import SimpleITK as sitk
+
+    from napari_ldae.data.demons import demons, field_array, sitk_image
+
+    reconstruction, edit = _model_pair(reconstruction, edit)
+    brain = np.maximum(reconstruction, edit) > BRAIN_FRACTION * max(float(edit.max()), 1e-6)
+    crop = _bounding_box(brain, CROP_MARGIN) or tuple(slice(0, n) for n in edit.shape)
+    fixed, moving = sitk_image(edit[crop]), sitk_image(reconstruction[crop])
+    field = demons(fixed, moving, DEMONS_LEVELS, iterations, smoothing, first_order_exp=True)
+    jacobian = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field))
+    if jacobian.min() <= 0:  # pragma: no cover - the demons field is a diffeomorphism
+        raise LDAEError("the estimated deformation folds (Jacobian ≤ 0); use the intensity "
+                        "transfer for this edit")
+    displacement = np.zeros((3, *edit.shape), np.float32)
+    log_jacobian = np.zeros(edit.shape, np.float32)
+    displacement[(slice(None), *crop)] = field_array(field)
+    # the field maps the edit's points to the reconstruction's: volume grows by 1 / det
+    log_jacobian[crop] = -np.log(jacobian.transpose(2, 1, 0))
+    return Deformation(displacement, log_jacobian)
+
+
+def warp_scan(scan: np.ndarray, scan_to_model: np.ndarray, deformation: Deformation, *,
+              inside: np.ndarray | None = None) -> Carried:
+    """Apply a model-grid deformation to ``scan`` (see :func:`carry`)."""
+    scan, matrix, inside = _scan_inputs(scan, scan_to_model, inside)
+    if deformation.displacement.shape[1:] != deformation.log_jacobian.shape:
+        raise LDAEError("deformation: displacement and log-Jacobian grids differ")
+    data, log_jacobian = _carry_warp(scan, matrix, deformation, inside)
+    return Carried(data, "warp", log_jacobian)
+
+
+# ----------------------------------------------------------------------------- the two ways
+# Scan-sized images go to SimpleITK without a transposed copy: ITK index (k, j, i) is scan
+# voxel [i, j, k], so ITK points of the scan are REVERSED voxel indices. Model-grid images
+# (small) are transposed: their ITK index is their voxel index.
+REVERSED = np.eye(4)[[2, 1, 0, 3]]
+
+
+def _carry_warp(scan: np.ndarray, matrix: np.ndarray, deformation: Deformation,
+                inside: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The scan through the deformation (SimpleITK's resampling, in the box the deformation
+    reaches) and its log-Jacobian; voxels moved by less than :data:`STILL_VOXELS` and voxels
+    outside ``inside`` stay as they are."""
+    import SimpleITK as sitk
+
+    to_scan = np.linalg.inv(matrix[:3, :3])  # model voxels → scan voxels
+    moved_by = np.sqrt((np.einsum("ij,j...->i...", to_scan, deformation.displacement) ** 2)
+                       .sum(0)).astype(np.float32)
+    out, log_jacobian = scan.copy(), np.zeros(scan.shape, np.float32)
+    box = _scan_box(moved_by >= STILL_VOXELS, matrix, scan.shape, inside)
+    if box is None:
+        return out, log_jacobian
+    field = sitk.GetImageFromArray(
+        deformation.displacement.transpose(3, 2, 1, 0).astype(np.float64), isVector=True)
+    transform = sitk.CompositeTransform([  # the last is applied first
+        _itk_affine(REVERSED @ np.linalg.inv(matrix)), sitk.DisplacementFieldTransform(field),
+        _itk_affine(matrix @ REVERSED)])
+    moved = _resampled(sitk.GetImageFromArray(scan), box, transform)
+    amount = _on_scan_box(np.stack([moved_by, deformation.log_jacobian]), box, matrix)
+    keep = amount[0] >= STILL_VOXELS
+    if inside is not None:
+        keep &= inside[box]
+    out[box][keep] = moved[keep]
+    log_jacobian[box][keep] = amount[1][keep]
+    return out, log_jacobian
+
+
+def _carry_intensity(scan: np.ndarray, matrix: np.ndarray, change: np.ndarray, scale: float,
+                     inside: np.ndarray | None) -> np.ndarray:
+    """The scan plus ``scale`` × the model-grid change at each voxel's position."""
+    out = scan.copy()
+    box = _scan_box(change != 0, matrix, scan.shape, inside)
+    if box is None:
+        return out
+    delta = _on_scan_box(change[None], box, matrix)[0] * np.float32(scale)
+    if inside is not None:
+        delta[~inside[box]] = 0.0
+    out[box] += delta
+    return out
+
+
+def _on_scan_box(volumes: np.ndarray, box: tuple[slice, ...], matrix: np.ndarray) -> np.ndarray:
+    """Model-grid volumes (C, X, Y, Z), trilinear at the scan voxels of ``box`` (0 beyond the
+    model grid's edge): (C, *box shape) float32."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volumes.transpose(3, 2, 1, 0),
+                                                        dtype=np.float32), isVector=True)
+    out = _resampled(image, box, _itk_affine(matrix @ REVERSED))
+    return np.moveaxis(out, -1, 0) if out.ndim == 4 else out[None]
+
+
+def _resampled(image, box: tuple[slice, ...], transform) -> np.ndarray:
+    """``image`` resampled (linear, 0 outside) at the scan voxels of ``box``: ``[i, j, k(, c)]``
+    of the box."""
+    import SimpleITK as sitk
+
+    reference = sitk.Image([int(s.stop - s.start) for s in reversed(box)], sitk.sitkFloat32)
+    reference.SetOrigin([float(s.start) for s in reversed(box)])
+    return sitk.GetArrayFromImage(sitk.Resample(image, reference, transform, sitk.sitkLinear,
+                                                0.0))
+
+
+# ----------------------------------------------------------------------------- geometry
+def _scan_box(support: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...],
+              inside: np.ndarray | None) -> tuple[slice, ...] | None:
+    """The box of scan voxels (within ``inside``'s box) whose model position lies within a
+    voxel of ``support``."""
+    model_box = _bounding_box(support, 1)
+    if model_box is None:
+        return None
+    corners = np.array(np.meshgrid(*[(s.start, s.stop - 1) for s in model_box],
+                                   indexing="ij")).reshape(3, -1)
+    back = np.linalg.inv(matrix)
+    scan = back[:3, :3] @ corners + back[:3, 3:]
+    start = np.clip(np.floor(scan.min(axis=1)).astype(int), 0, shape)
+    stop = np.clip(np.ceil(scan.max(axis=1)).astype(int) + 1, 0, shape)
+    limit = None if inside is None else _bounding_box(inside, 0)
+    if limit is not None:
+        start = np.maximum(start, [s.start for s in limit])
+        stop = np.minimum(stop, [s.stop for s in limit])
+    if (limit is None and inside is not None) or np.any(stop <= start):
+        return None
+    return tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+
+
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """The box of ``mask``'s voxels grown by ``margin`` (within the grid), None if empty."""
+    if not mask.any():
+        return None
+    spans = [np.flatnonzero(mask.any(axis=tuple(j for j in range(3) if j != i)))
+             for i in range(3)]
+    return tuple(slice(max(int(s[0]) - margin, 0), min(int(s[-1]) + margin + 1, n))
+                 for s, n in zip(spans, mask.shape, strict=True))
+
+
+def _itk_affine(matrix: np.ndarray):
+    """A SimpleITK affine transform of a 4×4 point → point matrix."""
+    import SimpleITK as sitk
+
+    return sitk.AffineTransform(matrix[:3, :3].ravel().tolist(), matrix[:3, 3].tolist())
+
+
+# ----------------------------------------------------------------------------- input checks
+def _model_pair(reconstruction, edit) -> tuple[np.ndarray, np.ndarray]:
+    r = np.asarray(reconstruction, dtype=np.float32).squeeze()
+    e = np.asarray(edit, dtype=np.float32).squeeze()
+    if r.ndim != 3 or r.shape != e.shape:
+        raise LDAEError(f"the reconstruction {np.shape(reconstruction)} and the edit "
+                        f"{np.shape(edit)} must be two volumes on the same model grid")
+    if not (np.isfinite(r).all() and np.isfinite(e).all()):
+        raise LDAEError("the reconstruction or the edit holds NaN or infinite values")
+    return r, e
+
+
+def _scan_inputs(scan, scan_to_model, inside):
+    data = np.asarray(scan)
+    if data.ndim != 3 or not np.issubdtype(data.dtype, np.floating):
+        raise LDAEError(f"the scan must be one 3D float volume, got {data.dtype} {data.shape}")
+    matrix = np.asarray(scan_to_model, dtype=np.float64)
+    if (matrix.shape != (4, 4) or not np.isfinite(matrix).all()
+            or abs(np.linalg.det(matrix[:3, :3])) < 1e-9):
+        raise LDAEError("scan_to_model must be an invertible 4×4 matrix (scan voxel → model "
+                        "voxel)")
+    if inside is not None:
+        inside = np.asarray(inside, dtype=bool)
+        if inside.shape != data.shape:
+            raise LDAEError(f"the mask {inside.shape} is not on the scan's grid {data.shape}")
+    return data, matrix, inside

@@ -1,0 +1,160 @@
+"""Carrying a model-grid change onto a finer scan (napari_ldae.data.transfer), on an analytic
+phantom: a textured ellipsoidal "brain" with a dark spherical "ventricle", drawn on a coarse
+model grid (4 mm) and a scan grid twice as fine (2 mm) over the same world box."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_ldae.data.transfer import (
+    STILL_VOXELS,
+    carry,
+    estimate_deformation,
+    scan_to_model_voxels,
+    warp_scan,
+)
+from napari_ldae.errors import LDAEError
+
+MODEL_MM, SCAN_MM = 4.0, 2.0
+BOX_MM = (96.0, 112.0, 96.0)
+BRAIN_MM = (36.0, 44.0, 36.0)  # semi-axes of the ellipsoid
+
+
+def _grid(spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """(affine, world mm (3, X, Y, Z)) of an axis-aligned grid over BOX_MM centred on 0."""
+    shape = [round(b / spacing) for b in BOX_MM]
+    affine = np.diag([spacing] * 3 + [1.0])
+    affine[:3, 3] = -(np.asarray(shape) - 1) / 2 * spacing
+    axes = [affine[i, 3] + spacing * np.arange(n) for i, n in enumerate(shape)]
+    return affine, np.stack(np.meshgrid(*axes, indexing="ij"))
+
+
+def _phantom(spacing: float, radius: float = 10.0, shift_mm: float = 0.0,
+             texture: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The phantom (float32) and its affine; ``shift_mm`` moves everything along x."""
+    affine, world = _grid(spacing)
+    x = world - np.array([shift_mm, 0.0, 0.0]).reshape(3, 1, 1, 1)
+    ellipsoid = np.sqrt(sum((c / a) ** 2 for c, a in zip(x, BRAIN_MM, strict=True)))
+    brain = 1.0 / (1.0 + np.exp((ellipsoid - 1.0) * 40.0))
+    sphere = 1.0 / (1.0 + np.exp((np.sqrt((x**2).sum(0)) - radius) / 1.0))
+    image = brain * (0.8 - 0.5 * sphere)
+    if texture:  # fine detail the model grid cannot hold
+        image = image * (1.0 + 0.05 * np.sin(x[0] * 2.1) * np.sin(x[1] * 1.7))
+    return (image * (brain > 0.01)).astype(np.float32), affine
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return _phantom(SCAN_MM, texture=True)
+
+
+@pytest.fixture(scope="module")
+def reconstruction():
+    return _phantom(MODEL_MM)
+
+
+def _matrix(scan_affine, model_affine):
+    return scan_to_model_voxels(scan_affine, model_affine)
+
+
+@pytest.mark.parametrize("method", ["warp", "intensity"])
+def test_no_change_returns_the_scan_exactly(method, scan, reconstruction):
+    data, affine = scan
+    model, model_affine = reconstruction
+    out = carry(method, data, _matrix(affine, model_affine), model, model.copy())
+    assert out.data.dtype == data.dtype and np.array_equal(out.data, data)
+    assert out.data is not data
+    if method == "warp":
+        assert not out.log_jacobian.any()
+
+
+@pytest.mark.parametrize("method", ["warp", "intensity"])
+def test_voxels_outside_the_mask_are_untouched(method, scan, reconstruction):
+    data, affine = scan
+    model, model_affine = reconstruction
+    edit, _ = _phantom(MODEL_MM, radius=13.0)
+    inside = np.zeros(data.shape, bool)
+    inside[:, : data.shape[1] // 2] = True
+    out = carry(method, data, _matrix(affine, model_affine), model, edit, inside=inside)
+    assert np.array_equal(out.data[~inside], data[~inside])
+    assert not np.array_equal(out.data[inside], data[inside])
+
+
+def test_warp_recovers_a_known_shift(scan, reconstruction):
+    """The whole phantom moved by 4 mm (one model voxel) along x: the deformation points back
+    by one model voxel, and the carried scan is the fine phantom moved by two scan voxels."""
+    data, affine = scan
+    model, model_affine = reconstruction
+    edit, _ = _phantom(MODEL_MM, shift_mm=4.0)
+    deformation = estimate_deformation(model, edit)
+    edge = (model > 0.1) & (np.abs(np.gradient(model, axis=0)) > 0.02)
+    assert np.median(deformation.displacement[0][edge]) == pytest.approx(-1.0, abs=0.25)
+    out = warp_scan(data, _matrix(affine, model_affine), deformation)
+    truth, _ = _phantom(SCAN_MM, shift_mm=4.0, texture=True)
+    core = _phantom(SCAN_MM, radius=0.0)[0] > 0.5  # well inside the brain
+    before, after = (np.abs(v - truth)[core].mean() for v in (data, out.data))
+    assert after < 0.3 * before
+
+
+def test_warp_enlarges_the_ventricle_with_a_positive_jacobian(scan, reconstruction):
+    data, affine = scan
+    model, model_affine = reconstruction
+    edit, _ = _phantom(MODEL_MM, radius=13.0)
+    brain = data > 0.1
+    out = carry("warp", data, _matrix(affine, model_affine), model, edit, inside=brain)
+    truth, _ = _phantom(SCAN_MM, radius=13.0, texture=True)
+
+    def dark_ml(volume):
+        return float(((volume < 0.55) & brain).sum()) * SCAN_MM**3 / 1000
+
+    grown, expected = dark_ml(out.data) - dark_ml(data), dark_ml(truth) - dark_ml(data)
+    assert grown == pytest.approx(expected, rel=0.25)
+    assert np.exp(out.log_jacobian[brain]).min() > 0
+    near = np.abs(np.sqrt((_grid(SCAN_MM)[1] ** 2).sum(0)) - 11.5) < 2.0
+    assert out.log_jacobian[near].mean() > 0.05  # expansion around the ventricle's wall
+    assert (out.log_jacobian[brain] == 0).any() and not out.log_jacobian[~brain].any()
+
+
+def test_intensity_adds_the_resampled_change(scan, reconstruction):
+    data, affine = scan
+    model, model_affine = reconstruction
+    edit = model.copy()
+    edit[8:16, 10:18, 8:16] += 0.1
+    out = carry("intensity", data, _matrix(affine, model_affine), model, edit, scale=2.0)
+    inner = (slice(18, 30), slice(22, 34), slice(18, 30))  # scan voxels well inside the block
+    np.testing.assert_allclose(out.data[inner] - data[inner], 0.2, atol=1e-5)
+    assert np.array_equal(out.data[:10], data[:10])
+
+
+def test_a_flipped_scan_gets_the_same_result(scan, reconstruction):
+    data, affine = scan
+    model, model_affine = reconstruction
+    edit, _ = _phantom(MODEL_MM, radius=13.0)
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = data.shape[0] - 1
+    flipped = carry("warp", data[::-1].copy(), _matrix(affine @ flip, model_affine), model, edit)
+    plain = carry("warp", data, _matrix(affine, model_affine), model, edit)
+    np.testing.assert_allclose(flipped.data[::-1], plain.data, atol=1e-5)
+
+
+def test_still_voxels_threshold_is_small():
+    assert 0 < STILL_VOXELS <= 0.1
+
+
+def test_bad_input_is_refused(scan, reconstruction):
+    data, affine = scan
+    model, model_affine = reconstruction
+    matrix = _matrix(affine, model_affine)
+    with pytest.raises(LDAEError, match="unknown transfer"):
+        carry("morph", data, matrix, model, model)
+    with pytest.raises(LDAEError, match="same model grid"):
+        carry("warp", data, matrix, model, model[:-1])
+    with pytest.raises(LDAEError, match="NaN"):
+        carry("warp", data, matrix, model, np.full_like(model, np.nan))
+    with pytest.raises(LDAEError, match="invertible"):
+        carry("warp", data, np.zeros((4, 4)), model, model)
+    with pytest.raises(LDAEError, match="mask"):
+        carry("warp", data, matrix, model, model, inside=np.ones((2, 2, 2), bool))
+    with pytest.raises(LDAEError, match="3D float"):
+        carry("intensity", data.astype(np.int16), matrix, model, model)
