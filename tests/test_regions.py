@@ -135,6 +135,22 @@ def test_hippocampus_measurement_refuses_what_is_not_a_brain():
         measure_hippocampus(volume, far)
 
 
+def test_a_fine_volume_is_measured_on_a_coarser_grid():
+    """A 1 mm volume is measured at MEASURE_MM (1.5 mm): the same world box, its mean kept."""
+    from napari_ldae.data.regions import MEASURE_MM, _measurable
+
+    rng = np.random.default_rng(0)
+    fine = rng.random((30, 33, 30)).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = (-10.0, 5.0, 2.0)
+    coarse, coarse_affine = _measurable(fine, affine)
+    assert coarse.shape == (20, 22, 20)
+    np.testing.assert_allclose(np.linalg.norm(coarse_affine[:3, :3], axis=0), MEASURE_MM)
+    np.testing.assert_allclose(coarse_affine[:3, 3], affine[:3, 3])
+    assert coarse[2:-2, 2:-2, 2:-2].mean() == pytest.approx(fine.mean(), abs=0.01)
+    assert np.array_equal(_measurable(fine, np.diag([2.0, 2.0, 2.0, 1.0]))[0], fine)
+
+
 def test_what_is_not_a_brain(template):
     volume, affine = template
     noise = np.random.default_rng(0).random(volume.shape).astype(np.float32)

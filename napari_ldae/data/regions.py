@@ -58,6 +58,9 @@ REGIONS = {
 TISSUES = ("grey_matter", "white_matter", "csf", "whole_brain")
 #: Registered template and volume must correlate this well inside the brain to be measured.
 MIN_MATCH = 0.5
+#: Volumes finer than this (mm) are measured on a grid this fine: the measurements were
+#: validated down to it, and a 1 mm scan takes a quarter of the time.
+MEASURE_MM = 1.5
 #: Finest spacing (mm) the registration runs at; finer volumes are registered at a multiple.
 REGISTRATION_MM = 3.0
 #: Diffeomorphic demons: iterations per level, Gaussian smoothing of the field (voxels).
@@ -87,7 +90,7 @@ def measure_regions(volume: np.ndarray, affine: np.ndarray, *,
     """
     from scipy import ndimage as ndi
 
-    vol = _volume(volume)
+    vol, affine = _measurable(volume, affine)
     grid_to_mni, native = _geometry(affine, to_mni)
     voxel_ml = abs(float(np.linalg.det(grid_to_mni[:3, :3]))) / 1000.0 * native
     spacing = float(np.mean(np.linalg.norm(grid_to_mni[:3, :3], axis=0)))
@@ -142,9 +145,10 @@ def hippocampal_region_ml(volume: np.ndarray, affine: np.ndarray, *,
 
 def _structure(measure, volume, affine, to_mni) -> float:
     """A structure measured in MNI millimetres, then in the volume's own world."""
+    vol, affine = _measurable(volume, affine)
     grid_to_mni, native = _geometry(affine, to_mni)
     try:
-        return measure(_volume(volume), grid_to_mni) * native
+        return measure(vol, grid_to_mni) * native
     except ValueError as err:
         raise LDAEError(str(err)) from err
 
@@ -185,11 +189,24 @@ def _cell(value: float | None) -> str:
 
 
 # ----------------------------------------------------------------------------- measurement
-def _volume(volume) -> np.ndarray:
+def _measurable(volume, affine) -> tuple[np.ndarray, np.ndarray]:
+    """The volume, checked, and on a grid no finer than :data:`MEASURE_MM` (anti-aliased)."""
+    from scipy import ndimage as ndi
+
     vol = np.asarray(volume, dtype=np.float32).squeeze()
     if vol.ndim != 3 or not np.isfinite(vol).all():
         raise LDAEError(f"region volumes need one finite 3D volume, got shape {np.shape(volume)}")
-    return vol
+    affine = np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0) if affine.shape == (4, 4) else np.ones(3)
+    factor = MEASURE_MM / spacing
+    if np.all(factor <= 1.0 + 1e-6):
+        return vol, affine
+    factor = np.maximum(factor, 1.0)
+    sigma = np.sqrt(factor**2 - 1.0) / 2.3548  # FWHM of the new voxel
+    shape = tuple(int(n) for n in np.ceil(np.asarray(vol.shape) / factor))
+    coarse = ndi.affine_transform(ndi.gaussian_filter(vol, sigma), factor, output_shape=shape,
+                                  order=1)
+    return coarse, affine @ np.diag([*factor, 1.0])
 
 
 def _geometry(affine, to_mni) -> tuple[np.ndarray, float]:

@@ -30,6 +30,9 @@ TRANSFERS = ("warp", "intensity")
 DEFAULT_TRANSFER = "warp"
 #: Scan voxels the warp moves by less than this (in scan voxels) keep their values exactly.
 STILL_VOXELS = 0.01
+#: The warp moves the scan's detail (the scan minus its Gaussian blur of this σ, in voxels) by
+#: whole voxels, so that it stays sharp, and its blurred part by linear interpolation.
+DETAIL_SIGMA = 0.7
 #: Diffeomorphic demons: shrink factors of its levels, iterations per level and Gaussian
 #: smoothing of the field (voxels of the level).
 DEMONS_LEVELS, DEMONS_ITERATIONS, DEMONS_SMOOTHING = (4, 2, 1), 15, 0.75
@@ -152,7 +155,14 @@ def _carry_warp(scan: np.ndarray, matrix: np.ndarray, deformation: Deformation,
     transform = sitk.CompositeTransform([  # the last is applied first
         _itk_affine(REVERSED @ np.linalg.inv(matrix)), sitk.DisplacementFieldTransform(field),
         _itk_affine(matrix @ REVERSED)])
-    moved = _resampled(sitk.GetImageFromArray(scan), box, transform)
+    reach = int(np.ceil(moved_by.max())) + 4  # how far a box voxel may sample, and the blur's
+    source = tuple(slice(max(b.start - reach, 0), min(b.stop + reach, n))
+                   for b, n in zip(box, scan.shape, strict=True))
+    image = sitk.GetImageFromArray(scan[source])
+    image.SetOrigin([float(b.start) for b in reversed(source)])
+    smooth = sitk.SmoothingRecursiveGaussian(image, DETAIL_SIGMA)
+    moved = (_resampled(smooth, box, transform)
+             + _resampled(image - smooth, box, transform, sitk.sitkNearestNeighbor))
     amount = _on_scan_box(np.stack([moved_by, deformation.log_jacobian]), box, matrix)
     keep = amount[0] >= STILL_VOXELS
     if inside is not None:
@@ -187,15 +197,16 @@ def _on_scan_box(volumes: np.ndarray, box: tuple[slice, ...], matrix: np.ndarray
     return np.moveaxis(out, -1, 0) if out.ndim == 4 else out[None]
 
 
-def _resampled(image, box: tuple[slice, ...], transform) -> np.ndarray:
-    """``image`` resampled (linear, 0 outside) at the scan voxels of ``box``: ``[i, j, k(, c)]``
-    of the box."""
+def _resampled(image, box: tuple[slice, ...], transform, interpolator=None) -> np.ndarray:
+    """``image`` resampled (linear unless told, 0 outside) at the scan voxels of ``box``:
+    ``[i, j, k(, c)]`` of the box."""
     import SimpleITK as sitk
 
     reference = sitk.Image([int(s.stop - s.start) for s in reversed(box)], sitk.sitkFloat32)
     reference.SetOrigin([float(s.start) for s in reversed(box)])
-    return sitk.GetArrayFromImage(sitk.Resample(image, reference, transform, sitk.sitkLinear,
-                                                0.0))
+    resampled = sitk.Resample(image, reference, transform,
+                              sitk.sitkLinear if interpolator is None else interpolator, 0.0)
+    return sitk.GetArrayViewFromImage(resampled).copy()
 
 
 # ----------------------------------------------------------------------------- geometry
