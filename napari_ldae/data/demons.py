@@ -1,4 +1,5 @@
-"""SimpleITK's diffeomorphic demons on voxel grids, shared by the transfer and the region volumes.
+"""SimpleITK's diffeomorphic demons on voxel grids, shared by the transfer and the region volumes
+(with the bounding box of a mask, which both crop to).
 
 Images here live in index space (unit spacing, no rotation): the image index ``(i, j, k)`` is
 ``volume[i, j, k]`` and a displacement is in voxels of the full-resolution grid, whatever the
@@ -45,6 +46,16 @@ def demons(fixed, moving, levels: Sequence[int], iterations: int, smoothing: flo
         registration.SetUseFirstOrderExp(first_order_exp)
         field = registration.Execute(level_fixed, level_moving, field)
     return field if field.GetSize() == fixed.GetSize() else _resampled(field, fixed)
+
+
+def bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """The box of ``mask``'s voxels grown by ``margin`` (within the grid), None if empty."""
+    if not mask.any():
+        return None
+    spans = [np.flatnonzero(mask.any(axis=tuple(j for j in range(3) if j != i)))
+             for i in range(3)]
+    return tuple(slice(max(int(s[0]) - margin, 0), min(int(s[-1]) + margin + 1, n))
+                 for s, n in zip(spans, mask.shape, strict=True))
 
 
 def field_array(field) -> np.ndarray:

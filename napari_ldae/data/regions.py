@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_ldae._files import atomic_write
+from napari_ldae.data.demons import bounding_box
 from napari_ldae.errors import LDAEError
 
 #: Region name (a column of the volume table) → what it holds.
@@ -102,7 +103,7 @@ def measure_regions(volume: np.ndarray, affine: np.ndarray, *,
         raise LDAEError("this volume does not overlap the MNI152 brain: region volumes need a "
                         "brain in MNI position (or its map to MNI)")
     displacement = _register(vol, template, spacing)
-    box = _box(template > 0, round(BOX_MARGIN_MM / spacing))
+    box = bounding_box(template > 0, round(BOX_MARGIN_MM / spacing))
     points = np.indices(vol.shape, dtype=np.float32)[(slice(None), *box)]
     points += displacement[(slice(None), *box)]
     atlas_points = (np.einsum("ij,j...->i...", index[:3, :3].astype(np.float32), points)
@@ -240,14 +241,6 @@ def _matched(template: np.ndarray, vol: np.ndarray) -> np.ndarray:
 
     matched = sitk.HistogramMatching(sitk_image(template), sitk_image(vol), 256, 7, True)
     return sitk.GetArrayFromImage(matched).transpose(2, 1, 0)
-
-
-def _box(inside: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """The bounding box of ``inside`` grown by ``margin`` voxels."""
-    spans = [np.flatnonzero(inside.any(axis=tuple(j for j in range(3) if j != i)))
-             for i in range(3)]
-    return tuple(slice(max(s[0] - margin, 0), min(s[-1] + margin + 1, n))
-                 for s, n in zip(spans, inside.shape, strict=True))
 
 
 @functools.lru_cache(maxsize=2)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_ldae.data.demons import bounding_box
 from napari_ldae.errors import LDAEError
 
 TRANSFERS = ("warp", "intensity")
@@ -104,7 +105,7 @@ def estimate_deformation(reconstruction: np.ndarray, edit: np.ndarray, *,
 
     reconstruction, edit = _model_pair(reconstruction, edit)
     brain = np.maximum(reconstruction, edit) > BRAIN_FRACTION * max(float(edit.max()), 1e-6)
-    crop = _bounding_box(brain, CROP_MARGIN) or tuple(slice(0, n) for n in edit.shape)
+    crop = bounding_box(brain, CROP_MARGIN) or tuple(slice(0, n) for n in edit.shape)
     fixed, moving = sitk_image(edit[crop]), sitk_image(reconstruction[crop])
     field = demons(fixed, moving, DEMONS_LEVELS, iterations, smoothing, first_order_exp=True)
     jacobian = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field))
@@ -214,7 +215,7 @@ def _scan_box(support: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...],
               inside: np.ndarray | None) -> tuple[slice, ...] | None:
     """The box of scan voxels (within ``inside``'s box) whose model position lies within a
     voxel of ``support``."""
-    model_box = _bounding_box(support, 1)
+    model_box = bounding_box(support, 1)
     if model_box is None:
         return None
     corners = np.array(np.meshgrid(*[(s.start, s.stop - 1) for s in model_box],
@@ -223,23 +224,13 @@ def _scan_box(support: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...],
     scan = back[:3, :3] @ corners + back[:3, 3:]
     start = np.clip(np.floor(scan.min(axis=1)).astype(int), 0, shape)
     stop = np.clip(np.ceil(scan.max(axis=1)).astype(int) + 1, 0, shape)
-    limit = None if inside is None else _bounding_box(inside, 0)
+    limit = None if inside is None else bounding_box(inside, 0)
     if limit is not None:
         start = np.maximum(start, [s.start for s in limit])
         stop = np.minimum(stop, [s.stop for s in limit])
     if (limit is None and inside is not None) or np.any(stop <= start):
         return None
     return tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
-
-
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
-    """The box of ``mask``'s voxels grown by ``margin`` (within the grid), None if empty."""
-    if not mask.any():
-        return None
-    spans = [np.flatnonzero(mask.any(axis=tuple(j for j in range(3) if j != i)))
-             for i in range(3)]
-    return tuple(slice(max(int(s[0]) - margin, 0), min(int(s[-1]) + margin + 1, n))
-                 for s, n in zip(spans, mask.shape, strict=True))
 
 
 def _itk_affine(matrix: np.ndarray):
