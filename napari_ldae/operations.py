@@ -89,8 +89,7 @@ def _steps(session: Session, steps: int | None, encode_steps: int | None) -> tup
 
 
 def _per_volume(values: Sequence[float]) -> float | list[float]:
-    values = [float(v) for v in values]
-    return values[0] if len(values) == 1 else values
+    return _one_or_all([float(v) for v in values])
 
 
 def _one_or_all(values: Sequence[Any]) -> Any:
