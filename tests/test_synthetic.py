@@ -353,3 +353,28 @@ def test_cli_make_cohort_variety(tmp_path: Path) -> None:
     assert list(_rows(tmp_path / "r" / "participants.tsv")[0]) == V1_COLUMNS + ANATOMY
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "x"), "--variety", "adni"])
+
+
+def test_registered_variety_takes_out_the_size_and_keeps_the_rest(tmp_path: Path) -> None:
+    """The registered variety is the realistic subject after an affine registration to MNI:
+    the same anatomy and truth, its brain at template size, brain_scale kept as the factor."""
+    seeds = range(6)
+    real = [S.make_subject(seed, SPACING, 2) for seed in seeds]
+    reg = [S.make_subject(seed, SPACING, 2, variety="registered") for seed in seeds]
+    for r, g in zip(real, reg, strict=True):
+        assert g.variety == "registered" and list(g.anatomy) == ANATOMY
+        assert {k: v for k, v in g.anatomy.items() if k != "brain_ml"} == \
+            {k: v for k, v in r.anatomy.items() if k != "brain_ml"}
+        assert [v.truth["atrophy"] for v in g.visits] == [v.truth["atrophy"] for v in r.visits]
+        s3 = r.anatomy["brain_scale"] ** 3  # volumes scale with s³
+        assert g.anatomy["brain_ml"] == pytest.approx(r.anatomy["brain_ml"] / s3, rel=0.03)
+        assert g.visits[0].truth["ventricle_ml"] == \
+            pytest.approx(r.visits[0].truth["ventricle_ml"] / s3, rel=0.08)
+    brains = np.array([g.anatomy["brain_ml"] for g in reg])
+    # what is left: the residual affine (2 % per axis) and the anatomy; realistic: ≈ 9 %
+    assert brains.std() / brains.mean() < 0.05
+    out = S.make_cohort(tmp_path / "g", subjects=1, seed=0, spacing=SPACING, visits=(1, 1),
+                        variety="registered")
+    assert list(_rows(out / "participants.tsv")[0]) == V1_COLUMNS + ANATOMY
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["GeneratorVersion"] == "2" and "--variety registered" in desc["Command"]

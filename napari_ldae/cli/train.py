@@ -63,9 +63,12 @@ def add_make_cohort(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a synthetic cohort already in --out")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
-    p.add_argument("--variety", choices=("realistic", "template"), default="realistic",
+    p.add_argument("--variety", choices=("realistic", "registered", "template"),
+                   default="realistic",
                    help="between-subject anatomy: realistic (head size, ventricle and "
-                        "hippocampal size, cortical thickness, asymmetry; default) or template "
+                        "hippocampal size, cortical thickness, asymmetry; default), registered "
+                        "(the same subjects with their size taken out, as after an affine "
+                        "registration to MNI) or template "
                         "(every subject the template with small warps, generator v1)")
 
 

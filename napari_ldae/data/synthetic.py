@@ -7,7 +7,9 @@ through one warp, ``scan(x) = template(Φ_A(p(x)))``:
   affine and a smooth low-frequency (DCT) displacement; in the ``realistic`` variety (the
   default, generator v2) also the head size and invertible steps of the ventricle, hippocampal
   and cortical fields (constitutional ventricle size, hippocampal size, cortical thickness,
-  left–right asymmetry); in the ``template`` variety (v1) one small ventricle step only;
+  left–right asymmetry); the ``registered`` variety is the same without the head size, as an
+  affine registration to MNI leaves it; in the ``template`` variety (v1) one small ventricle
+  step only;
 - ``Φ_A``: the atrophy flow run for a severity ``A(t)`` (:func:`atrophy`: grows with age, faster
   under AD) along the unit field ``U`` = lateral-ventricle expansion + hippocampal shrinkage +
   grey-matter thinning (:mod:`napari_ldae.data.synthetic_template`). Unit Euler steps are each
@@ -223,10 +225,11 @@ def make_cohort(
 
     Layout: ``sub-XXX/ses-MYY/anat/sub-XXX_ses-MYY_T1w.nii.gz``, ``sub-XXX/sub-XXX_sessions.tsv``
     (session_id, months, age, ventricle_ml, hippocampus_ml, atrophy), ``participants.tsv``
-    (participant_id, diagnosis, age, sex, seed, and for the realistic variety brain_scale,
-    brain_ml, ventricle_step, hippocampus_step, cortex_step, asymmetry) and
+    (participant_id, diagnosis, age, sex, seed, and for the realistic and registered varieties
+    brain_scale, brain_ml, ventricle_step, hippocampus_step, cortex_step, asymmetry) and
     ``dataset_description.json``. ``variety`` is "realistic" (between-subject anatomy, generator
-    v2) or "template" (v1: the same files as before it existed). The same arguments give
+    v2), "registered" (the same with each brain's size taken out, as an affine registration to
+    MNI does) or "template" (v1: the same files as before it existed). The same arguments give
     byte-identical files whatever ``workers``. ``progress(done, total)`` is called
     once the arguments are checked (``done`` = 0) and after each subject.
     """
@@ -253,7 +256,7 @@ def make_cohort(
             rows.append(row)
             if progress is not None:
                 progress(done, subjects)
-    header = [*PARTICIPANT_COLUMNS, *(ANATOMY_COLUMNS if variety == "realistic" else ())]
+    header = [*PARTICIPANT_COLUMNS, *(ANATOMY_COLUMNS if variety != "template" else ())]
     atomic_write(out / "participants.tsv", _tsv(header, rows))
     atomic_write(out / "dataset_description.json", _description(subjects, seed, spacing,
                                                                  (lo, hi), mci, variety))

@@ -32,10 +32,11 @@ from napari_ldae.data.synthetic_template import (
 from napari_ldae.errors import LDAEError
 
 DIAGNOSES = ("CN", "MCI", "AD")
-#: Between-subject variety: ``realistic`` (generator v2, the default) or ``template`` (v1).
-VARIETIES = ("realistic", "template")
+#: Between-subject variety: ``realistic`` (generator v2, the default), ``registered`` (v2 after
+#: an affine registration to MNI took out each brain's size) or ``template`` (v1).
+VARIETIES = ("realistic", "registered", "template")
 #: Generator version per variety: the same seed, variety and version give the same scans.
-GENERATOR_VERSIONS = {"realistic": "2", "template": "1"}
+GENERATOR_VERSIONS = {"realistic": "2", "registered": "2", "template": "1"}
 
 # Atrophy model: A(t) = k·[C_AGE·(age_t − AGE_ONSET)² + R_DISEASE[dx]·m·(d0 + years)].
 AGE_ONSET = 40.0
@@ -293,7 +294,9 @@ def make_subject(
 
     ``diagnosis`` None draws CN or AD (1:1); ``age`` None draws a baseline age in 55–90.
     ``variety`` "realistic" (v2) varies head size, ventricle and hippocampal size, cortical
-    thickness and asymmetry between subjects (:attr:`SyntheticSubject.anatomy`); "template" (v1)
+    thickness and asymmetry between subjects (:attr:`SyntheticSubject.anatomy`); "registered" is
+    the same subject with its size taken out, as an affine registration to MNI does (its
+    ``brain_scale`` is the factor removed, its volumes in template space); "template" (v1)
     is the template with a small residual affine, a DCT warp and a small ventricle offset. The
     diagnosis, age, sex, visits, atrophy and intensities are the same in both for one seed.
     """
@@ -324,7 +327,9 @@ def make_subject(
         p = p + offset * _sample_field(tpl.ventricle_field, tpl.fields, p)
     else:
         body = _Constitution.draw(seed, sex)
-        p = _constitute(tpl, _subject_warp(rng, tpl, body.brain_scale), body.weights())
+        # registered: the size an affine registration to MNI removes stays in participants.tsv
+        scale = body.brain_scale if variety == "realistic" else 1.0
+        p = _constitute(tpl, _subject_warp(rng, tpl, scale), body.weights())
         anatomy = {"brain_scale": body.brain_scale, "brain_ml": _brain_ml(tpl, p),
                    "ventricle_step": body.ventricle_step,
                    "hippocampus_step": body.hippocampus_step,
