@@ -29,11 +29,14 @@ if TYPE_CHECKING:
     from napari_ldae.data.io import Scan
     from napari_ldae.data.prepare import Prepared
     from napari_ldae.data.preprocess import PreprocessContract
+    from napari_ldae.operations_transfer import OnScan
     from napari_ldae.session import Session
 
 SAMPLER = "deterministic DDIM (no random seed involved)"
 #: The provenance keys that vary along a result's volumes (one value per volume).
 PER_VOLUME = ("strength", "years", "alpha", "months", "horizon_months", "prediction")
+#: What :func:`export` writes (a log-Jacobian only for a result carried onto its scan by warp).
+EXPORT_KINDS = ("image", "difference", "log_jacobian")
 
 
 @dataclass(frozen=True)
@@ -246,38 +249,56 @@ def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float
 
 
 # ----------------------------------------------------------------------------- export
-def export(path: str | os.PathLike, result: Result, kind: str = "image",
+def export(path: str | os.PathLike, result: Result | OnScan, kind: str = "image",
            overwrite: bool = False, reference: int = 0, **extra: Any) -> Path:
     """Write a result as NIfTI in the ORIGINAL scan's space, header and intensity units.
 
     ``kind`` "image" writes the volumes, "difference" the signed ``volumes − references[
-    reference]`` (no intensity offset). Several volumes become one 4D file (volumes last). The
-    JSON sidecar records the provenance (and ``extra``). Raises :class:`FileExistsError`
-    rather than replacing a file unless ``overwrite``. A result of a prepared scan goes back
-    onto the raw input's voxels, inside its brain mask only (outside: the input's values, or 0
-    for a difference).
+    reference]`` (no intensity offset), "log_jacobian" a warp's log-Jacobian. Several volumes
+    become one 4D file (volumes last). The JSON sidecar records the provenance (and ``extra``).
+    Raises :class:`FileExistsError` rather than replacing a file unless ``overwrite``. A result
+    of a prepared scan goes back onto the raw input's voxels, inside its brain mask only
+    (outside: the input's values, or 0 for a difference). A result carried onto its scan
+    (:class:`~napari_ldae.operations_transfer.OnScan`) is written as it is, its difference taken
+    to the input scan.
     """
     from napari_ldae.data.io import write_scan
-    from napari_ldae.data.preprocess import to_scan_space
-    from napari_ldae.operations_prepare import to_input_space
+    from napari_ldae.errors import LDAEError
+    from napari_ldae.operations_transfer import OnScan
 
+    if kind not in EXPORT_KINDS:
+        raise LDAEError(f"unknown export kind {kind!r}; one of {', '.join(EXPORT_KINDS)}")
     difference = kind == "difference"
-    model = result.differences[reference] if difference else result.volumes
-    scan = result.scan
-    if result.prepared is not None:
-        vol = to_input_space(model, scan, result.prepared, difference=difference)
-        scan = result.prepared.scan
+    if isinstance(result, OnScan):
+        vol, scan = result.on_scan(kind)
+    elif kind == "log_jacobian":
+        raise LDAEError("a model-space result has no log-Jacobian; carry it onto the scan by "
+                        "warp first")
     else:
-        vol = to_scan_space(model, scan, result.contract)
-        lo, hi = scan.intensity_range
-        vol = vol * np.float32(hi - lo) + (np.float32(0) if difference else np.float32(lo))
+        vol, scan = _in_scan_space(result, difference, reference)
     if vol.ndim == 4:
         vol = np.moveaxis(vol, 0, -1)  # NIfTI: volumes last
     meta = {"direction": None, "strength": None, "alpha": None, "steps": None, "seed": None,
             "sampler": SAMPLER, "kind": kind, **result.provenance, **extra}
     if difference:
-        meta.setdefault("reference", "reconstruction")
+        meta.setdefault("reference", "input scan" if isinstance(result, OnScan)
+                        else "reconstruction")
     return write_scan(path, vol, like=scan, provenance=meta, overwrite=overwrite)
+
+
+def _in_scan_space(result: Result, difference: bool, reference: int) -> tuple[np.ndarray, Scan]:
+    """A model-space result's volumes (or differences) on its input's voxels, in its units."""
+    from napari_ldae.data.preprocess import to_scan_space
+    from napari_ldae.operations_prepare import to_input_space
+
+    model = result.differences[reference] if difference else result.volumes
+    if result.prepared is not None:
+        return (to_input_space(model, result.scan, result.prepared, difference=difference),
+                result.prepared.scan)
+    vol = to_scan_space(model, result.scan, result.contract)
+    lo, hi = result.scan.intensity_range
+    return vol * np.float32(hi - lo) + (np.float32(0) if difference else np.float32(lo)), \
+        result.scan
 
 
 # ----------------------------------------------------------------------------- codes, dates
