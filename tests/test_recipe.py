@@ -21,7 +21,11 @@ from napari_ldae.core.bundle import load_bundle, model_weights, save_bundle
 from napari_ldae.core.diffusion import Schedule, ddim_sample, q_sample
 from napari_ldae.core.presets import random_model
 from napari_ldae.errors import BundleError, TrainingError
-from napari_ldae.train.representation import ROUND_TRIP_BROKEN, Y_USE_ROUND_OFF, code_use_summary
+from napari_ldae.train.representation import (
+    ROUND_TRIP_BROKEN,
+    Y_USE_ROUND_OFF,
+    code_use_summary,
+)
 from napari_ldae.train.run import resolve, train
 
 TINY = Path(__file__).resolve().parents[1] / "resources" / "configs" / "tiny.yaml"
@@ -210,9 +214,10 @@ def test_code_use_at_round_off_is_a_warning(capsys):
     quiet = code_use_summary({"val/y_use": torch.tensor(Y_USE_ROUND_OFF / 10),
                             "val/y_spread": torch.tensor(0.001)})
     assert "ignores the semantic code" in quiet["code_use"]["warning"]
+    assert "another seed" in quiet["code_use"]["collapse_warning"]  # y_spread 0.001
     assert "WARNING" in capsys.readouterr().out
-    used = code_use_summary({"val/y_use": torch.tensor(0.05)})
-    assert used == {"code_use": {"y_use": pytest.approx(0.05)}}
+    used = code_use_summary({"val/y_use": torch.tensor(0.05), "val/y_spread": torch.tensor(0.3)})
+    assert used == {"code_use": {"y_use": pytest.approx(0.05), "y_spread": pytest.approx(0.3)}}
 
 
 def test_a_round_trip_that_does_not_close_is_a_warning(capsys):

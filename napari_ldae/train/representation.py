@@ -202,7 +202,10 @@ class RepresentationModule(pl.LightningModule):
         """Log ``val/y_spread``: near 0 means the encoder gives every brain the same code."""
         codes, self._val_codes = self._val_codes, []
         if sum(len(c) for c in codes) > 1:
-            self.log("val/y_spread", semantic_spread(torch.cat(codes)))
+            spread = semantic_spread(torch.cat(codes))
+            self.log("val/y_spread", spread)
+            if (warning := collapse_warning(float(spread))) and self.trainer.is_global_zero:
+                print(f"\nWARNING at step {self.global_step}: {warning}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
@@ -260,6 +263,18 @@ Y_USE_ROUND_OFF = 1e-4
 #: val/round_trip above this: encoding then decoding a scan is further from it than the latents'
 #: spread (the DDIM discretisation alone gives 0.10 at 10 steps on the demo model).
 ROUND_TRIP_BROKEN = 1.0
+#: val/y_spread below this: the encoder gives every brain nearly the same code (a healthy demo
+#: run is at 0.25-1.1; one that collapsed at its first steps stayed at 0.0007).
+Y_SPREAD_COLLAPSED = 0.01
+
+
+def collapse_warning(spread: float) -> str | None:
+    """The warning for a collapsed encoder, or None."""
+    if spread >= Y_SPREAD_COLLAPSED:
+        return None
+    return (f"val/y_spread is {spread:.2g}: the semantic encoder gives every brain the same "
+            "code. Stop and train stage 3 again with another seed (seed=N data.split_seed=OLD "
+            "keeps the splits; docs/training.md)")
 
 
 def code_use_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -277,7 +292,9 @@ def code_use_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
             f"val/round_trip is {out['round_trip']:.3g}: encoding then decoding a scan does not "
             "return it, so reconstructions, edits and interpolations start from a wrong brain "
             "(docs/training.md)")
-    for key in ("warning", "round_trip_warning"):
+    if "y_spread" in out and (collapsed := collapse_warning(out["y_spread"])):
+        out["collapse_warning"] = collapsed
+    for key in ("warning", "round_trip_warning", "collapse_warning"):
         if key in out:
             print(f"WARNING: {out[key]}")
     return {"code_use": out}
