@@ -107,7 +107,7 @@ def test_manipulate_strengths_and_difference(capsys, bundle, visits, recon, tmp_
     capsys.readouterr()
     rc = main([str(a) for a in ("manipulate", visits[0], "-o", tmp_path, "--bundle", bundle,
                                 *STEPS, "--direction", "AD", "--strength", "0", "1",
-                                "--difference")])
+                                "--difference", "--onto", "model")])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "AD ×2" in err  # a progress bar per input and operation

@@ -72,7 +72,7 @@ def test_manipulate_a_raw_head_changes_nothing_outside_the_brain(tmp_path, bundl
     out = tmp_path / "out"
     assert main(["manipulate", scan, "-o", str(out), "--bundle", str(bundle), "--steps", "2",
                  "--direction", "AD", "--strength", "2", "--difference", "--prepare", "yes",
-                 "-q"]) == 0
+                 "--onto", "model", "-q"]) == 0
     assert "head.nii.gz: prepared (prepare yes): deepbet" in capsys.readouterr().err
     mask = np.asarray(nib.load(out / "head_brainmask.nii.gz").dataobj) > 0
     assert 2 * (mask & head.brain).sum() / (mask.sum() + head.brain.sum()) >= 0.9

@@ -4,7 +4,7 @@ and progress bars. Inputs and outputs are checked before the model loads."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -143,3 +143,93 @@ def progress(gen: ProgressGen[T], desc: str, quiet: bool) -> T:
 def say(a: argparse.Namespace, path: Path) -> None:
     if not a.quiet:
         print(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- onto the scan
+#: What each export kind adds to an output's file name.
+SUFFIXES = {"image": "", "difference": "_diff", "log_jacobian": "_logjac"}
+
+
+def transfer_options(p: argparse.ArgumentParser) -> None:
+    """``--onto``, ``--transfer``, ``--jacobian`` and ``--volumes``: results on the input scan
+    at its own resolution, their change map and their region volumes."""
+    from napari_ldae.data.transfer import DEFAULT_TRANSFER, TRANSFERS
+    from napari_ldae.operations_transfer import DEFAULT_ONTO, ONTO
+
+    p.add_argument("--onto", choices=ONTO, default=DEFAULT_ONTO,
+                   help="scan (default): the model's change (result − reconstruction) carried "
+                   "onto the input scan at its own resolution, inside its brain mask (strength "
+                   "0, α 0 or 1 give the input exactly); model: the model's own decoded volume, "
+                   "resampled onto the input's grid")
+    p.add_argument("--transfer", choices=TRANSFERS, default=DEFAULT_TRANSFER,
+                   help=f"how --onto scan carries the change (default {DEFAULT_TRANSFER}): "
+                   "warp moves the scan's tissue by a deformation estimated from the "
+                   "reconstruction to the result; intensity adds the resampled intensity change")
+    p.add_argument("--jacobian", action="store_true",
+                   help="also write the warp's log-Jacobian (> 0 where tissue expands, < 0 "
+                   "where it shrinks) as <output>_logjac.nii.gz (--onto scan --transfer warp)")
+    p.add_argument("--volumes", metavar="FILE.tsv",
+                   help="also write region volumes (ml) of the inputs and of every output: one "
+                   "row each, the regions as columns, and FILE.json describing them")
+
+
+def check_transfer(a: argparse.Namespace) -> None:
+    """The transfer options, checked before the model loads."""
+    if a.jacobian and (a.onto, a.transfer) != ("scan", "warp"):
+        raise LDAEError("--jacobian needs --onto scan --transfer warp: only the warp has one")
+    if a.volumes is None:
+        return
+    path = Path(a.volumes).expanduser()
+    if path.suffix.lower() != ".tsv":
+        raise LDAEError(f"--volumes {a.volumes}: the table's name must end in .tsv")
+    for existing in (path, path.with_suffix(".json")):
+        if existing.exists() and not a.overwrite:
+            raise FileExistsError(f"{existing} already exists; pass --overwrite to replace it")
+
+
+def export_kinds(a: argparse.Namespace) -> list[str]:
+    """What is written per volume: the image, then (if asked) its difference and log-Jacobian."""
+    return ["image", *["difference"] * getattr(a, "difference", False),
+            *["log_jacobian"] * a.jacobian]
+
+
+def on_target(a: argparse.Namespace, result, desc: str):
+    """The result as it is written: carried onto the input scan (``--onto scan``, under a
+    progress bar) or the model's own (``--onto model``)."""
+    from napari_ldae.operations_transfer import iter_onto_scan
+
+    if a.onto == "model":
+        return result.with_provenance(onto="model", transfer=None)
+    return progress(iter_onto_scan(result, a.transfer), f"{desc}: {a.transfer} onto the scan",
+                    a.quiet)
+
+
+def write_results(a: argparse.Namespace, record, paths: Sequence[Path]) -> Iterator[Path]:
+    """Write every volume of ``record`` in each of :func:`export_kinds`, ``paths[i * n + j]``
+    holding kind ``i`` of volume ``j``; yields each file once written."""
+    from napari_ldae.operations import export
+
+    kinds = export_kinds(a)
+    n = len(paths) // len(kinds)
+    for i, kind in enumerate(kinds):
+        for j in range(n):
+            yield export(paths[i * n + j], record.item(j), kind, overwrite=a.overwrite)
+
+
+def volume_rows(a: argparse.Namespace, record, paths: Sequence[Path]) -> dict:
+    """``--volumes``: the rows of the record's inputs and of its images (named by ``paths``'
+    stems), under a progress bar; no rows without ``--volumes``."""
+    from napari_ldae.operations_transfer import iter_region_volumes
+
+    if a.volumes is None:
+        return {}
+    return progress(iter_region_volumes(record, [stem(p) for p in paths]), "region volumes",
+                    a.quiet)
+
+
+def write_volumes(a: argparse.Namespace, rows: dict) -> None:
+    """The ``--volumes`` table (atomic; replaced only with ``--overwrite``)."""
+    from napari_ldae.data.regions import write_volumes_tsv
+
+    if a.volumes is not None:
+        say(a, write_volumes_tsv(Path(a.volumes).expanduser(), rows, overwrite=a.overwrite))

@@ -7,7 +7,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_ldae.cli._common import inputs, model_options, outputs, progress, say, session, stem
+from napari_ldae.cli._common import (
+    SUFFIXES,
+    check_transfer,
+    export_kinds,
+    inputs,
+    model_options,
+    on_target,
+    outputs,
+    progress,
+    say,
+    session,
+    stem,
+    transfer_options,
+    volume_rows,
+    write_results,
+    write_volumes,
+)
 from napari_ldae.cli._prepare import check_prepare, finish, prepare_option, qc_names
 
 
@@ -22,7 +38,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         "A date past the last visit is a prediction, one between visits an interpolation. The "
         "visits' dates come from BIDS names (ses-M06) or a sessions.tsv (`months` column), else "
         "from --dates. Writes OUTDIR/<stem>_predict-M<months>.nii.gz in the space of the latest "
-        "visit (<stem>), with the visits, dates and fit residual in the JSON sidecar. Visits "
+        "visit (<stem>), with the visits, dates and fit residual in the JSON sidecar: the "
+        "prediction's change from that visit's reconstruction carried onto the visit at its own "
+        "resolution (--onto scan, the default), or the decoded prediction (--onto model). Visits "
         "that look like different subjects and dates far outside the visits' span are warned "
         "about.",
     )
@@ -38,8 +56,10 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
                    "latest visit's past them; slerp: continued past the visits; latest: the "
                    "latest visit's at every date")
     p.add_argument("--difference", action="store_true",
-                   help="also write prediction − reconstruction of the latest visit "
-                   "(<stem>_predict-M<months>_diff.nii.gz)")
+                   help="also write the signed difference (<stem>_predict-M<months>_diff.nii.gz)"
+                   ": the output − the latest visit (--onto scan), or prediction − its "
+                   "reconstruction (--onto model)")
+    transfer_options(p)
     model_options(p)
     prepare_option(p)
     p.set_defaults(func=run_predict)
@@ -52,6 +72,7 @@ def run_predict(a: argparse.Namespace) -> None:
 
     paths = inputs(a.visits, unique=a.save_codes or a.prepare != "no")
     check_prepare(a)
+    check_transfer(a)
     if a.dates is not None and len(a.dates) != len(paths):
         raise LDAEError(f"--dates gives {len(a.dates)} date(s) for {len(paths)} visit(s): one "
                         "per VISIT, in the same order")
@@ -62,13 +83,13 @@ def run_predict(a: argparse.Namespace) -> None:
         warn(message)
     latest = paths[max(range(len(paths)), key=lambda i: months[i])]
     tags = [f"M{t:g}" for t in targets]
-    names = [f"{stem(latest)}_predict-{t}.nii.gz" for t in tags]
-    names += [f"{stem(latest)}_predict-{t}_diff.nii.gz" for t in tags if a.difference]
+    names = [f"{stem(latest)}_predict-{t}{SUFFIXES[k]}.nii.gz"
+             for k in export_kinds(a) for t in tags]
     names += [f"{stem(p)}_codes.safetensors" for p in paths] * a.save_codes
     names += [n for p in paths for n in qc_names(p, a.prepare)]
     outs = outputs(a.out, names, a.overwrite)
     s, result = _predict(a, paths, months, targets, shown)
-    _write_all(a, s, result, outs, len(targets), paths)
+    _write_all(a, s, result, on_target(a, result, "predict"), outs, len(targets), paths)
 
 
 def _predict(a: argparse.Namespace, paths: list[Path], months: list[float],
@@ -84,7 +105,8 @@ def _predict(a: argparse.Namespace, paths: list[Path], months: list[float],
         warnings.simplefilter("always", PredictionWarning)
         result = progress(s.iter_predict(
             [read_scan(p) for p in paths], months, targets, a.steps, a.steps,
-            x_T_rule=a.x_t_rule, reference=a.difference, names=[str(p) for p in paths],
+            x_T_rule=a.x_t_rule, reference=a.difference or a.onto == "scan",
+            names=[str(p) for p in paths],
             prepare=a.prepare),
             f"predict ×{len(targets)} from {len(paths)} visits", a.quiet)
     for w in caught:
@@ -95,23 +117,21 @@ def _predict(a: argparse.Namespace, paths: list[Path], months: list[float],
     return s, result
 
 
-def _write_all(a: argparse.Namespace, s, result, outs: list[Path], n: int,
+def _write_all(a: argparse.Namespace, s, result, record, outs: list[Path], n: int,
                paths: list[Path]) -> None:
-    """Every output, or none: a failure removes what this run wrote."""
+    """Every output of ``record`` (``result`` as written), or none: a failure removes what this
+    run wrote."""
     from napari_ldae.data.io import is_nifti_path, sidecar_path
-    from napari_ldae.operations import export, write_codes
+    from napari_ldae.operations import write_codes
 
     written: list[Path] = []
-    done = n * (1 + a.difference)
+    done = n * len(export_kinds(a))
     visits = result.provenance["visits"]  # by date; ``paths`` in the given order
     order = [visits.index(str(p)) for p in paths]
     preps = [result.preparations[i] for i in order]
     try:
-        for j in range(n):
-            written.append(export(outs[j], result.item(j), overwrite=a.overwrite))
-            if a.difference:
-                written.append(export(outs[n + j], result.item(j), "difference",
-                                      overwrite=a.overwrite))
+        for path in write_results(a, record, outs[:done]):
+            written.append(path)
         if a.save_codes:
             steps = result.provenance["encode_steps"]
             for out, path, i, prep in zip(outs[done:done + len(paths)], paths, order, preps,
@@ -121,6 +141,7 @@ def _write_all(a: argparse.Namespace, s, result, outs: list[Path], n: int,
         qc = [outs[done + 2 * k:done + 2 * k + 2] for k in range(len(paths))] \
             if a.prepare != "no" else [[]] * len(paths)
         written += finish(a, preps, qc)
+        write_volumes(a, volume_rows(a, record, outs[:n]))
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
