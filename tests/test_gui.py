@@ -218,6 +218,7 @@ def test_live_preview_blends_anchors_then_full_quality(viewer, scan_file, qtbot,
     get_state(viewer).set_steps({"decode": 2, "preview": 1})
     source = _open(viewer, scan_file)
     manip = _widget(viewer, "ManipulateWidget")
+    manip.target.onto.setCurrentText("model")  # on the scan: tests/test_gui_transfer.py
     manip.slider.setValue(1.0)
     qtbot.waitUntil(lambda: manip.preview.anchors is not None, timeout=WAIT_MS)
     anchors = manip.preview.anchors
@@ -259,6 +260,7 @@ def test_release_while_anchors_are_made_queues_full_quality(viewer, scan_file, q
     get_state(viewer).set_steps({"preview": 10, "decode": 12})  # not cached: long anchors
     _open(viewer, scan_file)
     manip = _widget(viewer, "ManipulateWidget")
+    manip.target.onto.setCurrentText("model")  # the decodes alone: timing-sensitive
     shown, show = [], manip._show
     manip._show = lambda *args: (shown.append(args[-1].provenance["steps"]), show(*args))
     manip.slider.setValue(1.5)
@@ -273,6 +275,7 @@ def test_keep_and_sweep(viewer, scan_file, monkeypatch):
     monkeypatch.setenv(_jobs.SYNC_ENV, "1")
     source = _open(viewer, scan_file)
     manip = _widget(viewer, "ManipulateWidget")
+    manip.target.onto.setCurrentText("model")  # on the scan: tests/test_gui_transfer.py
     manip.render_full()
     kept = manip.keep()
     assert [k.name for k in kept] == [f"{source.name} AD +0.00", f"{source.name} Δ AD +0.00"]

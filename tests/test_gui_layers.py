@@ -8,7 +8,8 @@ from ldae_factory import shared_tiny_bundle
 from nifti_factory import make_affine, rotation
 
 from napari_ldae.data.io import Scan
-from napari_ldae.gui._layers import ResultGeometry, scan_from_layer, show_difference, show_image
+from napari_ldae.gui._change import show_difference
+from napari_ldae.gui._layers import ResultGeometry, scan_from_layer, show_image
 from napari_ldae.napari_io import scan_layer_data
 from napari_ldae.session import Session
 

@@ -43,6 +43,7 @@ def open_visits(viewer, tmp_path, months=(0, 6, 12)):
         path = write_scan(tmp_path / f"sub-01_ses-M{m:02d}_T1w.nii.gz", scan.data, like=scan)
         layers.append(viewer.open(str(path), plugin="napari-ldae")[0])
     widget = InterpolateWidget(viewer)
+    widget.target.onto.setCurrentText("model")  # on the scan: tests/test_gui_transfer*.py
     viewer.window.add_dock_widget(widget, name="visits over time")
     return layers, widget
 

@@ -6,14 +6,17 @@ model grid's affine (:func:`~napari_ldae.data.preprocess.model_affine`) is diago
 it becomes the layer's ``scale``/``translate`` and every result voxel sits at its true world
 position (RAS mm), the frame in which the source layer is shown too; nothing is resampled
 while the slider moves. For an oblique scan (napari cannot slice rotated affines) the result is
-resampled onto the scan's own grid and shown with the source layer's placement.
+resampled onto the scan's own grid and shown with the source layer's placement. A result
+carried onto its scan (:mod:`napari_ldae.operations_transfer`) already lies on the scan's grid,
+at its resolution and in its units: it is shown with the scan's own placement (``carried``).
 
 Intensities: images are shown in the source scan's units (the inverse of the min-max rule)
-with the source layer's contrast limits; differences are in the same units, signed, in a
-blue-white-red colormap whose centre is transparent, with symmetric limits and translucent
-blending (also in 3D). A result layer's ``metadata["ldae_result"]`` holds its model-space
-record (:class:`~napari_ldae.operations.Result`): the display is derived from it, export writes
-it.
+with the source layer's contrast limits; in 3D the scan and its results render as a
+translucent average (:data:`BRAIN_RENDERING_3D`), so that change maps show through them
+(:mod:`napari_ldae.gui._change`). A result layer's ``metadata["ldae_result"]`` holds its record
+(a model-space :class:`~napari_ldae.operations.Result`, or the
+:class:`~napari_ldae.operations_transfer.OnScan` carried onto the scan): the display is derived
+from it, export writes it.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ if TYPE_CHECKING:
     import napari
 
     from napari_ldae.operations import Result
+    from napari_ldae.operations_transfer import OnScan
     from napari_ldae.session import Session
 
 RESULT_KEY = "ldae_result"
-DIFF_COLORMAP_NAME = "ldae Δ (bwr)"
+#: How the gray brain renders in 3D (napari ignores ``rendering`` in 2D): a translucent average
+#: along each ray, through which the change maps show.
+BRAIN_RENDERING_3D = "average"
 
 
 # ----------------------------------------------------------------------------- scans
@@ -68,10 +74,11 @@ def is_source_layer(layer) -> bool:
 # ----------------------------------------------------------------------------- geometry
 @dataclass
 class ResultGeometry:
-    """Where results of one source scan are shown: the model grid, or the scan's grid."""
+    """Where results of one source scan are shown: the model grid, or the scan's grid
+    (resampled from the model grid, or carried onto it)."""
 
     scan: Scan
-    space: str  # "model" or "scan"
+    space: str  # "model", "scan" or "carried"
     scale: tuple[float, float, float]
     translate: tuple[float, float, float]
     session: Session
@@ -85,17 +92,27 @@ class ResultGeometry:
                        tuple(map(float, aff[:3, 3])), session)
         return cls(scan, "scan", scan.display.scale, scan.display.translate, session)
 
+    @classmethod
+    def carried(cls, session: Session, scan: Scan) -> ResultGeometry:
+        """Volumes already on ``scan``'s grid and in its units (a result carried onto it)."""
+        return cls(scan, "carried", scan.display.scale, scan.display.translate, session)
+
     def place(self, volumes: np.ndarray) -> np.ndarray:
-        """Model-space ``(X, Y, Z)`` or ``(N, X, Y, Z)`` → the grid this geometry shows."""
+        """Model-space (carried: the scan's file-ordered) ``(X, Y, Z)`` or ``(N, X, Y, Z)`` →
+        the grid this geometry shows."""
         if self.space == "model":
             return np.asarray(volumes, dtype=np.float32)
-        mapped = self.session.to_scan_space(volumes, self.scan)  # file order
+        mapped = volumes if self.space == "carried" else \
+            self.session.to_scan_space(volumes, self.scan)  # file order
         if mapped.ndim == 4:
             return np.stack([self.scan.display.to_display(v) for v in mapped])
         return self.scan.display.to_display(mapped)
 
     def units(self, unit: np.ndarray, difference: bool = False) -> np.ndarray:
-        """[0, 1] model intensities → the scan's units (differences: no offset)."""
+        """[0, 1] model intensities → the scan's units (differences: no offset); carried
+        volumes are in them already."""
+        if self.space == "carried":
+            return np.asarray(unit, dtype=np.float32)
         lo, hi = self.scan.intensity_range
         out = unit * np.float32(hi - lo)
         return out if difference else out + np.float32(lo)
@@ -111,16 +128,17 @@ class ResultGeometry:
         return {"scale": (1.0,) * extra + tuple(self.scale),
                 "translate": (0.0,) * extra + tuple(self.translate)}
 
-    def result_metadata(self, kind: str, result: Result, source: str,
+    def result_metadata(self, kind: str, result: Result | OnScan, source: str,
                         reference: int = 0) -> dict[str, Any]:
-        """A result layer's metadata: its model-space record (what export writes) and
-        provenance (``reference``: which reconstruction a difference is taken to)."""
+        """A result layer's metadata: its record (what export writes) and provenance
+        (``reference``: which reconstruction a model-space difference is taken to)."""
         from napari_ldae.data.layer_metadata import scan_metadata
 
         return {RESULT_KEY: {"space": self.space, "kind": kind, "scan": scan_metadata(self.scan),
                              "contract": self.session.contract.to_dict(), "record": result,
                              "reference": reference},
                 PROVENANCE_KEY: {**result.provenance, "source": source}}
+
 
 def change_percent(geometry: ResultGeometry, diff: np.ndarray) -> float:
     """The largest |Δ| as a percentage of the source scan's intensity range (a model whose edits
@@ -130,45 +148,6 @@ def change_percent(geometry: ResultGeometry, diff: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------- showing
-def diff_colormap(ndisplay: int = 2):
-    """bwr with a transparent centre: only changes are drawn over the gray scan.
-
-    In 3D, where translucent rendering accumulates along each ray, changes below a third of
-    the largest one are fully transparent so that the main changes stand out.
-    """
-    from napari.utils.colormaps import Colormap
-
-    blue, red = (0.1, 0.35, 1.0), (1.0, 0.15, 0.1)
-    if ndisplay == 3:
-        colors = [(*blue, 1.0), (*blue, 0.0), (1, 1, 1, 0.0), (*red, 0.0), (*red, 1.0)]
-        return Colormap(colors, controls=[0.0, 0.33, 0.5, 0.67, 1.0],
-                        name=DIFF_COLORMAP_NAME + " 3D")
-    colors = [(*blue, 1.0), (*blue, 0.55), (1, 1, 1, 0.0), (*red, 0.55), (*red, 1.0)]
-    return Colormap(colors, controls=[0.0, 0.3, 0.5, 0.7, 1.0], name=DIFF_COLORMAP_NAME)
-
-
-def _restyle_differences(viewer) -> None:
-    """Swap the difference layers' colormaps when the view switches between 2D and 3D."""
-    cmap = diff_colormap(viewer.dims.ndisplay)
-    for layer in viewer.layers:
-        if layer.metadata.get(RESULT_KEY, {}).get("kind") == "difference":
-            layer.colormap = cmap
-
-
-def _hook_ndisplay(viewer) -> None:
-    import weakref
-
-    from napari_ldae.gui._state import get_state
-
-    viewer = getattr(viewer, "__wrapped__", viewer)  # plugins get a proxy of the viewer
-    state = get_state(viewer)
-    if not state.ndisplay_hooked:
-        ref = weakref.ref(viewer)
-        viewer.dims.events.ndisplay.connect(
-            lambda _e: ref() is not None and _restyle_differences(ref()))
-        state.ndisplay_hooked = True
-
-
 def label_sweep_axis(viewer, label: str = "sweep frame") -> None:
     """Name the leading dims axis of 4D sweeps so that its slider says what it scrubs."""
     if viewer.dims.ndim == 4:
@@ -177,32 +156,18 @@ def label_sweep_axis(viewer, label: str = "sweep frame") -> None:
         viewer.dims.axis_labels = labels
 
 
-def symmetric_limits(diff: np.ndarray) -> tuple[float, float]:
-    m = float(np.abs(diff).max()) if diff.size else 0.0
-    m = m if m > 1e-6 else 1e-6
-    return (-m, m)
-
-
 def show_image(viewer: napari.Viewer, name: str, data: np.ndarray, geometry: ResultGeometry,
                source, metadata: dict, **extra) -> Any:
-    """Add or update (in place, same name) a gray result layer with the source's window."""
+    """Add or update (in place, same name) a gray result layer with the source's window; both
+    render as a translucent brain in 3D."""
+    source.rendering = BRAIN_RENDERING_3D
     kwargs = {"contrast_limits": tuple(source.contrast_limits), "colormap": "gray",
-              "metadata": metadata, **extra}
-    return _upsert(viewer, name, data, geometry, kwargs)
+              "rendering": BRAIN_RENDERING_3D, "metadata": metadata, **extra}
+    return upsert(viewer, name, data, geometry, kwargs)
 
 
-def show_difference(viewer: napari.Viewer, name: str, diff: np.ndarray,
-                    geometry: ResultGeometry, metadata: dict, **extra) -> Any:
-    """Add or update a signed difference layer (diverging, symmetric, translucent)."""
-    _hook_ndisplay(viewer)
-    kwargs = {"contrast_limits": symmetric_limits(diff),
-              "colormap": diff_colormap(viewer.dims.ndisplay),
-              "blending": "translucent", "rendering": "translucent", "metadata": metadata,
-              **extra}
-    return _upsert(viewer, name, diff, geometry, kwargs)
-
-
-def _upsert(viewer, name: str, data: np.ndarray, geometry: ResultGeometry, kwargs: dict):
+def upsert(viewer, name: str, data: np.ndarray, geometry: ResultGeometry, kwargs: dict):
+    """Update the layer ``name`` in place when its shape and placement fit, else (re)add it."""
     data = np.asarray(data, dtype=np.float32)
     placement = geometry.layer_kwargs(data.ndim)
     if name in viewer.layers:

@@ -6,6 +6,8 @@ anchors being made. The widget gives one :class:`PreviewSource`; the slider valu
 each :class:`Request`. Anchors span the slider's range and are decoded in one batch with the
 preview step count; while the slider moves the shown volume is the piecewise-linear blend of
 the two anchors around its value (no network call), and full quality follows when it rests.
+A source may carry its results onto the scan (``gui._onto``): the anchors are then carried once,
+in the worker, and the carried anchors are blended.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from napari_ldae.core.progress import ProgressGen
+from napari_ldae.gui._onto import blend_record, for_display
 from napari_ldae.operations import Result
+from napari_ldae.operations_transfer import OnScan
 
 ANCHORS = 5  # anchor values, evenly over the slider's range
 THROTTLE_MS = 40  # at most one blended preview per 40 ms while dragging
@@ -47,24 +51,27 @@ class Request:
 class Anchors:
     """Decoded anchors for one source and setting (``key``).
 
-    ``result`` holds the model-space anchors (one volume per value); ``shown`` the image and
-    difference arrays ``(A, …)`` placed and in the scan's units (made in the worker). Placing
-    and units are linear, so blending them equals placing the blend.
+    ``result`` holds the anchors' record (one volume per value: model-space, or carried onto
+    the scan); ``shown`` the image, difference (and log-Jacobian) arrays ``(A, …)`` placed and
+    in the scan's units (made in the worker). Placing and units are linear, so blending them
+    equals placing the blend.
     """
 
     key: tuple
     values: np.ndarray  # (A,) sorted, in the source's anchor coordinate
     shown: tuple[np.ndarray, ...]
-    result: Result | None = None
+    result: Result | OnScan | None = None
 
     def shown_at(self, position: float) -> tuple[np.ndarray, ...]:
-        """Image and differences at ``position``, ready to show."""
+        """Image and change maps at ``position``, ready to show."""
         return tuple(blend_anchors(self.values, arrays, position) for arrays in self.shown)
 
-    def result_at(self, position: float, **provenance: Any) -> Result:
-        """The model-space record of the blend at ``position``."""
-        return self.result.with_volumes(blend_anchors(self.values, self.result.volumes,
-                                                      position), **provenance)
+    def result_at(self, position: float, shown: tuple[np.ndarray, ...],
+                  **provenance: Any) -> Result | OnScan:
+        """The record of the blend at ``position`` (``shown``: its display arrays)."""
+        model = self.result.result if isinstance(self.result, OnScan) else self.result
+        return blend_record(self.result, blend_anchors(self.values, model.volumes, position),
+                            shown, **provenance)
 
 
 class PreviewSource(Protocol):
@@ -86,10 +93,12 @@ class PreviewSource(Protocol):
         """The provenance of a slider value (e.g. its strength)."""
 
     def iter_result(self, request: Request, positions: list[float] | None) -> ProgressGen:
-        """The model-space :class:`Result` of a request (``positions``: the anchors')."""
+        """The record of a request (``positions``: the anchors'): a model-space
+        :class:`Result`, or an :class:`OnScan` carried onto the scan."""
 
-    def show(self, request: Request, shown: tuple[np.ndarray, ...], result: Result) -> None:
-        """Present a result (``shown``: its display arrays)."""
+    def show(self, request: Request, shown: tuple[np.ndarray, ...],
+             result: Result | OnScan) -> None:
+        """Present a record (``shown``: its display arrays)."""
 
 
 @dataclass(frozen=True)
@@ -179,9 +188,12 @@ class LivePreview:
         a = self.anchors
         position = self.source.position(request.value)
         listed = ", ".join(f"{v:g}" for v in a.values)
-        result = a.result_at(position, preview=f"linear blend of decodes at {listed}",
-                             **self.source.at(request.value))
-        self.source.show(request, a.shown_at(position), result)
+        carried = f", each carried onto the scan by {a.result.method}" \
+            if isinstance(a.result, OnScan) else ""
+        shown = a.shown_at(position)
+        result = a.result_at(position, shown, preview=f"linear blend of decodes at {listed}"
+                             f"{carried}", **self.source.at(request.value))
+        self.source.show(request, shown, result)
 
     def _make_anchors(self, request: Request) -> None:
         from qtpy.QtCore import QTimer
@@ -190,8 +202,7 @@ class LivePreview:
 
         def work():
             result = yield from self.source.iter_result(request, list(values))
-            return result, request.context.geometry.for_display(result.volumes,
-                                                                *result.references)
+            return result, for_display(result, request.context.geometry)
 
         def done(out) -> None:
             if request is not self.latest:
@@ -217,8 +228,7 @@ class LivePreview:
 
         def work():
             result = (yield from self.source.iter_result(request, None)).item(0)
-            return result, request.context.geometry.for_display(result.volumes,
-                                                                *result.references)
+            return result, for_display(result, request.context.geometry)
 
         def done(out) -> None:
             if request is self.latest:  # else a newer value was asked for

@@ -9,6 +9,10 @@ Results are shown on the latest visit's model grid (the visits should be registe
 another), with the difference to the latest visit's reconstruction. Dragging the slider shows a
 live preview blended from anchor dates decoded once (``gui._preview``); full quality follows
 when it rests. Sweep renders a range of dates, a future one included, into one 4D layer.
+**show on** ``scan`` (the default) carries the change from the latest visit's reconstruction
+onto the latest visit itself, at its own resolution (``gui._onto``); ``model`` shows the decoded
+volumes. Region volumes of the latest full-quality date or sweep, with the visits' own:
+``gui._volumes``.
 """
 
 from __future__ import annotations
@@ -25,12 +29,18 @@ from napari_ldae.gui._layers import (
     change_percent,
     label_sweep_axis,
     scan_from_layer,
-    show_difference,
-    show_image,
+)
+from napari_ldae.gui._onto import (
+    TargetChoice,
+    described,
+    for_display,
+    geometry_of,
+    iter_target,
+    show_result,
 )
 from napari_ldae.gui._preview import ANCHORS, LivePreview, PreviewContext, Request
 from napari_ldae.gui._visits import VisitTable
-from napari_ldae.operations import Result
+from napari_ldae.gui._volumes import VolumePanel
 from napari_ldae.session import describe_error
 
 
@@ -66,6 +76,7 @@ class InterpolateWidget(LDAEWidget):
         self.slider.setSingleStep(0.5)
         form_row(self.form, "date (months)", self.slider, "date of the scan shown")
         self.kind = form_row(self.form, "", QLabel(""))
+        self.target = TargetChoice(self.form)
         self.sweep_to = form_row(self.form, "sweep to (months)", QDoubleSpinBox(),
                                  "Sweep renders the first visit's date up to this date")
         self.sweep_to.setRange(-1200.0, 1200.0)
@@ -76,10 +87,14 @@ class InterpolateWidget(LDAEWidget):
         self.controls = self.add_controls(RunControls("Render date",
                                                       lambda: self.preview.render_full()))
         self.sweep_controls = self.add_controls(RunControls("Sweep over time", self.sweep))
+        self.volumes = VolumePanel(self)
+        self.outer.addWidget(self.volumes)
         self.finish_layout()
         self.preview = LivePreview(self, self.controls, self.slider, self)
         self.table.changed.connect(self._update_range)
         self.slider.valueChanged.connect(self.label_date)
+        self.target.connect(self._rerender)
+        self._shown = False
         self._update_range()
 
     # ------------------------------------------------------------------------- dates
@@ -119,14 +134,18 @@ class InterpolateWidget(LDAEWidget):
         scans = tuple(scan_from_layer(ly) for ly in layers)
         return session, visits, scans, ResultGeometry.of(session, scans[-1])
 
-    def _show(self, ctx: PreviewContext, shown: tuple, result: Result, tag: str) -> str:
-        image, diff = shown
-        latest, geometry = ctx.layers[-1], ctx.geometry
+    def _rerender(self) -> None:
+        """Show the current date again with the new choice (when one is shown)."""
+        if self._shown:
+            self.preview.render_full()
+
+    def _show(self, ctx: PreviewContext, shown: tuple, result, tag: str) -> str:
+        latest = ctx.layers[-1]
         name = f"{latest.name} [{tag}]"
-        show_image(self.viewer, name, image, geometry, latest,
-                   geometry.result_metadata("image", result, latest.name))
-        show_difference(self.viewer, f"{name} Δ to {latest.name}", diff, geometry,
-                        geometry.result_metadata("difference", result, latest.name, 0))
+        show_result(self.viewer, {"image": name, "difference": f"{name} Δ to {latest.name}",
+                                  "log_jacobian": f"{name} log-Jacobian"},
+                    latest, ctx.geometry, shown, result)
+        self._shown = True
         found = result.provenance.get("warnings") or []
         return "".join(f"; warning: {w}" for w in found)
 
@@ -136,7 +155,7 @@ class InterpolateWidget(LDAEWidget):
         steps = self.state.steps
         key = (tuple((ly.name, id(ly.data), m) for ly, m in visits), self.slider.minimum(),
                self.slider.maximum(), steps["preview"], steps["decode"], steps["encode"],
-               id(session))
+               id(session), *self.target.key())
         return key, PreviewContext(session, tuple(ly for ly, _ in visits), scans, geometry)
 
     def anchor_values(self, key: tuple) -> np.ndarray:
@@ -156,11 +175,12 @@ class InterpolateWidget(LDAEWidget):
         ctx, key = request.context, request.key
         months = [m for _, _, m in key[0]]
         targets = [round(request.value, 3)] if positions is None else positions
-        return ctx.session.iter_predict(
+        result = yield from ctx.session.iter_predict(
             list(ctx.scans), months, targets, key[4] if positions is None else key[3], key[5],
             names=[ly.name for ly in ctx.layers], warn=False)
+        return (yield from iter_target(result, *key[7:]))
 
-    def show(self, request: Request, shown: tuple, result: Result) -> None:
+    def show(self, request: Request, shown: tuple, result) -> None:
         """The scan at the slider's date and its Δ to the latest visit."""
         warned = self._show(request.context, shown, result, "over time")
         months = [m for _, _, m in request.key[0]]
@@ -169,10 +189,12 @@ class InterpolateWidget(LDAEWidget):
         if request.kind == "blend":  # (the anchors' warnings are about the anchors' dates)
             self.controls.say(f"month {month:g}, {what}; live preview (blend, {steps} steps)")
             return
-        change = change_percent(request.context.geometry, shown[1])
-        self.controls.say(f"month {month:g}, {what}; full quality ({steps} steps); largest "
-                          f"change to the latest visit {change:.3g} % of its range; fit "
-                          f"residual {result.provenance['fit_residual']:.3g}{warned}")
+        change = change_percent(geometry_of(result, request.context.geometry), shown[1])
+        self.controls.say(f"month {month:g}, {what}; full quality ({steps} steps), "
+                          f"{described(result)}; largest change to the latest visit "
+                          f"{change:.3g} % of its range; fit residual "
+                          f"{result.provenance['fit_residual']:.3g}{warned}")
+        self.volumes.set_offer(result, [f"month {month:g}"], [month], "months")
 
     def interpolate(self) -> None:
         """The scan at the slider's date."""
@@ -195,19 +217,23 @@ class InterpolateWidget(LDAEWidget):
         layers = tuple(ly for ly, _ in visits)
         ctx = PreviewContext(session, layers, scans, geometry)
         steps, encode_steps = self.state.steps["decode"], self.state.steps["encode"]
+        onto, transfer = self.target.key()
 
         def work():
             result = yield from session.iter_predict(
                 list(scans), months, dates, steps, encode_steps,
                 names=[ly.name for ly in layers], warn=False)
-            return result, geometry.for_display(result.volumes, *result.references)
+            record = yield from iter_target(result, onto, transfer)
+            return record, for_display(record, geometry)
 
         def done(out) -> None:
             warned = self._show(ctx, out[1], out[0], "sweep over time")
+            self.volumes.set_offer(out[0], [f"month {t:g}" for t in dates], dates, "months")
             label_sweep_axis(self.viewer, "months")
             future = sum(t > months[-1] for t in dates)
             self.viewer.dims.set_current_step(0, len(dates) - 1 if future else len(dates) // 2)
             controls.say(f"sweep: months {', '.join(f'{t:g}' for t in dates)} on the first "
-                         f"dims slider; {future} past the last visit (prediction){warned}")
+                         f"dims slider; {future} past the last visit (prediction), "
+                         f"{described(out[0])}{warned}")
 
         self.run_job(controls, work, "Visits over time (sweep)", done)

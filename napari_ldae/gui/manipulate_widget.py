@@ -6,8 +6,13 @@ value is shown at once as the piecewise-linear blend of its two neighbouring anc
 call while dragging). When the slider rests (or is released) the full-quality decode
 (``steps["decode"]``) of that exact strength follows, after the anchors if they are still being
 made. The latest request wins: a new value cancels the running decode at its next step and stale
-results are dropped. The edit and its signed difference to the reconstruction (edit −
-strength-0 decode, which removes the autoencoder's blur) are updated in place.
+results are dropped.
+
+**show on** ``scan`` (the default) carries the edit's change onto the scan at its own resolution
+(``gui._onto``; anchors are carried once and blended): the edit, its difference to the scan and,
+for the ``warp`` transfer, the log-Jacobian are updated in place. On the ``model`` grid the
+difference is to the reconstruction (the strength-0 decode, which removes the autoencoder's
+blur). Region volumes of the latest full-quality edit or sweep: ``gui._volumes``.
 """
 
 from __future__ import annotations
@@ -34,13 +39,22 @@ from napari_ldae.gui._layers import (
     is_source_layer,
     label_sweep_axis,
     scan_from_layer,
-    show_difference,
-    show_image,
     unique_name,
 )
+from napari_ldae.gui._onto import (
+    TargetChoice,
+    described,
+    for_display,
+    geometry_of,
+    iter_target,
+    show_result,
+)
 from napari_ldae.gui._preview import ANCHORS, LivePreview, PreviewContext, Request
-from napari_ldae.operations import Result
+from napari_ldae.gui._volumes import VolumePanel
 from napari_ldae.session import describe_error
+
+#: The layers of an edit, by kind, after the source layer's name.
+SUFFIXES = {"image": "[edit]", "difference": "[Δ edit]", "log_jacobian": "[log-Jacobian edit]"}
 
 
 class ManipulateWidget(LDAEWidget):
@@ -63,6 +77,7 @@ class ManipulateWidget(LDAEWidget):
                                  "the strength as years of the training cohort's own change "
                                  "along the direction, between its subjects' visits")
         self.in_years.setWordWrap(True)
+        self.target = TargetChoice(self.form)
         self.quality = form_row(self.form, "showing", QLabel("nothing yet"))
         self.with_diff = form_row(self.form, "difference", QCheckBox("signed Δ map"))
         self.with_diff.setChecked(True)
@@ -72,6 +87,8 @@ class ManipulateWidget(LDAEWidget):
         self.keep_button.clicked.connect(self.keep)
         self.outer.addWidget(self.keep_button)
         self._build_sweep()
+        self.volumes = VolumePanel(self)
+        self.outer.addWidget(self.volumes)
         self.finish_layout()
         self._source_key = None
         self._source = None
@@ -81,6 +98,7 @@ class ManipulateWidget(LDAEWidget):
             lambda _v: self.quality.setText(f"… strength {self.strength:+.2f}"))
         self.slider.valueChanged.connect(self._show_years)
         self.direction.currentIndexChanged.connect(self._show_years)
+        self.target.connect(self._rerender)
         self.state.session_changed.connect(self._fill_directions)
         self._fill_directions(self.state.session)
 
@@ -116,6 +134,11 @@ class ManipulateWidget(LDAEWidget):
         self.in_years.setText("" if session is None or direction is None
                               else session.years_text(direction, self.strength))
 
+    def _rerender(self) -> None:
+        """Show the current strength again with the new choice (when one is shown)."""
+        if self._shown is not None:
+            self.preview.render_full()
+
     @property
     def strength(self) -> float:
         return round(float(self.slider.value()), 4)
@@ -140,7 +163,7 @@ class ManipulateWidget(LDAEWidget):
         session, layer, scan, geometry = self._prepare()
         steps = self.state.steps
         key = (self._source_key, self.direction.currentData(), steps["preview"],
-               steps["decode"], steps["encode"])
+               steps["decode"], steps["encode"], *self.target.key())
         return key, PreviewContext(session, (layer,), (scan,), geometry)
 
     def anchor_values(self, key: tuple) -> np.ndarray:
@@ -154,36 +177,43 @@ class ManipulateWidget(LDAEWidget):
         return {"strength": value}
 
     def iter_result(self, request: Request, positions: list[float] | None):
-        _, direction, preview, decode, encode = request.key
+        _, direction, preview, decode, encode, onto, transfer = request.key
         ctx = request.context
         strengths = [request.value] if positions is None else positions
-        return ctx.session.iter_edit(ctx.scans[0], direction, strengths,
-                                     decode if positions is None else preview, encode)
+        result = yield from ctx.session.iter_edit(ctx.scans[0], direction, strengths,
+                                                  decode if positions is None else preview,
+                                                  encode)
+        return (yield from iter_target(result, onto, transfer))
 
-    def show(self, request: Request, shown: tuple, result: Result) -> None:
-        """The edit and its Δ, from the live preview (a blend) or at full quality."""
+    def show(self, request: Request, shown: tuple, result) -> None:
+        """The edit and its change maps, from the live preview (a blend) or at full quality."""
         ctx, value = request.context, request.value
-        self._show(ctx.layers[0], ctx.geometry, *shown, result)
+        self._show(ctx.layers[0], ctx.geometry, shown, result)
         steps = result.provenance["steps"]
         if request.kind == "blend":
             self.quality.setText(f"live preview (blend, {steps} steps) · strength {value:+.2f}")
             return
         self.quality.setText(f"full ({steps} steps) · strength {value:+.2f}")
-        self.controls.say(f"{result.provenance['direction']} {value:+.2f}: full quality; "
-                          f"largest change {change_percent(ctx.geometry, shown[1]):.3g} % of "
-                          "the scan's range")
+        change = change_percent(geometry_of(result, ctx.geometry), shown[1])
+        self.controls.say(f"{result.provenance['direction']} {value:+.2f}: full quality, "
+                          f"{described(result)}; largest change {change:.3g} % of the scan's "
+                          "range")
+        self.volumes.set_offer(result, [f"{result.provenance['direction']} {value:+.2f}"],
+                               [value], "strength")
 
     def render_full(self) -> None:
         """Decode the current strength at full quality; the latest request wins."""
         self.preview.render_full()
 
-    def _show(self, layer, geometry, image, diff, result: Result) -> None:
-        show_image(self.viewer, f"{layer.name} [edit]", image, geometry, layer,
-                   geometry.result_metadata("image", result, layer.name))
+    def _names(self, layer, tag: str = "edit") -> dict[str, str | None]:
+        names = {k: f"{layer.name} {v.replace('edit', tag)}" for k, v in SUFFIXES.items()}
+        if not self.with_diff.isChecked():
+            names["difference"] = None
+        return names
+
+    def _show(self, layer, geometry, shown, result) -> None:
+        show_result(self.viewer, self._names(layer), layer, geometry, shown, result)
         self._shown = {"source": layer.name, **result.provenance}
-        if self.with_diff.isChecked():
-            show_difference(self.viewer, f"{layer.name} [Δ edit]", diff, geometry,
-                            geometry.result_metadata("difference", result, layer.name))
 
     # ------------------------------------------------------------------------- keep, sweep
     def keep(self) -> list:
@@ -194,7 +224,7 @@ class ManipulateWidget(LDAEWidget):
         src, tag = self._shown["source"], f"{self._shown['direction']} " \
             f"{self._shown['strength']:+.2f}"
         kept = []
-        for suffix, label in (("[edit]", ""), ("[Δ edit]", "Δ ")):
+        for suffix, label in zip(SUFFIXES.values(), ("", "Δ ", "log-Jacobian "), strict=True):
             name = f"{src} {suffix}"
             if name in self.viewer.layers:
                 ly = self.viewer.layers[name]
@@ -212,7 +242,7 @@ class ManipulateWidget(LDAEWidget):
         return [round(float(v), 4) for v in values]
 
     def sweep(self) -> None:
-        """Render the strength range into one 4D layer (and its Δ) at full quality."""
+        """Render the strength range into one 4D layer (and its change maps) at full quality."""
         try:
             session, layer, scan, geometry = self._prepare()
         except Exception as err:
@@ -220,25 +250,26 @@ class ManipulateWidget(LDAEWidget):
             return
         steps, encode_steps = self.state.steps["decode"], self.state.steps["encode"]
         direction, strengths = self.direction.currentData(), self.sweep_strengths()
+        onto, transfer = self.target.key()
 
         def work():
             result = yield from session.iter_edit(scan, direction, strengths, steps,
                                                   encode_steps)
-            return result.with_provenance(operation="manipulate sweep"), \
-                geometry.for_display(result.volumes, *result.references)
+            record = yield from iter_target(
+                result.with_provenance(operation="manipulate sweep"), onto, transfer)
+            return record, for_display(record, geometry)
 
         def done(out) -> None:
-            result, (images, diffs) = out
-            show_image(self.viewer, f"{layer.name} [sweep {direction}]", images, geometry, layer,
-                       geometry.result_metadata("image", result, layer.name))
-            if self.with_diff.isChecked():
-                show_difference(self.viewer, f"{layer.name} [Δ sweep {direction}]", diffs,
-                                geometry, geometry.result_metadata("difference", result,
-                                                                   layer.name))
+            record, shown = out
+            show_result(self.viewer, self._names(layer, f"sweep {direction}"), layer, geometry,
+                        shown, record)
             label_sweep_axis(self.viewer)
+            self.volumes.set_offer(record, [f"{direction} {v:+g}" for v in strengths],
+                                   strengths, "strength")
             self.viewer.dims.set_current_step(0, len(strengths) // 2)
             listed = ", ".join(f"{s:+g}" for s in strengths)
             self.sweep_controls.say(f"sweep of {len(strengths)} frames along {direction}, "
-                                    f"strengths {listed} (first dims slider)")
+                                    f"strengths {listed} (first dims slider), "
+                                    f"{described(record)}")
 
         self.run_job(self.sweep_controls, work, f"Sweep {direction}", done)
