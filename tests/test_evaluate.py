@@ -100,6 +100,9 @@ def test_report_details(run, bundle, longitudinal_cohort):
     assert all(len(v) == 4 for v in man["per_subject"].values())
     validation = man["segmentation_validation"]["scans"]
     assert validation["pearson_r"] > 0.9 and validation["mean_relative_error"] < 0.2
+    on_files = man["segmentation_validation"]  # the cohort's files on their own 6 mm grid
+    assert on_files["cohort_spacing_mm"] == [6.0] and on_files["cohort_grid"]["n"] == 12
+    assert on_files["cohort_grid"]["mean_relative_error"] < 0.2
     hippocampus = man["hippocampus_validation"]
     assert hippocampus["n_scans"] == 12 and hippocampus["scans"]["n"] == 12
     assert hippocampus["scans"]["mean_relative_error"] < 0.3  # 4 subjects at 6 mm: r is noisy
@@ -121,7 +124,8 @@ def test_markdown(run):
         assert heading in text
     assert "Spread of y between scans" in text
     for words in ("## Code use", "Identity kept at strength 3", "ceiling (true measures)",
-                  "`hippocampus_ml`", "mean measured hippocampi (ml)"):
+                  "`hippocampus_ml`", "mean measured hippocampi (ml)", "| cohort_grid |",
+                  "at their own resolution (6 mm)"):
         assert words in text, words
     assert "0.962" in text and "0.8948" in text  # the paper's numbers beside ours
 

@@ -50,7 +50,8 @@ class SubjectResult:
     seconds: dict[str, float] = field(default_factory=dict)  # section → seconds per scan
     triplets: list[dict[str, float]] = field(default_factory=list)
     extrapolations: list[dict[str, Any]] = field(default_factory=list)  # held-out visits
-    # structure → per visit: truth, measured (scan), measured_ae (its AE reconstruction)
+    # structure → per visit: truth, measured (scan), measured_ae (its AE reconstruction),
+    # measured_file (the cohort's file on its own grid) and that grid's spacing_mm
     structures: dict[str, list[dict[str, float | None]]] = field(default_factory=dict)
     # structure → measured volume of the baseline edited at each strength
     edit_ml: dict[str, list[float]] = field(default_factory=dict)

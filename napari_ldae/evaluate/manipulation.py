@@ -2,8 +2,10 @@
 AD at each strength, then
 
 - the **structures** the cohort has a true volume for (``ventricle_ml``, ``hippocampus_ml``):
-  the region measurement (:mod:`napari_ldae.data.regions`) validated on the real scans, then
-  measured on the edits, which should enlarge the ventricles and shrink the hippocampi;
+  the region measurement (:mod:`napari_ldae.data.regions`) validated on the real scans (on the
+  model grid, on their autoencoder reconstructions, and on the cohort's files at their own
+  resolution), then measured on the edits, which should enlarge the ventricles and shrink the
+  hippocampi;
 - **identity**: at the largest strength, whether each edit is still closer (MSE) to its own
   subject's reconstruction than to every other evaluated subject's.
 """
@@ -67,7 +69,10 @@ def truths(records) -> tuple[str, ...]:
 def iter_subject(ctx: Context, x: torch.Tensor, ae: torch.Tensor, affines: list, codes,
                  res: SubjectResult, label: str) -> ProgressGen[None]:
     """Structures of the real scans (validation), then the baseline edited toward AD."""
+    from napari_ldae.data.io import read_scan
+
     measured = []
+    files = [read_scan(rec.path) for rec in res.records] if ctx.truths else []
     for name in ctx.truths:
         s = STRUCTURES[name]
         fn = measurement(name)
@@ -75,7 +80,9 @@ def iter_subject(ctx: Context, x: torch.Tensor, ae: torch.Tensor, affines: list,
             res.structures[name] = [
                 {"truth": _number(rec.extra.get(s.column)),
                  "measured": fn(x[v, 0].numpy(), affines[v]),
-                 "measured_ae": fn(ae[v, 0].numpy(), affines[v])}
+                 "measured_ae": fn(ae[v, 0].numpy(), affines[v]),
+                 "measured_file": fn(files[v].data, files[v].affine),
+                 "spacing_mm": round(float(np.mean(files[v].zooms)), 3)}
                 for v, rec in enumerate(res.records)]
             measured.append(name)
         except (ValueError, LDAEError) as err:  # not MNI-aligned, or no nilearn
@@ -147,8 +154,10 @@ def structure_change(name: str, curves: dict[str, list[float]], strengths: Seque
 def validation(results: list[SubjectResult], name: str) -> dict[str, Any]:
     rows = [v for r in results for v in r.structures.get(name, []) if v["truth"] is not None]
     truth = np.asarray([v["truth"] for v in rows], dtype=float)
-    out: dict[str, Any] = {"method": STRUCTURES[name].method, "n_scans": len(rows)}
-    for key, label in (("measured", "scans"), ("measured_ae", "autoencoder")):
+    out: dict[str, Any] = {"method": STRUCTURES[name].method, "n_scans": len(rows),
+                           "cohort_spacing_mm": sorted({v["spacing_mm"] for v in rows})}
+    for key, label in (("measured", "scans"), ("measured_ae", "autoencoder"),
+                       ("measured_file", "cohort_grid")):
         out[label] = agreement(truth, np.asarray([v[key] for v in rows], dtype=float))
     return out
 

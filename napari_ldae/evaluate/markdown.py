@@ -205,9 +205,11 @@ def _manipulation(report: Mapping[str, Any]) -> str:
             continue
         rows = [[on, _get(val, f"{on}.pearson_r"), _get(val, f"{on}.mae_ml"),
                  _get(val, f"{on}.mean_relative_error"), _get(val, f"{on}.bias_ml"),
-                 _get(val, f"{on}.n")] for on in ("scans", "autoencoder")]
+                 _get(val, f"{on}.n")] for on in ("scans", "autoencoder", "cohort_grid")]
+        spacing = ", ".join(f"{v:g}" for v in val.get("cohort_spacing_mm") or []) or "?"
         text += [f"{name.capitalize()} measurement against the cohort's `{column}`, on the "
-                 "real scans and on their autoencoder reconstructions (method: "
+                 "real scans (model grid), on their autoencoder reconstructions and on the "
+                 f"cohort's files at their own resolution ({spacing} mm) (method: "
                  f"{val.get('method')}):", "",
                  _table(["measured on", "r", "MAE (ml)", "mean rel. error", "bias (ml)", "n"],
                         rows), ""]
