@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 
 ONTO = ("scan", "model")
 DEFAULT_ONTO = "scan"
-#: How many region measurements are remembered (each is a few numbers, keyed by content).
-REMEMBERED = 64
+#: How many region measurements are remembered (each is a few numbers, keyed by content), and
+#: how many brain masks of scans used as they are.
+REMEMBERED, REMEMBERED_MASKS = 64, 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,10 +127,17 @@ def input_scan(prep: Preparation) -> Scan:
 
 def brain_mask(scan: Scan) -> np.ndarray:
     """The brain of a scan used as it is (skull-stripped): every voxel above its background
-    (the minimum), holes filled."""
+    (the minimum), holes filled; remembered by content (read-only)."""
     from scipy import ndimage as ndi
 
-    return ndi.binary_fill_holes(scan.data > scan.data.min())
+    from napari_ldae.operations_prepare import content_key
+
+    def mask() -> np.ndarray:
+        out = ndi.binary_fill_holes(scan.data > scan.data.min())
+        out.setflags(write=False)
+        return out
+
+    return _remembered(_MASKS, content_key(scan), mask, REMEMBERED_MASKS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,20 +212,26 @@ def measured(volume: np.ndarray, affine: np.ndarray,
     h = hashlib.sha256(np.ascontiguousarray(volume, dtype=np.float32).tobytes())
     for part in (np.shape(volume), affine, np.eye(4) if to_mni is None else to_mni):
         h.update(np.asarray(part, dtype=np.float64).tobytes())
-    key = h.hexdigest()
-    with _LOCK:
-        hit = _MEASURED.get(key)
-    if hit is None:
-        hit = region_volumes(volume, affine, to_mni=to_mni)
-        with _LOCK:
-            _MEASURED[key] = hit
-            while len(_MEASURED) > REMEMBERED:
-                _MEASURED.popitem(last=False)
-    return dict(hit)
+    return dict(_remembered(_MEASURED, h.hexdigest(),
+                            lambda: region_volumes(volume, affine, to_mni=to_mni), REMEMBERED))
 
 
 _LOCK = threading.Lock()
 _MEASURED: OrderedDict[str, dict[str, float]] = OrderedDict()
+_MASKS: OrderedDict[str, np.ndarray] = OrderedDict()
+
+
+def _remembered(cache: OrderedDict, key: str, compute, size: int):
+    """``cache[key]``, computed (outside the lock) when missing; the newest ``size`` kept."""
+    with _LOCK:
+        hit = cache.get(key)
+    if hit is None:
+        hit = compute()
+        with _LOCK:
+            cache[key] = hit
+            while len(cache) > size:
+                cache.popitem(last=False)
+    return hit
 
 
 def _input_name(prep: Preparation, result: Result) -> str:
