@@ -60,7 +60,8 @@ def test_the_table_shows_the_regions_and_their_changes(viewer):
     panel = manip.volumes
     panel.measure()
     rows = _table(panel)
-    assert [panel.table.horizontalHeaderItem(j).text() for j in range(5)] == list(COLUMNS)
+    header = [panel.table.horizontalHeaderItem(j).text().replace("\n", " ") for j in range(5)]
+    assert header == list(COLUMNS)
     assert [r[0] for r in rows] == list(REGIONS)
     assert all(r[3] == "+0.00" and r[4] == "+0.00" for r in rows)  # the input, exactly
     assert panel.baseline == manip.layer_combo.currentText()  # named by its file
@@ -79,6 +80,11 @@ def test_the_table_shows_the_regions_and_their_changes(viewer):
         assert percent == pytest.approx(100 * (b - a) / a) and row[1] == f"{a:.1f}"
     assert any(abs(v[3]) > 0 for v in values)  # the edit changes some volume
     assert "AD +5.00" in panel.frame.currentText() and not panel.plot.isVisible()
+    assert panel.caption.text().startswith(f"original: {panel.baseline}; results carried")
+
+    manip.target.onto.setCurrentText("model")  # shown again, and measured on the model grid
+    assert panel.caption.text().startswith("original: the model's reconstruction of ")
+    assert [r[0] for r in _table(panel)] == list(REGIONS)
 
 
 def test_a_sweep_plots_each_volume_against_strength_and_date(viewer):

@@ -43,12 +43,13 @@ BASELINE_MODEL = "reconstruction"
 @dataclass(frozen=True)
 class Offer:
     """A full-quality record to measure: its volumes' ``labels`` and ``positions`` (strength or
-    months) and what those are (``axis``)."""
+    months), what those are (``axis``) and the layer they were made from (``source``)."""
 
     record: object
     labels: tuple[str, ...]
     positions: tuple[float, ...]
     axis: str
+    source: str
 
 
 def change_rows(original: dict[str, float], result: dict[str, float]) -> list[tuple]:
@@ -67,11 +68,12 @@ def _text(value: float, signed: bool = False) -> str:
 
 
 class VolumePlot(QWidget):
-    """Each region's change (% of the original) against strength or date, drawn with Qt."""
+    """Each region's change (% of the original) against strength or date, drawn with Qt; its
+    legend is :meth:`legend`."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setMinimumHeight(170)
+        self.setMinimumHeight(160)
         self.x: list[float] = []
         self.series: dict[str, list[float]] = {}
         self.axis = ""
@@ -80,14 +82,19 @@ class VolumePlot(QWidget):
         self.x, self.series, self.axis = [float(v) for v in x], series, axis
         self.update()
 
+    def legend(self) -> str:
+        """The regions in their colours (rich text)."""
+        return " ".join(f'<span style="color:{COLORS[k % len(COLORS)]}">■ {region}</span>'
+                        for k, region in enumerate(self.series))
+
     def paintEvent(self, _event) -> None:
         values = [v for ys in self.series.values() for v in ys if math.isfinite(v)]
         if len(self.x) < 2 or not values:
             return
         p = QPainter(self)
         p.setRenderHint(QPainter.Antialiasing)
-        fg = self.palette().windowText().color()
-        left, right, top, bottom = 44, 8, 6, 34
+        p.setPen(QPen(self.palette().windowText().color(), 1))
+        left, right, top, bottom = 58, 10, 8, 34
         w, h = self.width() - left - right, self.height() - top - bottom
         x0, x1 = min(self.x), max(self.x)
         y0, y1 = min(min(values), 0.0), max(max(values), 0.0)
@@ -96,26 +103,27 @@ class VolumePlot(QWidget):
         def at(x: float, y: float) -> QPointF:
             return QPointF(left + w * (x - x0) / (x1 - x0), top + h * (y1 - y) / (y1 - y0))
 
-        p.setPen(QPen(fg, 1))
         p.drawRect(left, top, w, h)
         p.drawLine(at(x0, 0.0), at(x1, 0.0))
-        for y in (y0, y1):
-            p.drawText(2, int(at(x0, y).y()) + 4, f"{y:+.1f}")
+        for y in (y0, 0.0, y1):
+            if y == 0.0 or abs(at(x0, y).y() - at(x0, 0.0).y()) > 14:  # labels apart
+                p.drawText(2, int(at(x0, y).y()) + 5, f"{y:+.1f} %")
         for x in (x0, x1):
-            p.drawText(int(at(x, y0).x()) - 12, top + h + 14, f"{x:g}")
-        p.drawText(left + w // 2 - 60, top + h + 28, f"{self.axis} → change %")
-        for k, (region, ys) in enumerate(self.series.items()):
-            color = QColor(COLORS[k % len(COLORS)])
-            p.setPen(QPen(color, 2))
+            p.drawText(int(at(x, y0).x()) - 10, top + h + 15, f"{x:g}")
+        p.drawText(left + w // 2 - 40, top + h + 30, self.axis)
+        for k, ys in enumerate(self.series.values()):
+            p.setPen(QPen(QColor(COLORS[k % len(COLORS)]), 2))
             points = [at(x, y) for x, y in zip(self.x, ys, strict=True) if math.isfinite(y)]
             for a, b in itertools.pairwise(points):
                 p.drawLine(a, b)
-            p.drawText(left + 4, top + 12 + 12 * k, region)
+            for point in points:
+                p.drawEllipse(point, 2.5, 2.5)
         p.end()
 
 
 class VolumePanel(QWidget):
-    """Measure the regions of a widget's latest full-quality result and show them."""
+    """Measure the regions of a widget's latest full-quality result and show them (the table
+    and the plot appear with the first measurement)."""
 
     def __init__(self, widget, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -139,25 +147,26 @@ class VolumePanel(QWidget):
         self.frame.currentIndexChanged.connect(lambda _i: self._fill_table())
         layout.addWidget(self.frame)
         self.table = QTableWidget(len(REGIONS), len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setHorizontalHeaderLabels([c.replace(" ", "\n") for c in COLUMNS])
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.setMinimumHeight(200)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         layout.addWidget(self.table)
         self.plot = VolumePlot()
         layout.addWidget(self.plot)
-        self._clear()
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        layout.addWidget(self.legend)
+        for part in (self.caption, self.frame, self.table, self.plot, self.legend):
+            part.setVisible(False)
 
-    def _clear(self) -> None:
-        self.rows, self.baseline = {}, None
-        self.frame.setVisible(False)
-        self.plot.setVisible(False)
-        self._fill_table()
-
-    def set_offer(self, record, labels, positions, axis: str) -> None:
+    def set_offer(self, record, labels, positions, axis: str, source: str) -> None:
         """The widget's latest full-quality record; measured at once when asked to."""
-        self.offer = Offer(record, tuple(labels), tuple(float(v) for v in positions), axis)
+        self.offer = Offer(record, tuple(labels), tuple(float(v) for v in positions), axis,
+                           source)
         if self.auto.isChecked():
             self.measure()
 
@@ -185,29 +194,42 @@ class VolumePanel(QWidget):
         def done(out) -> None:
             self.rows, self.baseline = out
             self._show(offer)
-            self.controls.say(f"measured {len(labels)} result(s) and the original "
-                              f"({self.baseline})")
+            self.controls.say(f"measured {len(labels)} result(s) and the original")
 
         self.widget.run_job(self.controls, work, "Region volumes", done)
 
     def _show(self, offer: Offer) -> None:
         where = "carried onto the scan" if isinstance(offer.record, OnScan) else \
             "on the model grid"
-        self.caption.setText(f"original: {self.baseline}; results {where}")
+        self.caption.setText(f"original: {self._original(offer)}; results {where}")
         self.frame.blockSignals(True)
         self.frame.clear()
         self.frame.addItems(offer.labels)
         self.frame.setCurrentIndex(len(offer.labels) - 1)
         self.frame.blockSignals(False)
         several = len(offer.labels) > 1
-        self.frame.setVisible(several)
-        self.plot.setVisible(several)
+        for part, shown in ((self.caption, True), (self.table, True), (self.frame, several),
+                            (self.plot, several), (self.legend, several)):
+            part.setVisible(shown)
         self._fill_table()
+        self.table.setFixedHeight(self.table.horizontalHeader().height()
+                                  + sum(self.table.rowHeight(i) for i in range(len(REGIONS)))
+                                  + 2 * self.table.frameWidth())
         if several:
             change = {label: {row[0]: row[4] for row in self.values(label)}
                       for label in offer.labels}
             series = {r: [change[label][r] for label in offer.labels] for r in REGIONS}
             self.plot.set_data(offer.positions, series, offer.axis)
+            self.legend.setText(self.plot.legend())
+
+    def _original(self, offer: Offer) -> str:
+        """What the original is, for people."""
+        record = offer.record
+        if not isinstance(record, OnScan):
+            return f"the model's {BASELINE_MODEL} of {offer.source}"
+        if record.result.preparations[record.inputs[0]].prepared is not None:
+            return f"the raw scan {self.baseline} behind {offer.source}"
+        return offer.source
 
     def _fill_table(self) -> None:
         label = self.frame.currentText()

@@ -194,7 +194,8 @@ class InterpolateWidget(LDAEWidget):
                           f"{described(result)}; largest change to the latest visit "
                           f"{change:.3g} % of its range; fit residual "
                           f"{result.provenance['fit_residual']:.3g}{warned}")
-        self.volumes.set_offer(result, [f"month {month:g}"], [month], "months")
+        self.volumes.set_offer(result, [f"month {month:g}"], [month], "months",
+                               request.context.layers[-1].name)
 
     def interpolate(self) -> None:
         """The scan at the slider's date."""
@@ -228,7 +229,8 @@ class InterpolateWidget(LDAEWidget):
 
         def done(out) -> None:
             warned = self._show(ctx, out[1], out[0], "sweep over time")
-            self.volumes.set_offer(out[0], [f"month {t:g}" for t in dates], dates, "months")
+            self.volumes.set_offer(out[0], [f"month {t:g}" for t in dates], dates, "months",
+                                   layers[-1].name)
             label_sweep_axis(self.viewer, "months")
             future = sum(t > months[-1] for t in dates)
             self.viewer.dims.set_current_step(0, len(dates) - 1 if future else len(dates) // 2)

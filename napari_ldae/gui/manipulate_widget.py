@@ -199,7 +199,7 @@ class ManipulateWidget(LDAEWidget):
                           f"{described(result)}; largest change {change:.3g} % of the scan's "
                           "range")
         self.volumes.set_offer(result, [f"{result.provenance['direction']} {value:+.2f}"],
-                               [value], "strength")
+                               [value], "strength", ctx.layers[0].name)
 
     def render_full(self) -> None:
         """Decode the current strength at full quality; the latest request wins."""
@@ -265,7 +265,7 @@ class ManipulateWidget(LDAEWidget):
                         shown, record)
             label_sweep_axis(self.viewer)
             self.volumes.set_offer(record, [f"{direction} {v:+g}" for v in strengths],
-                                   strengths, "strength")
+                                   strengths, "strength", layer.name)
             self.viewer.dims.set_current_step(0, len(strengths) // 2)
             listed = ", ".join(f"{s:+g}" for s in strengths)
             self.sweep_controls.say(f"sweep of {len(strengths)} frames along {direction}, "
