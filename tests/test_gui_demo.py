@@ -39,7 +39,8 @@ def test_demo_screenshot_steps(make_napari_viewer, tmp_path, monkeypatch):
     assert [p.name for p in paths] == list(demo.SCREENSHOTS)
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     sweep = viewer.layers[f"{visits[-1].name} [sweep over time]"]
-    assert sweep.data.shape[0] == 5 and viewer.dims.axis_labels[0] == "months"
+    assert sweep.data.shape[0] == 5  # (the last picture is the sweep of the volume table)
+    assert viewer.dims.axis_labels[0] == "sweep frame"
     prov = sweep.metadata["ldae_provenance"]  # the last sweep runs as far past the last visit
     assert prov["months"] == [0.0, 9.0, 18.0, 27.0, 36.0]  # as the visits span (0 … 18)
     assert prov["prediction"] == [False, False, False, True, True]
