@@ -18,7 +18,7 @@ from benchmarks import report
 from benchmarks._common import MODES, machine_facts
 
 #: In this order: the GUI first, so that its peak RSS is the GUI session's, not a DAE's.
-SECTIONS = ("gui", "dae", "sampler", "efficiency", "gpu", "prepare")
+SECTIONS = ("gui", "onto", "dae", "sampler", "efficiency", "gpu", "prepare")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

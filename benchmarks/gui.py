@@ -91,9 +91,11 @@ def _measure(mode: Mode, section: Section) -> None:
             manip = ManipulateWidget(viewer)
             viewer.window.add_dock_widget(manip, name="LDAE manipulate")
             manip.layer_combo.select(source.name)
+            manip.target.onto.setCurrentText("model")  # the decode; onto the scan: onto.py
             axial_view(viewer)
             ui = _Driver(viewer, manip, source.name)
-            section.notes.append(f"Bundle: {which}; steps {session.steps}.")
+            section.notes.append(f"Bundle: {which}; steps {session.steps}; results shown on "
+                                 "the model grid (the section `onto` carries them onto a scan).")
             _latency(ui, mode, section, session.steps)
             _memory(ui, mode, section)
             _scrub(ui, mode, section)

@@ -27,9 +27,9 @@ def test_tiny_run_writes_json_and_keeps_hand_written_markdown(tmp_path):
     assert results["machine"]["threads"] == 1
     sections = results["sections"]
     assert list(sections) == list(SECTIONS)
-    for name in ("dae", "sampler", "gui", "efficiency", "prepare"):
+    for name in ("dae", "sampler", "gui", "onto", "efficiency", "prepare"):
         assert sections[name]["skipped"] is None and sections[name]["rows"], name
-    for name in ("dae", "sampler", "gui", "prepare"):
+    for name in ("dae", "sampler", "gui", "onto", "prepare"):
         assert all(isinstance(t["met"], bool) for t in sections[name]["targets"]), name
     assert sections["dae"]["rows"][0].keys() >= {"steps", "DAE / LDAE"}
     steps = [row["step"] for row in sections["prepare"]["rows"]]
