@@ -173,6 +173,8 @@ class LivePreview:
             return None
 
     def _preview(self) -> None:
+        if not _alive(self.controls.status):  # a throttled call after the widget was closed
+            return
         got = self._key(self.controls)
         if got is None:
             return
@@ -236,3 +238,12 @@ class LivePreview:
                 self.source.show(request, shown, result)
 
         self.widget.run_job(self.controls, work, self.source.title, done, activity=False)
+
+
+def _alive(widget) -> bool:
+    """False once Qt has deleted the widget (any call on it then raises RuntimeError)."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return False
+    return True
