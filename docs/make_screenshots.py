@@ -4,8 +4,9 @@ The demo's pictures come from ``napari-ldae demo --screenshot docs/images`` (the
 the interactive demo, driven headless; without a display it re-runs itself under
 ``xvfb-run -a``): the model panel, an edit carried onto the 1.5 mm demo subject with its
 difference, its log-Jacobian, the 3D view, the sweeps over the visits and past them, and the
-region volume table and plot of a sweep (``napari_ldae.gui.demo.SCREENSHOTS``). ``prepare-qc.png`` shows the encode panel's QC layers after preparing a
-synthetic head with skull (``synthetic_head``, moved off the MNI position): it needs a display
+region volume table and plot of a sweep (``napari_ldae.gui.demo.SCREENSHOTS``).
+``prepare-qc.png`` shows the encode panel's QC layers after preparing a synthetic head with
+skull (``synthetic_head``, moved off the MNI position): it needs a display
 too, and re-runs this script under ``xvfb-run -a`` without one. Usage::
 
     python docs/make_screenshots.py [--bundle PATH] [--device cpu] [--only demo|qc]
