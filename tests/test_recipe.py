@@ -1,5 +1,6 @@
 """Recipe switches for edits that mean something: the cosine schedule, v-prediction, the
-template-residual latent, stage 2's readiness gate, stage 3's code-use warning and the oracle.
+x0-scaled shift and stage 3's x̂₀ loss term, the template-residual latent, stage 2's readiness
+gate, stage 3's code-use warning and the oracle.
 """
 
 from __future__ import annotations
@@ -52,6 +53,37 @@ def test_unknown_schedule_or_prediction_is_refused():
         Schedule.from_dict({"type": "sigmoid"})
     with pytest.raises(ValueError, match="prediction"):
         Schedule.from_dict({"type": "cosine", "prediction": "x0"})
+    with pytest.raises(ValueError, match="shift"):
+        Schedule.from_dict({"shift": "v"})
+
+
+def test_x0_shift_is_scaled_by_sqrt_alpha_bar():
+    s = Schedule(prediction="v", shift="x0")
+    assert s.to_dict()["shift"] == "x0" and "shift" not in Schedule().to_dict()
+    assert Schedule.from_dict(s.to_dict()) == s
+    t, g = torch.tensor([0, 500, 999]), torch.ones(3, 2)
+    expected = torch.as_tensor(np.sqrt(s.alphas_cumprod[[0, 500, 999]]), dtype=torch.float32)
+    torch.testing.assert_close(s.scale_shift(g, t), expected[:, None].expand(3, 2))
+    assert Schedule().scale_shift(g, t) is g
+    # the x̂₀ change of a shifted DDIM step is (1 − ᾱ)·G: bounded where √ᾱ → 0
+    assert (1 - s.alphas_cumprod[999]) / np.sqrt(s.alphas_cumprod[999]) > 100
+
+
+def test_an_x0_shift_net_samples_as_its_prescaled_eps_twin():
+    s, ref = Schedule(shift="x0"), Schedule()
+    ac = torch.as_tensor(s.alphas_cumprod, dtype=torch.float32)
+
+    def net(x, t, y):
+        return 0.3 * x, 0.2 * x + y.reshape(-1, 1, 1, 1, 1)
+
+    def twin(x, t, y):
+        eps, shift = net(x, t, y)
+        return eps, ac[t].sqrt().reshape(-1, 1, 1, 1, 1) * shift
+
+    x_T, y = torch.randn(2, 3, 4, 4, 4), torch.tensor([0.5, -0.5])
+    out = ddim_sample(net, x_T, y, 5, s, clamp=False)
+    torch.testing.assert_close(out, ddim_sample(twin, x_T, y, 5, ref, clamp=False))
+    assert not torch.allclose(out, ddim_sample(net, x_T, y, 5, ref, clamp=False))
 
 
 def test_v_target_turns_back_into_the_noise():
@@ -153,7 +185,7 @@ def test_bundle_norm_and_statistics_must_agree(tmp_path):
 
 # ------------------------------------------------------------------------- the trainer
 RECIPE = ["model.latent_norm=template_residual",
-          "model.schedule={type: cosine, num_steps: 1000, prediction: v}"]
+          "model.schedule={type: cosine, num_steps: 1000, prediction: v, shift: x0}"]
 
 
 def _stage3_out(residual_run: Path, out: Path) -> list[str]:
@@ -170,6 +202,7 @@ def residual_run(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) ->
     with contextlib.redirect_stdout(io.StringIO()):
         rc = main(["train", "all", "--config", str(TINY), "--data", str(tiny_cohort),
                    "--out", str(out), *RECIPE, "representation.encoder_lr_scale=3.0",
+                   "representation.x0_weight=0.1",
                    "representation.weights=last"])
     assert rc == 0
     return out
@@ -179,7 +212,9 @@ def test_trainer_fits_and_ships_the_template_residual(residual_run):
     bundle = load_bundle(residual_run / "bundle")
     assert bundle.config["latent_norm"] == "template_residual"
     assert bundle.config["schedule"]["prediction"] == "v"
-    assert bundle.config["provenance"]["config"]["representation"]["encoder_lr_scale"] == 3.0
+    assert bundle.config["schedule"]["shift"] == "x0"
+    hp = bundle.config["provenance"]["config"]["representation"]
+    assert hp["encoder_lr_scale"] == 3.0 and hp["x0_weight"] == 0.1
     stats = bundle.read("autoencoder")
     fitted = load_file(residual_run / "latent" / "latent_norm.safetensors")
     assert fitted[NORM_KEYS[0]].dim() == 4 and fitted[NORM_KEYS[1]].shape == (3,)
@@ -208,6 +243,8 @@ def test_stage3_refuses_an_unready_stage2_unless_told(residual_run, tiny_cohort,
 def test_unknown_weights_choice_is_refused(tiny_cohort):
     with pytest.raises(TrainingError, match="'best' or 'last'"):
         resolve(TINY, tiny_cohort, ["representation.weights=median"])
+    with pytest.raises(TrainingError, match="x0_weight must be ≥ 0"):
+        resolve(TINY, tiny_cohort, ["representation.x0_weight=-1"])
 
 
 def test_code_use_at_round_off_is_a_warning(capsys):

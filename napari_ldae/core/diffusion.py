@@ -27,6 +27,7 @@ GuidedNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Ten
 
 SCHEDULE_TYPES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
+SHIFTS = ("eps", "x0")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ class Schedule:
     ᾱ_t = cos²(((t/T) + s)/(1 + s)·π/2) with s = 0.008 and β ≤ 0.999, as in the reference
     code's ``get_named_beta_schedule("cosine")``. ``prediction`` ``eps`` (the paper's) or
     ``v`` (v = √ᾱ ε − √(1−ᾱ) z₀); :meth:`to_eps` turns a v output into ε so that the shift
-    formula and the samplers only ever see ε.
+    formula and the samplers only ever see ε. ``shift`` ``eps`` (the paper's) adds the branch's
+    G to the guided noise as it is; ``x0`` scales it by √ᾱ_t first, so that its x̂₀ change is
+    (1 − ᾱ_t)·G, bounded at every t (:meth:`scale_shift`).
     """
 
     num_steps: int = 1000
@@ -45,6 +48,7 @@ class Schedule:
     beta_end: float = 0.02
     type: str = "linear"
     prediction: str = "eps"
+    shift: str = "eps"
 
     @cached_property
     def betas(self) -> np.ndarray:
@@ -83,31 +87,41 @@ class Schedule:
         ac = self.alphas_cumprod
         return gather(np.sqrt(ac), t, out) * out + gather(np.sqrt(1.0 - ac), t, out) * x_t
 
+    def scale_shift(self, shift: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The branch's output as the shift of the guided noise (× √ᾱ_t for ``shift: x0``)."""
+        if self.shift == "eps":
+            return shift
+        return gather(np.sqrt(self.alphas_cumprod), t, shift) * shift
+
     def to_dict(self) -> dict:
         out = {"type": self.type, "num_steps": self.num_steps}
         if self.type == "linear":
             out |= {"beta_start": self.beta_start, "beta_end": self.beta_end}
-        return out | ({"prediction": self.prediction} if self.prediction != "eps" else {})
+        out |= {"prediction": self.prediction} if self.prediction != "eps" else {}
+        return out | ({"shift": self.shift} if self.shift != "eps" else {})
 
     @classmethod
     def from_dict(cls, d: dict) -> Schedule:
         kind, prediction = d.get("type", "linear"), d.get("prediction", "eps")
+        shift = d.get("shift", "eps")
+        if shift not in SHIFTS:
+            raise ValueError(f"unsupported shift {shift!r} (one of {SHIFTS})")
         if kind not in SCHEDULE_TYPES:
             raise ValueError(f"unsupported noise schedule {kind!r} (one of {SCHEDULE_TYPES})")
         if prediction not in PREDICTIONS:
             raise ValueError(f"unsupported prediction {prediction!r} (one of {PREDICTIONS})")
         return cls(int(d.get("num_steps", 1000)), float(d.get("beta_start", 1e-4)),
-                   float(d.get("beta_end", 0.02)), kind, prediction)
+                   float(d.get("beta_end", 0.02)), kind, prediction, shift)
 
 
 def eps_net(net: GuidedNet, schedule: Schedule) -> GuidedNet:
-    """``net`` with its first output turned into ε by the schedule's parameterisation."""
-    if schedule.prediction == "eps":
+    """``net`` with its outputs turned into ε and the noise's shift by the schedule."""
+    if schedule.prediction == "eps" and schedule.shift == "eps":
         return net
 
     def wrapped(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
         out, shift = net(x, t, y)
-        return schedule.to_eps(out.float(), x.float(), t), shift
+        return schedule.to_eps(out.float(), x.float(), t), schedule.scale_shift(shift, t)
 
     return wrapped
 

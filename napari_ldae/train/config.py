@@ -90,6 +90,9 @@ DEFAULTS: dict[str, Any] = {
         # Anti-collapse term (0: the paper's objective): weight · mean over dimensions of
         # relu(1 − std of y across the batch); needs batch_size ≥ 2.
         "code_variance_weight": 0.0,
+        # Extra loss weight x0_weight · (1 − ᾱ_t)² / ᾱ_t: the x̂₀ error weighted by the noise
+        # variance (0: the paper's objective).
+        "x0_weight": 0.0,
         # The encoder's learning rate is lr · encoder_lr_scale (the branch's is lr).
         "encoder_lr_scale": 1.0,
         # Refuse to start when stage 2's x̂₀ at high noise is more than this many times worse
@@ -225,6 +228,8 @@ def _check_recipe(rep: Mapping[str, Any], model: Mapping[str, Any]) -> None:
         raise TrainingError(f"model.schedule: {err}") from err
     if not isinstance(rep["encoder_lr_scale"], (int, float)) or rep["encoder_lr_scale"] <= 0:
         raise TrainingError("representation.encoder_lr_scale must be a positive number")
+    if not isinstance(rep["x0_weight"], (int, float)) or rep["x0_weight"] < 0:
+        raise TrainingError(f"representation.x0_weight must be ≥ 0, got {rep['x0_weight']!r}")
     if rep["weights"] not in ("best", "last"):
         raise TrainingError("representation.weights must be 'best' or 'last'")
     oracle = rep["oracle"]

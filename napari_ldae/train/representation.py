@@ -6,7 +6,10 @@ gradient-estimator branch learn
 
     L = mean( λ_t · (ε − (ε_θ(z_t, t) + k_t · G(z_t, t, y)))² ),   y = Enc(x),
 
-with k_t = ``Schedule.shift_coef`` and λ_t = ``Schedule.snr_weight(γ)``. EMA on both. Validation
+with k_t = ``Schedule.shift_coef`` (times √ᾱ_t with ``model.schedule.shift: x0``) and λ_t =
+``Schedule.snr_weight(γ)``, plus ``x0_weight`` · (1 − ᾱ_t)² / ᾱ_t (0 in the paper): that term is
+the x̂₀ error of the same residual weighted by the noise variance 1 − ᾱ_t, which gives the
+high-noise steps, where only y can tell which brain it is, a say. EMA on both. Validation
 is the paper's: 3D SSIM between the semantic-only decode (EMA networks, random x_T, DDIM) and the
 autoencoder's decode of the true latent; the best checkpoint by it gives
 ``OUT/representation/{encoder_ema,unet_ema}.safetensors``.
@@ -88,6 +91,9 @@ class RepresentationModule(pl.LightningModule):
                                              *(latent_stats or (None, None)))
         self.autoencoder.net.load_state_dict(dict(autoencoder_state))
         self.schedule = Schedule.from_dict(model["schedule"])
+        ac = self.schedule.alphas_cumprod
+        self.loss_weight = (self.schedule.snr_weight(self.hp["snr_gamma"])
+                            + self.hp["x0_weight"] * (1.0 - ac) ** 2 / ac)
         trainable = [(f"encoder.{n}", p) for n, p in self.code_net.named_parameters()]
         trainable += [(f"unet.{n}", p) for n, p in self.unet.named_parameters()
                       if p.requires_grad]
@@ -117,13 +123,13 @@ class RepresentationModule(pl.LightningModule):
     def guided(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
         """(ε, shift) at z_t: the frozen UNet's output turned into ε per the schedule."""
         out, shift = self.unet(z_t, t, y)
-        return self.schedule.to_eps(out.float(), z_t, t), shift
+        return self.schedule.to_eps(out.float(), z_t, t), self.schedule.scale_shift(shift, t)
 
     def shift_loss(self, noise: torch.Tensor, eps: torch.Tensor, shift: torch.Tensor,
                    t: torch.Tensor) -> torch.Tensor:
         """The weighted stage-3 loss of the network outputs, one value per sample."""
         k = gather(self.schedule.shift_coef, t, noise)
-        weight = gather(self.schedule.snr_weight(self.hp["snr_gamma"]), t, noise)
+        weight = gather(self.loss_weight, t, noise)
         return (weight * (noise - (eps.float() + k * shift.float())) ** 2).flatten(1).mean(1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -194,8 +200,8 @@ class RepresentationModule(pl.LightningModule):
         h, skips, emb = self.unet.encode(z_t, t)
         # the frozen part runs once for both codes
         eps = self.schedule.to_eps(self.unet.decode(h, skips, emb).float(), z_t, t)
-        own = self.shift_loss(noise, eps, self.unet.shift(h, skips, emb, y), t)
-        swapped = self.shift_loss(noise, eps, self.unet.shift(h, skips, emb, other), t)
+        own, swapped = (self.shift_loss(noise, eps, self.schedule.scale_shift(
+            self.unet.shift(h, skips, emb, code), t), t) for code in (y, other))
         return (swapped - own).mean() / own.mean()
 
     def on_validation_epoch_end(self) -> None:
