@@ -47,6 +47,18 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
+def session(one_torch_thread, tmp_path_factory: pytest.TempPathFactory):
+    """A CPU session on the shared random tiny bundle, with a codes cache of its module (modules
+    that need another bundle define their own ``session``)."""
+    from ldae_factory import shared_tiny_bundle
+
+    from napari_ldae.session import Session
+
+    return Session(shared_tiny_bundle(), device="cpu",
+                   cache_dir=tmp_path_factory.mktemp("session-cache"))
+
+
+@pytest.fixture(scope="module")
 def cli_environment(one_torch_thread, tmp_path_factory: pytest.TempPathFactory):
     """One torch thread, one codes cache for the module and no bundle from the environment."""
     with pytest.MonkeyPatch.context() as mp:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ldae_factory import shared_tiny_bundle
 from nifti_factory import make_affine, rotation
 
 from napari_ldae.data.io import Scan
 from napari_ldae.gui._change import show_difference
 from napari_ldae.gui._layers import ResultGeometry, scan_from_layer, show_image
 from napari_ldae.napari_io import scan_layer_data
-from napari_ldae.session import Session
 
 pytestmark = pytest.mark.filterwarnings("ignore:System theme detection")
 
@@ -22,12 +20,6 @@ GEOMETRIES = {
     "oblique": make_affine((6.0, 6.0, 6.0), rot=rotation(12, -6, 18),
                            origin=(-70.0, -80.0, -60.0)),
 }
-
-
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("layers-cache")
-    return Session(shared_tiny_bundle(), device="cpu", cache_dir=cache)
 
 
 def _blob_scan(affine: np.ndarray, shape=(28, 30, 26)) -> Scan:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from ldae_factory import shared_tiny_bundle
 from scipy import ndimage as ndi
 
 from napari_ldae.data.mni import template
@@ -15,16 +14,9 @@ from napari_ldae.data.synthetic_head import motion
 from napari_ldae.gui import _jobs
 from napari_ldae.gui._state import get_state
 from napari_ldae.gui.encode_widget import TEMPLATE_LAYER, EncodeWidget
-from napari_ldae.session import Session
 
 pytestmark = [pytest.mark.filterwarnings("ignore:System theme detection"),
               pytest.mark.usefixtures("one_torch_thread")]
-
-
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    return Session(shared_tiny_bundle(), device="cpu",
-                   cache_dir=tmp_path_factory.mktemp("gui-prepare-cache"))
 
 
 @pytest.fixture

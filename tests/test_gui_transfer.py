@@ -9,7 +9,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from ldae_factory import shared_tiny_bundle, tiny_scan
+from ldae_factory import tiny_scan
 
 from napari_ldae.data.io import write_scan
 from napari_ldae.data.transfer import DEFAULT_TRANSFER
@@ -20,15 +20,8 @@ from napari_ldae.gui._state import get_state
 from napari_ldae.gui.export_widget import ExportWidget
 from napari_ldae.gui.manipulate_widget import ManipulateWidget
 from napari_ldae.operations_transfer import DEFAULT_ONTO, OnScan
-from napari_ldae.session import Session
 
 pytestmark = pytest.mark.filterwarnings("ignore:System theme detection")
-
-
-@pytest.fixture(scope="module")
-def session(one_torch_thread, tmp_path_factory):
-    return Session(shared_tiny_bundle(), device="cpu",
-                   cache_dir=tmp_path_factory.mktemp("transfer-cache"))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ strength or date."""
 from __future__ import annotations
 
 import pytest
-from ldae_factory import shared_tiny_bundle
 
 from napari_ldae.data.io import write_scan
 from napari_ldae.data.regions import REGIONS
@@ -14,15 +13,8 @@ from napari_ldae.gui._state import get_state
 from napari_ldae.gui._volumes import COLUMNS
 from napari_ldae.gui.interpolate_widget import InterpolateWidget
 from napari_ldae.gui.manipulate_widget import ManipulateWidget
-from napari_ldae.session import Session
 
 pytestmark = pytest.mark.filterwarnings("ignore:System theme detection")
-
-
-@pytest.fixture(scope="module")
-def session(one_torch_thread, tmp_path_factory):
-    return Session(shared_tiny_bundle(), device="cpu",
-                   cache_dir=tmp_path_factory.mktemp("volumes-cache"))
 
 
 @pytest.fixture(scope="module")

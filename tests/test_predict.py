@@ -8,21 +8,14 @@ import warnings
 
 import numpy as np
 import pytest
-from ldae_factory import shared_tiny_bundle, tiny_scan
+from ldae_factory import tiny_scan
 
 from napari_ldae import operations, operations_predict
 from napari_ldae.core.progress import drain
 from napari_ldae.errors import LDAEError
 from napari_ldae.operations_predict import PredictionWarning, check_visits, subject_label
-from napari_ldae.session import Session
 
 ATOL = 5e-4  # batched decodes of the random tiny model differ by up to 2e-4
-
-
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    return Session(shared_tiny_bundle(), device="cpu",
-                   cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")

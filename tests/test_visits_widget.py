@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ldae_factory import shared_tiny_bundle, tiny_scan
+from ldae_factory import tiny_scan
 
 from napari_ldae import operations
 from napari_ldae.core.progress import drain
@@ -14,16 +14,9 @@ from napari_ldae.data.io import write_scan
 from napari_ldae.gui import _jobs
 from napari_ldae.gui._state import get_state
 from napari_ldae.gui.interpolate_widget import InterpolateWidget, date_label, slider_range
-from napari_ldae.session import Session
 
 pytestmark = pytest.mark.filterwarnings("ignore:System theme detection")
 WAIT_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    return Session(shared_tiny_bundle(), device="cpu",
-                   cache_dir=tmp_path_factory.mktemp("visits-cache"))
 
 
 @pytest.fixture
