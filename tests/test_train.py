@@ -373,9 +373,19 @@ def test_learning_rate_warm_down_is_a_function_of_the_step(tiny_cohort):
     assert warmdown_factor(9, 10, 0) == 1.0
     gen = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     disc = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
-    trainer = type("T", (), {"optimizers": [gen, disc], "global_step": 8})()
-    WarmDown([1.0, 2.0], 10, 4).on_train_batch_start(trainer)
-    assert gen.param_groups[0]["lr"] == 0.5 and disc.param_groups[0]["lr"] == 1.0
+    # stage 3: the encoder's group at lr · encoder_lr_scale, the branch's at lr
+    rep = torch.optim.Adam([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 5.0},
+                            {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1.0}])
+    trainer = type("T", (), {"optimizers": [gen, disc, rep], "global_step": 8})()
+    warmdown = WarmDown(10, 4)
+    warmdown.on_fit_start(trainer)
+    for group in rep.param_groups:  # a restored checkpoint's rates, mid warm-down
+        group["lr"] = 0.1
+    for step in (8, 9):  # each step from the configured rates, not from the last step's
+        trainer.global_step = step
+        warmdown.on_train_batch_start(trainer)
+    assert gen.param_groups[0]["lr"] == 0.25 and disc.param_groups[0]["lr"] == 0.5
+    assert [g["lr"] for g in rep.param_groups] == [1.25, 0.25]
     with pytest.raises(TrainingError, match="lr_warmdown_steps"):
         resolve(TINY, tiny_cohort, ["latent.lr_warmdown_steps=-1"])
 

@@ -193,10 +193,8 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
     data = CohortData(config, "autoencoder", common.cache_dir(config, out))
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     module = AutoencoderModule(config)
-    has_d = module.discriminator is not None
-    lrs = [module.hp["lr"]] + ([module.hp["lr_discriminator"]] if has_d else [])
     trainer, ckpt = common.make_trainer(config, "autoencoder", stage_dir, list(callbacks),
-                                        monitor="val/ssim", manual_optimization=True, lrs=lrs)
+                                        monitor="val/ssim", manual_optimization=True)
     common.fit(trainer, module, data, ckpt, resume)
 
     def write() -> None:

@@ -95,17 +95,22 @@ def warmdown_factor(step: int, max_steps: int, warmdown_steps: int) -> float:
 
 
 class WarmDown(Callback):
-    """Set every optimizer's learning rate from the step alone: the configured rate, falling
-    linearly to 0 over the last ``warmdown_steps`` (a stateless schedule, so a resumed run
-    follows exactly the same rates)."""
+    """Set every parameter group's learning rate from the step alone: the rate the module
+    configured for it (read when fitting starts, before a checkpoint's optimizer state is
+    restored), falling linearly to 0 over the last ``warmdown_steps``. Stateless, so a resumed
+    run follows exactly the same rates; per group, so stage 3's encoder keeps its own rate."""
 
-    def __init__(self, lrs: list[float], max_steps: int, warmdown_steps: int) -> None:
-        self.lrs, self.max_steps, self.warmdown = lrs, max_steps, warmdown_steps
+    def __init__(self, max_steps: int, warmdown_steps: int) -> None:
+        self.max_steps, self.warmdown = max_steps, warmdown_steps
+        self.rates: list[list[float]] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, *_) -> None:
+        self.rates = [[g["lr"] for g in opt.param_groups] for opt in trainer.optimizers]
 
     def on_train_batch_start(self, trainer: pl.Trainer, *_) -> None:
         f = warmdown_factor(trainer.global_step, self.max_steps, self.warmdown)
-        for opt, lr in zip(trainer.optimizers, self.lrs, strict=True):
-            for group in opt.param_groups:
+        for opt, rates in zip(trainer.optimizers, self.rates, strict=True):
+            for group, lr in zip(opt.param_groups, rates, strict=True):
                 group["lr"] = lr * f
 
 
@@ -198,13 +203,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- trainer
 def make_trainer(config: Mapping[str, Any], stage: str, stage_dir: Path,
                  callbacks: list[Callback], monitor: str | None = None,
-                 manual_optimization: bool = False,
-                 lrs: list[float] | None = None) -> tuple[pl.Trainer, Checkpoints]:
-    """A Lightning ``Trainer`` for one stage, with its checkpoints, logs and seeding.
-
-    ``lrs``: the learning rate of each of the stage's optimizers (default ``[lr]``), for the
-    warm-down schedule.
-    """
+                 manual_optimization: bool = False) -> tuple[pl.Trainer, Checkpoints]:
+    """A Lightning ``Trainer`` for one stage, with its checkpoints, logs and seeding."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -219,7 +219,7 @@ def make_trainer(config: Mapping[str, Any], stage: str, stage_dir: Path,
     ckpt = Checkpoints(stage_dir / "checkpoints", s["checkpoint_every_n_steps"], monitor)
     logs = stage_dir / "logs"
     accumulate = s["accumulate_grad_batches"]
-    warmdown = [WarmDown(lrs or [s["lr"]], s["max_steps"], s["lr_warmdown_steps"])] \
+    warmdown = [WarmDown(s["max_steps"], s["lr_warmdown_steps"])] \
         if s["lr_warmdown_steps"] else []  # 0: the optimizers' rates are left alone
     trainer = pl.Trainer(
         accelerator=accelerator, devices=t["devices"], num_nodes=t["num_nodes"],
