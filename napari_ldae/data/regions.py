@@ -8,7 +8,8 @@ the rest of its brain mask, and the brain mask itself. A volume is placed in MNI
 and its map to MNI (``to_mni``, e.g. a prepared scan's ``input_to_template``).
 
 - The two structures are measured by :mod:`napari_ldae.data.ventricles` (partial-volume CSF
-  inside the template's ventricles) and :mod:`napari_ldae.data.hippocampus` (the template's
+  around the template's ventricles, its intensity → fraction curve calibrated on the template
+  at the volume's resolution) and :mod:`napari_ldae.data.hippocampus` (the template's
   region, moment-matched to the brain, minus its boundary shift), the same measurements
   ``napari-ldae evaluate`` validates against the synthetic cohort's ``ventricle_ml`` and
   ``hippocampus_ml``.
