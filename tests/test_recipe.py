@@ -1,6 +1,6 @@
 """Recipe switches for edits that mean something: the cosine schedule, v-prediction, the
-x0-scaled shift and stage 3's x̂₀ loss term, the template-residual latent, stage 2's readiness
-gate, stage 3's code-use warning and the oracle.
+x0-scaled shift and stage 3's x̂₀ loss term, the encoder on the latent, the template-residual
+latent, stage 2's readiness gate, stage 3's code-use warning and the oracle.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from napari_ldae.cli import main
 from napari_ldae.core.autoencoder import NORM_KEYS, LatentAutoencoder, residual_stats
 from napari_ldae.core.bundle import load_bundle, model_weights, save_bundle
 from napari_ldae.core.diffusion import Schedule, ddim_sample, q_sample
+from napari_ldae.core.encoder import EncoderConfig, LatentEncoder, build_encoder
 from napari_ldae.core.presets import random_model
 from napari_ldae.errors import BundleError, TrainingError
 from napari_ldae.train.representation import (
@@ -117,6 +118,21 @@ def test_a_v_network_samples_as_its_eps_twin():
                                atol=1e-4, rtol=1e-4)
 
 
+def test_the_latent_encoder_reads_the_normalised_latent():
+    config = EncoderConfig(input="latent", emb_dim=8, num_heads=2, num_slices=4)
+    encoder = build_encoder(config, (3, 2, 3, 2))
+    assert isinstance(encoder, LatentEncoder) and encoder.needs_latent
+    z = torch.randn(4, 3, 2, 3, 2)
+    y = encoder.code(None, z)
+    assert y.shape == (4, 8)
+    torch.testing.assert_close(y, z.flatten(1) @ encoder.projection.weight.T
+                               + encoder.projection.bias)
+    assert not build_encoder(EncoderConfig(emb_dim=8, num_heads=2), (3, 2, 3, 2)).needs_latent
+    assert EncoderConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(BundleError, match="input must be one of"):
+        EncoderConfig(input="image")
+
+
 # -------------------------------------------------------------------- template residual
 def test_residual_stats_are_the_mean_latent_and_per_channel_residual_std():
     gen = torch.Generator().manual_seed(1)
@@ -202,7 +218,7 @@ def residual_run(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) ->
     with contextlib.redirect_stdout(io.StringIO()):
         rc = main(["train", "all", "--config", str(TINY), "--data", str(tiny_cohort),
                    "--out", str(out), *RECIPE, "representation.encoder_lr_scale=3.0",
-                   "representation.x0_weight=0.1",
+                   "representation.x0_weight=0.1", "model.encoder.input=latent",
                    "representation.weights=last"])
     assert rc == 0
     return out
@@ -213,6 +229,7 @@ def test_trainer_fits_and_ships_the_template_residual(residual_run):
     assert bundle.config["latent_norm"] == "template_residual"
     assert bundle.config["schedule"]["prediction"] == "v"
     assert bundle.config["schedule"]["shift"] == "x0"
+    assert bundle.config["encoder"]["input"] == "latent"
     hp = bundle.config["provenance"]["config"]["representation"]
     assert hp["encoder_lr_scale"] == 3.0 and hp["x0_weight"] == 0.1
     stats = bundle.read("autoencoder")
@@ -221,7 +238,9 @@ def test_trainer_fits_and_ships_the_template_residual(residual_run):
     assert (fitted[NORM_KEYS[1]] > 0).all()
     torch.testing.assert_close(stats[NORM_KEYS[0]], fitted[NORM_KEYS[0]])
     model = bundle.load_model()
-    assert model.autoencoder.residual
+    assert model.autoencoder.residual and isinstance(model.encoder, LatentEncoder)
+    x = torch.rand(2, 1, *model.input_shape)
+    torch.testing.assert_close(model.embed(x), model.encoder(model.autoencoder.encode(x)))
     assert torch.isfinite(model.reconstruct(torch.rand(1, 1, *model.input_shape), 1)).all()
     latent = json.loads((residual_run / "latent" / "latent.json").read_text())
     assert set(latent["x0_vs_mean"]) == {"700", "850", "950"}

@@ -66,6 +66,13 @@ def downsampling_factor(config: Mapping[str, Any]) -> int:
     return 2 ** (len(autoencoder_config(config)["channels"]) - 1)
 
 
+def latent_shape(config: Mapping[str, Any], input_shape) -> tuple[int, ...]:
+    """Shape (C, x, y, z) of one latent of an ``input_shape`` (X, Y, Z) volume."""
+    f = downsampling_factor(config)
+    return (int(autoencoder_config(config)["latent_channels"]),
+            *(int(s) // f for s in input_shape))
+
+
 class LatentAutoencoder(nn.Module):
     """A frozen ``AutoencoderKL`` with the latent normalisation applied on the way in and out.
 

@@ -27,6 +27,11 @@ BACKBONE_PREFIX = "backbone."
 # ----------------------------------------------------------------------------------------------
 
 
+#: What the semantic encoder reads: the scan's axial slices (the paper's 2.5D encoder) or its
+#: normalised latent (:class:`LatentEncoder`, not the paper's).
+ENCODER_INPUTS = ("slices", "latent")
+
+
 @dataclass
 class EncoderConfig:
     """Architecture of the semantic encoder (JSON-safe through ``to_dict`` / ``from_dict``)."""
@@ -40,6 +45,7 @@ class EncoderConfig:
     dropout: float = 0.1
     attn_dropout: float = 0.0
     stochastic_depth: float = 0.0
+    input: str = "slices"
 
     def __post_init__(self) -> None:
         if self.block_setting is not None:
@@ -52,6 +58,8 @@ class EncoderConfig:
     def validate(self) -> None:
         """Raise :class:`BundleError` saying what is inconsistent."""
         problems = []
+        if self.input not in ENCODER_INPUTS:
+            problems.append(f"input must be one of {ENCODER_INPUTS}, not {self.input!r}")
         if self.backbone not in ("convnext", "small_cnn"):
             problems.append(f"backbone must be 'convnext' or 'small_cnn', not {self.backbone!r}")
         if self.backbone == "convnext":
@@ -248,6 +256,12 @@ class SemanticEncoder(nn.Module):
         self.layer_norm_after_attention = nn.LayerNorm(e)
         self.register_load_state_dict_pre_hook(_fill_aliases)
 
+    needs_latent = False
+
+    def code(self, volume: Tensor, latent: Tensor | None = None) -> Tensor:
+        """y of volumes ``(B, 1, X, Y, Z)`` (their axial slices; the latent is not used)."""
+        return self(axial_slices(volume))
+
     @property
     def max_chunk(self) -> int | None:
         """Most slice images sent through the backbone at once (``None``: all of them)."""
@@ -299,3 +313,33 @@ def _fill_aliases(module: nn.Module, state_dict: dict, prefix: str, *_args) -> N
             state_dict.setdefault(alias + key[len(main) :], state_dict[key])
         elif key.startswith(alias):
             state_dict.setdefault(main + key[len(alias) :], state_dict[key])
+
+
+class LatentEncoder(nn.Module):
+    """y = W·z + b of the normalised latent, ``(B, C, x, y, z)`` → ``(B, emb)`` (``input:
+    latent``, not the paper's): a code that starts from everything the latent carries, where the
+    2.5D encoder's was measured unused (docs/demo-model.md)."""
+
+    needs_latent = True
+
+    def __init__(self, config: EncoderConfig, latent_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.config = config
+        self.projection = nn.Linear(math.prod(latent_shape), config.emb_dim)
+
+    def forward(self, latent: Tensor) -> Tensor:
+        return self.projection(latent.flatten(1))
+
+    def code(self, volume: Tensor | None, latent: Tensor) -> Tensor:
+        """y of the volumes' normalised latents (the volumes are not used)."""
+        return self(latent)
+
+    def canonical_state_dict(self) -> dict[str, Tensor]:
+        return self.state_dict()
+
+
+def build_encoder(config: EncoderConfig, latent_shape: tuple[int, ...]) -> nn.Module:
+    """The semantic encoder ``config.input`` asks for."""
+    if config.input == "latent":
+        return LatentEncoder(config, latent_shape)
+    return SemanticEncoder(config)

@@ -18,9 +18,8 @@ from typing import Any
 import torch
 
 from napari_ldae.core import diffusion
-from napari_ldae.core.autoencoder import NORM_KEYS, LatentAutoencoder
+from napari_ldae.core.autoencoder import NORM_KEYS, LatentAutoencoder, latent_shape
 from napari_ldae.core.device import autocast, use_onednn_convolutions
-from napari_ldae.core.encoder import axial_slices
 from napari_ldae.core.progress import Progress, ProgressGen, drain
 from napari_ldae.errors import BundleError, LDAEError
 
@@ -134,8 +133,9 @@ class LDAEModel:
         return eps.float(), shift.float()
 
     def _embed(self, volume: torch.Tensor) -> torch.Tensor:
+        latent = self._to_latent(volume) if self.encoder.needs_latent else None
         with autocast(self.device, self.precision):
-            return self.encoder(axial_slices(volume)).float()
+            return self.encoder.code(volume, latent).float()
 
     def _to_latent(self, volume: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
@@ -248,9 +248,7 @@ class LDAEModel:
     @property
     def latent_shape(self) -> tuple[int, ...]:
         """Shape of one x_T, (C, x, y, z), for the model's input shape."""
-        c = self.autoencoder.config["latent_channels"]
-        f = 2 ** (len(self.autoencoder.config["channels"]) - 1)
-        return (c, *(s // f for s in self.input_shape))
+        return latent_shape(self.autoencoder.config, self.input_shape)
 
     def _check_volume(self, volume: torch.Tensor) -> torch.Tensor:
         if volume.dim() == 3:
@@ -313,7 +311,7 @@ def build_networks(config: Mapping[str, Any], empty: bool = False,
     ``latent_stats``: the template-residual statistics (:data:`NORM_KEYS`), required exactly
     when ``config["latent_norm"]`` is ``template_residual``.
     """
-    from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder
+    from napari_ldae.core.encoder import EncoderConfig, build_encoder
     from napari_ldae.core.unet import ShiftUNet, UNetConfig
 
     unet_config = UNetConfig.from_dict(config["unet"])
@@ -324,7 +322,8 @@ def build_networks(config: Mapping[str, Any], empty: bool = False,
             "autoencoder": LatentAutoencoder(config["autoencoder"], config["scale_factor"],
                                              *stats),
             "unet": ShiftUNet(unet_config),
-            "encoder": SemanticEncoder(encoder_config),
+            "encoder": build_encoder(encoder_config, latent_shape(
+                config["autoencoder"], config["preprocessing"]["shape"])),
         }
 
 

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from napari_ldae import __version__
 from napari_ldae._resources import shown_path
-from napari_ldae.core.autoencoder import NORM_KEYS
+from napari_ldae.core.autoencoder import NORM_KEYS, LatentAutoencoder, latent_shape
 from napari_ldae.core.bundle import save_bundle
-from napari_ldae.core.encoder import EncoderConfig, SemanticEncoder, axial_slices, drop_aliases
+from napari_ldae.core.encoder import EncoderConfig, build_encoder, drop_aliases
 from napari_ldae.data.cohort import Cohort
 from napari_ldae.data.preprocess import PreprocessContract
 from napari_ldae.errors import TrainingError
@@ -40,19 +40,26 @@ from napari_ldae.train.data import SPLITS, cache_volumes, load_splits, load_volu
 
 # ----------------------------------------------------------------------------- embedding
 @torch.inference_mode()
-def embed(encoder: SemanticEncoder, cache: Path, keys: Sequence[str], device: str,
-          batch_size: int = 4) -> torch.Tensor:
-    """Semantic codes (N, d) of cached volumes."""
+def embed(encoder: torch.nn.Module, cache: Path, keys: Sequence[str], device: str,
+          batch_size: int = 4, autoencoder: LatentAutoencoder | None = None) -> torch.Tensor:
+    """Semantic codes (N, d) of cached volumes (``autoencoder``: the latents' encoder, for an
+    encoder that reads latents)."""
     encoder.eval().to(device)
+    if autoencoder is not None:
+        autoencoder.eval().to(device)
     out = []
     for i in range(0, len(keys), batch_size):
         x = torch.stack([torch.from_numpy(load_volume(cache, k)) for k in keys[i:i + batch_size]])
-        out.append(encoder(axial_slices(x[:, None].to(device))).float().cpu())
+        x = x[:, None].to(device)
+        latent = autoencoder.encode(x) if encoder.needs_latent else None
+        out.append(encoder.code(x, latent).float().cpu())
     return torch.cat(out) if out else torch.zeros((0, encoder.config.emb_dim))
 
 
-def load_encoder(config: Mapping[str, Any], path: Path) -> SemanticEncoder:
-    encoder = SemanticEncoder(EncoderConfig.from_dict(model_config(config)["encoder"]))
+def load_encoder(config: Mapping[str, Any], path: Path) -> torch.nn.Module:
+    model = model_config(config)
+    encoder = build_encoder(EncoderConfig.from_dict(model["encoder"]), latent_shape(
+        model["autoencoder"], model["preprocessing"]["shape"]))
     state = common.load_safetensors(path, "probe stage: the stage-3 EMA encoder")
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if drop_aliases(dict.fromkeys(missing)) or unexpected:
@@ -82,9 +89,10 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
     recs = {s: list(splits[s].records) for s in SPLITS}
     device = "cuda" if resolve_accelerator(config["trainer"]["accelerator"]) == "gpu" else "cpu"
     hp = config["probe"]
+    autoencoder = _latent_encoder(config, out) if encoder.needs_latent else None
     z_raw = {s: embed(encoder, cache, cache_volumes(recs[s], contract, cache,
                                                     config["data"]["num_workers"]),
-                      device, hp["embed_batch_size"]) for s in SPLITS}
+                      device, hp["embed_batch_size"], autoencoder) for s in SPLITS}
     mean, std = z_raw["train"].mean(0), z_raw["train"].std(0).clamp_min(1e-6)
     z = {s: (v - mean) / std for s, v in z_raw.items()}
     semantic = {"mean": mean, "std": std}
@@ -109,6 +117,16 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
         "metrics": metrics, "scans": {s: [f"{r.subject}/{r.session}" for r in recs[s]]
                                       for s in SPLITS}})
     return write_bundle(config, out, model, semantic, directions, metrics, splits)
+
+
+def _latent_encoder(config: Mapping[str, Any], out: Path) -> LatentAutoencoder:
+    """The stage-1 autoencoder with stage 2's latent normalisation: what a latent encoder reads."""
+    stats = stage2.read_latent_stats(out)
+    autoencoder = LatentAutoencoder(model_config(config)["autoencoder"],
+                                    stage2.read_scale_factor(out), *(stats or (None, None)))
+    autoencoder.net.load_state_dict(common.load_safetensors(
+        out / "autoencoder" / stage1.WEIGHTS, "probe stage: the autoencoder"))
+    return autoencoder
 
 
 def _source(name: str, hp: Mapping[str, Any]) -> str:
