@@ -132,8 +132,9 @@ class LDAEModel:
             eps, shift = self.unet(x, t, y)
         return eps.float(), shift.float()
 
-    def _embed(self, volume: torch.Tensor) -> torch.Tensor:
-        latent = self._to_latent(volume) if self.encoder.needs_latent else None
+    def _embed(self, volume: torch.Tensor, latent: torch.Tensor | None = None) -> torch.Tensor:
+        if latent is None and self.encoder.needs_latent:
+            latent = self._to_latent(volume)
         with autocast(self.device, self.precision):
             return self.encoder.code(volume, latent).float()
 
@@ -157,8 +158,8 @@ class LDAEModel:
         batches = self._batches(volume.shape[0])
         total = len(batches) * steps
         for b, sl in enumerate(batches):
-            y = self._embed(volume[sl])
             z0 = self._to_latent(volume[sl])
+            y = self._embed(volume[sl], z0)
             gen = diffusion.iter_ddim_invert(self._net, z0, y, steps, self.schedule, self.clamp)
             x_T = yield from _rebase(gen, b * steps, total, "encoding")
             ys.append(y)
