@@ -31,13 +31,19 @@ VALUES = (1.0, -1.5, 2.0, -0.5, 2.5, -2.0, 0.5, -2.5, 1.5, -1.0)  # slider moves
 
 
 def run(mode: Mode) -> Section:
-    section = Section(
-        "Interactive latency in the manipulate widget",
+    return widget_section(
+        mode, "Interactive latency in the manipulate widget",
         "The real napari manipulate widget on CPU with its thread workers; a synthetic scan at "
-        "the bundle's spacing; times from a slider value change.")
+        "the bundle's spacing; times from a slider value change.", _measure)
+
+
+def widget_section(mode: Mode, title: str, about: str, measure) -> Section:
+    """A section measured by ``measure(mode, section)`` on a display (Xvfb when there is
+    none); skipped, saying why, when neither is available."""
+    section = Section(title, about)
     try:
         with _display():
-            _measure(mode, section)
+            measure(mode, section)
     except ImportError as err:
         section.skipped = f"no display and no Xvfb ({err})"
     return section

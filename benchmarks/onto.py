@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks._common import Mode, Section, interleaved, median
-from benchmarks.gui import PREVIEW_TARGET_S, _bundle, _display, _Driver
+from benchmarks.gui import PREVIEW_TARGET_S, _bundle, _Driver, widget_section
 
 FULL_TARGET_S = 5.0
 SCAN_MM = {"full": 1.0, "quick": 1.0, "tiny": 6.0}
@@ -28,17 +28,11 @@ STRENGTH = 2.5  # the carried edit timed on its own
 
 
 def run(mode: Mode) -> Section:
-    section = Section(
-        "An edit carried onto a 1 mm scan in the manipulate widget",
+    return widget_section(
+        mode, "An edit carried onto a 1 mm scan in the manipulate widget",
         "The real napari manipulate widget on CPU with its thread workers, showing on the scan "
         "(the model's change carried onto a 1 mm synthetic scan); times from a slider value "
-        "change, and the parts of a full render on the main thread.")
-    try:
-        with _display():
-            _measure(mode, section)
-    except ImportError as err:
-        section.skipped = f"no display and no Xvfb ({err})"
-    return section
+        "change, and the parts of a full render on the main thread.", _measure)
 
 
 def _measure(mode: Mode, section: Section) -> None:
