@@ -120,14 +120,16 @@ def test_a_v_network_samples_as_its_eps_twin():
 
 def test_the_latent_encoder_reads_the_normalised_latent():
     config = EncoderConfig(input="latent", emb_dim=8, num_heads=2, num_slices=4)
-    encoder = build_encoder(config, (3, 2, 3, 2))
+    model = {"encoder": config.to_dict(), "autoencoder": AE, "preprocessing": {"shape": [4, 6, 4]}}
+    encoder = build_encoder(model)  # AE halves once: latent (3, 2, 3, 2)
     assert isinstance(encoder, LatentEncoder) and encoder.needs_latent
     z = torch.randn(4, 3, 2, 3, 2)
     y = encoder.code(None, z)
     assert y.shape == (4, 8)
     torch.testing.assert_close(y, z.flatten(1) @ encoder.projection.weight.T
                                + encoder.projection.bias)
-    assert not build_encoder(EncoderConfig(emb_dim=8, num_heads=2), (3, 2, 3, 2)).needs_latent
+    slices = EncoderConfig(emb_dim=8, num_heads=2)
+    assert not build_encoder({**model, "encoder": slices.to_dict()}).needs_latent
     assert EncoderConfig.from_dict(config.to_dict()) == config
     with pytest.raises(BundleError, match="input must be one of"):
         EncoderConfig(input="image")

@@ -338,8 +338,13 @@ class LatentEncoder(nn.Module):
         return self.state_dict()
 
 
-def build_encoder(config: EncoderConfig, latent_shape: tuple[int, ...]) -> nn.Module:
-    """The semantic encoder ``config.input`` asks for."""
+def build_encoder(model: Mapping) -> nn.Module:
+    """The semantic encoder of a model config (its ``encoder``; for ``input: latent`` also its
+    ``autoencoder`` and ``preprocessing``, which give the latent's shape)."""
+    config = EncoderConfig.from_dict(model["encoder"])
     if config.input == "latent":
-        return LatentEncoder(config, latent_shape)
+        from napari_ldae.core.autoencoder import latent_shape
+
+        return LatentEncoder(config, latent_shape(model["autoencoder"],
+                                                  model["preprocessing"]["shape"]))
     return SemanticEncoder(config)

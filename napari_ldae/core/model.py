@@ -312,19 +312,17 @@ def build_networks(config: Mapping[str, Any], empty: bool = False,
     ``latent_stats``: the template-residual statistics (:data:`NORM_KEYS`), required exactly
     when ``config["latent_norm"]`` is ``template_residual``.
     """
-    from napari_ldae.core.encoder import EncoderConfig, build_encoder
+    from napari_ldae.core.encoder import build_encoder
     from napari_ldae.core.unet import ShiftUNet, UNetConfig
 
     unet_config = UNetConfig.from_dict(config["unet"])
-    encoder_config = EncoderConfig.from_dict(config["encoder"])
     stats = _latent_stats(config, latent_stats or {})
     with torch.device("meta") if empty else contextlib.nullcontext():
         return {
             "autoencoder": LatentAutoencoder(config["autoencoder"], config["scale_factor"],
                                              *stats),
             "unet": ShiftUNet(unet_config),
-            "encoder": build_encoder(encoder_config, latent_shape(
-                config["autoencoder"], config["preprocessing"]["shape"])),
+            "encoder": build_encoder(config),
         }
 
 

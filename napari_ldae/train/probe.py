@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from napari_ldae import __version__
 from napari_ldae._resources import shown_path
-from napari_ldae.core.autoencoder import NORM_KEYS, LatentAutoencoder, latent_shape
+from napari_ldae.core.autoencoder import NORM_KEYS, LatentAutoencoder
 from napari_ldae.core.bundle import save_bundle
-from napari_ldae.core.encoder import EncoderConfig, build_encoder, drop_aliases
+from napari_ldae.core.encoder import build_encoder, drop_aliases
 from napari_ldae.data.cohort import Cohort
 from napari_ldae.data.preprocess import PreprocessContract
 from napari_ldae.errors import TrainingError
@@ -57,9 +57,7 @@ def embed(encoder: torch.nn.Module, cache: Path, keys: Sequence[str], device: st
 
 
 def load_encoder(config: Mapping[str, Any], path: Path) -> torch.nn.Module:
-    model = model_config(config)
-    encoder = build_encoder(EncoderConfig.from_dict(model["encoder"]), latent_shape(
-        model["autoencoder"], model["preprocessing"]["shape"]))
+    encoder = build_encoder(model_config(config))
     state = common.load_safetensors(path, "probe stage: the stage-3 EMA encoder")
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if drop_aliases(dict.fromkeys(missing)) or unexpected:

@@ -38,9 +38,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torchmetrics import MeanMetric
 
-from napari_ldae.core.autoencoder import LatentAutoencoder, latent_shape
+from napari_ldae.core.autoencoder import LatentAutoencoder
 from napari_ldae.core.diffusion import Schedule, ddim_invert, ddim_sample, gather, q_sample
-from napari_ldae.core.encoder import EncoderConfig, build_encoder
+from napari_ldae.core.encoder import build_encoder
 from napari_ldae.core.unet import FROZEN_MODULES, ShiftUNet, UNetConfig
 from napari_ldae.errors import BundleError, TrainingError
 from napari_ldae.evaluate.metrics import semantic_spread, ssim
@@ -83,8 +83,7 @@ class RepresentationModule(pl.LightningModule):
         except BundleError as err:
             raise TrainingError(f"the stage-2 UNet does not fit this configuration: {err}") \
                 from err
-        self.encoder = build_encoder(EncoderConfig.from_dict(model["encoder"]), latent_shape(
-            model["autoencoder"], model["preprocessing"]["shape"]))
+        self.encoder = build_encoder(model)
         columns = self.hp["oracle"] or []
         self.oracle = torch.nn.Linear(len(columns), model["encoder"]["emb_dim"]) \
             if columns else None
