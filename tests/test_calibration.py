@@ -13,7 +13,7 @@ from ldae_factory import shared_tiny_bundle
 
 from napari_ldae.data.cohort import ScanRecord
 from napari_ldae.session import Session
-from napari_ldae.train.calibration import projection_per_year
+from napari_ldae.train.calibration import mean_change_per_year, projection_per_year
 
 D = 16
 
@@ -58,6 +58,17 @@ def test_codes_that_do_not_move_get_no_years():
     records, z = _records_and_codes(rate_ad=-0.5, rate_cn=0.0, noise=0.01)
     backwards = projection_per_year(z, records, direction, "AD")
     assert backwards["years_per_unit"] is None  # moving away from AD is not AD-like change
+
+
+def test_mean_change_per_year_is_each_groups_own_motion():
+    records, z = _records_and_codes(rate_ad=0.5, rate_cn=0.1, noise=0.01)
+    expected = torch.zeros(D)
+    expected[0] = 0.5
+    torch.testing.assert_close(mean_change_per_year(z, records, "AD"), expected, atol=0.02,
+                               rtol=0)
+    assert mean_change_per_year(z, records, "CN")[0] == pytest.approx(0.1, abs=0.02)
+    with pytest.raises(ValueError, match=r"2 AD subjects .* needs 3"):
+        mean_change_per_year(z[:6], records[:6], "AD")
 
 
 def test_mismatched_codes_are_refused():

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from napari_ldae.cli import main
@@ -23,6 +24,8 @@ from napari_ldae.core.diffusion import Schedule, ddim_sample, q_sample
 from napari_ldae.core.encoder import EncoderConfig, LatentEncoder, build_encoder
 from napari_ldae.core.presets import random_model
 from napari_ldae.errors import BundleError, TrainingError
+from napari_ldae.train import calibration
+from napari_ldae.train.data import load_splits
 from napari_ldae.train.representation import (
     ROUND_TRIP_BROKEN,
     Y_USE_ROUND_OFF,
@@ -259,6 +262,32 @@ def test_stage3_refuses_an_unready_stage2_unless_told(residual_run, tiny_cohort,
     with pytest.raises(TrainingError, match=r"not ready.*max_x0_vs_mean=null"):
         train("representation", config, out)
     assert not (out / "representation").exists()
+
+
+def test_longitudinal_directions_are_the_groups_change_per_year(residual_run, tiny_cohort,
+                                                                tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(residual_run, out, ignore=shutil.ignore_patterns("probe", "bundle"))
+    overrides = [f"data.cache_dir={residual_run / 'cache'}", *RECIPE,
+                 "model.encoder.input=latent", "probe.direction=longitudinal"]
+    config = resolve(TINY, tiny_cohort, overrides, stages=("probe",))
+    with pytest.raises(TrainingError, match=r"longitudinal, direction AD: .* needs 3"):
+        train("probe", config, out)  # the tiny cohort's training split has too few visits
+    monkeypatch.setattr(calibration, "MIN_SUBJECTS", 1)
+    with contextlib.redirect_stdout(io.StringIO()):
+        train("probe", config, out)
+    bundle = load_bundle(out / "bundle")
+    y = load_file(out / "probe" / "embeddings.safetensors")["train.y"]
+    z = (y - y.mean(0)) / y.std(0).clamp_min(1e-6)
+    records = list(load_splits(config)["train"].records)
+    semantic = bundle.read("semantic")
+    for name, group in (("AD", "AD"), ("age", "CN")):
+        expected = F.normalize(calibration.mean_change_per_year(z, records, group), dim=0)
+        torch.testing.assert_close(semantic[f"direction.{name}"], expected, atol=1e-3, rtol=0)
+        info = bundle.config["directions"][name]
+        assert "longitudinal" in info["source"] and info["calibration"]["group"] == group
+    with pytest.raises(TrainingError, match=r"probe\.direction must be one of"):
+        resolve(TINY, tiny_cohort, ["probe.direction=pca"])
 
 
 def test_unknown_weights_choice_is_refused(tiny_cohort):

@@ -6,6 +6,9 @@ mean is the projection's change per year, and its standard error says whether th
 along the direction at all. ``edit_codes`` moves the projection by strength·√d, so one strength
 unit is √d / rate years. A direction whose rate is not positive by at least two standard errors
 gets no calibration: a number of years would then mean nothing.
+
+The same slopes, averaged as vectors, are a direction of their own (``probe.direction:
+longitudinal``): where a group's codes go in a year of its own visits.
 """
 
 from __future__ import annotations
@@ -22,6 +25,36 @@ MIN_SUBJECTS = 3
 MIN_T = 2.0  # the mean slope must exceed this many standard errors
 
 
+def subject_slopes(z: torch.Tensor, records: Sequence[ScanRecord],
+                   group: str | None = None) -> np.ndarray:
+    """Each subject's change of ``z`` (N, d) per year: the least-squares slope over its visits
+    (subjects of diagnosis ``group`` only, ``None``: all; two or more visit dates) → (S, d)."""
+    if len(records) != len(z):
+        raise ValueError(f"{len(z)} codes for {len(records)} scans")
+    codes = z.double().numpy()
+    visits: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        if group is None or record.diagnosis == group:
+            visits.setdefault(record.subject, []).append(i)
+    slopes = []
+    for rows in visits.values():
+        t = np.array([records[i].months / 12.0 for i in rows])
+        if len(rows) > 1 and np.ptp(t) > 0:
+            t = t - t.mean()
+            slopes.append(t @ codes[rows] / (t @ t))
+    return np.array(slopes).reshape(len(slopes), codes.shape[1])
+
+
+def mean_change_per_year(z: torch.Tensor, records: Sequence[ScanRecord],
+                         group: str | None) -> torch.Tensor:
+    """The mean over subjects of :func:`subject_slopes`: where a group's codes go in a year."""
+    slopes = subject_slopes(z, records, group)
+    if len(slopes) < MIN_SUBJECTS:
+        raise ValueError(f"{len(slopes)} {group or 'training'} subjects with visits at two or "
+                         f"more dates; a direction from the visits needs {MIN_SUBJECTS}")
+    return torch.from_numpy(slopes.mean(0)).float()
+
+
 def projection_per_year(z: torch.Tensor, records: Sequence[ScanRecord], direction: torch.Tensor,
                         group: str | None = None) -> dict:
     """Calibrate one direction on standardised codes ``z`` (N, d) of ``records``.
@@ -30,17 +63,9 @@ def projection_per_year(z: torch.Tensor, records: Sequence[ScanRecord], directio
     calibration record stored in the bundle; ``years_per_unit`` is ``None`` when the codes do
     not move along the direction measurably.
     """
-    if len(records) != len(z):
-        raise ValueError(f"{len(z)} codes for {len(records)} scans")
-    w = direction.reshape(-1).double()
-    projection = (z.double() @ (w / w.norm())).numpy()
-    visits: dict[str, list[tuple[float, float]]] = {}
-    for record, p in zip(records, projection, strict=True):
-        if group is None or record.diagnosis == group:
-            visits.setdefault(record.subject, []).append((record.months / 12.0, float(p)))
-    slopes = [np.polyfit(*np.array(v).T, 1)[0] for v in visits.values()
-              if len(v) > 1 and np.ptp([t for t, _ in v]) > 0]
-    rate = float(np.mean(slopes)) if slopes else float("nan")
+    w = direction.reshape(-1).double().numpy()
+    slopes = subject_slopes(z, records, group) @ (w / np.linalg.norm(w))
+    rate = float(np.mean(slopes)) if len(slopes) else float("nan")
     stderr = float(np.std(slopes, ddof=1) / math.sqrt(len(slopes))) if len(slopes) > 1 \
         else float("nan")
     usable = len(slopes) >= MIN_SUBJECTS and rate > MIN_T * stderr

@@ -20,6 +20,8 @@ from napari_ldae.errors import TrainingError
 from napari_ldae.evaluate import PROBE_FITS
 
 STAGES = ("autoencoder", "latent", "representation", "probe")
+#: How the probe stage makes the bundle's directions (``probe.direction``).
+DIRECTION_RULES = ("classifier", "longitudinal")
 #: Stages trained by a Lightning ``Trainer`` (the probe stage is a few seconds of plain torch).
 NETWORK_STAGES = STAGES[:3]
 
@@ -108,6 +110,9 @@ DEFAULTS: dict[str, Any] = {
         "embed_batch_size": 4,
         **copy.deepcopy(PROBE_FITS),
         "bundle_dtype": "float32",  # float16 halves the bundle on disk (the demo bundle)
+        # The directions: "classifier" (the paper's: the probes' weights) or "longitudinal"
+        # (the mean change per year of the codes over AD, resp. CN, subjects' own visits).
+        "direction": "classifier",
     },
 }
 
@@ -212,6 +217,9 @@ def validate(config: Mapping[str, Any]) -> None:
     if config["trainer"]["strategy"] not in ("auto", "ddp"):
         raise TrainingError("trainer.strategy must be 'auto' or 'ddp'")
     _check_crop(config["autoencoder"]["crop_size"], model)
+    if config["probe"]["direction"] not in DIRECTION_RULES:
+        raise TrainingError(f"probe.direction must be one of {DIRECTION_RULES}, got "
+                            f"{config['probe']['direction']!r}")
 
 
 def _check_recipe(rep: Mapping[str, Any], model: Mapping[str, Any]) -> None:

@@ -5,9 +5,11 @@ per-dimension mean/std. Two linear probes are fitted on the training split (the 
 split is not used): AD vs CN (one linear layer, BCE, Adam 1e-3 by default; AD is the
 positive class) and age (one linear layer, MSE on the standardised age, SGD 1e-3 by default).
 Their weights become the bundle's directions ``"AD"`` ("toward AD": + raises the AD logit) and
-``"age"`` ("older"); their test-split metrics go with them, and so does each direction's
-calibration in years (train/calibration.py: AD subjects' visits for "AD", every subject's for
-"age"). The bundle lands in ``OUT/bundle``.
+``"age"`` ("older"), or with ``probe.direction: longitudinal`` the mean change per year of the
+codes over the AD (CN for "age") subjects' own visits. The probes' test-split metrics go with
+them, and so does each direction's calibration in years (train/calibration.py: AD subjects'
+visits for "AD", every subject's, or CN's longitudinally, for "age"). The bundle lands in
+``OUT/bundle``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from napari_ldae.train import autoencoder as stage1
 from napari_ldae.train import common
 from napari_ldae.train import latent as stage2
 from napari_ldae.train import representation as stage3
-from napari_ldae.train.calibration import projection_per_year
+from napari_ldae.train.calibration import mean_change_per_year, projection_per_year
 from napari_ldae.train.config import NETWORK_STAGES, model_config, resolve_accelerator
 from napari_ldae.train.data import SPLITS, cache_volumes, load_splits, load_volume
 
@@ -101,9 +103,15 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
         if result is None:
             continue
         w, m = result
+        group = _group(name, hp)
+        if hp["direction"] == "longitudinal":
+            try:
+                w = mean_change_per_year(z["train"], recs["train"], group)
+            except ValueError as err:
+                raise TrainingError(f"probe.direction longitudinal, direction {name}: {err}; "
+                                    "use probe.direction classifier") from err
         semantic[f"direction.{name}"] = F.normalize(w, dim=0)
         metrics[name] = _clean(m)
-        group = hp["positive"] if name == "AD" else None
         directions[name] = {"meaning": meaning, "source": _source(name, hp), "metrics":
                             metrics[name], "calibration": projection_per_year(
                                 z["train"], recs["train"], w, group)}
@@ -127,7 +135,19 @@ def _latent_encoder(config: Mapping[str, Any], out: Path) -> LatentAutoencoder:
     return autoencoder
 
 
+def _group(name: str, hp: Mapping[str, Any]) -> str | None:
+    """Whose visits calibrate a direction (and make it, longitudinally): the positive class's
+    for "AD"; for "age" the negative class's (healthy ageing) longitudinally, else everyone's."""
+    if name == "AD":
+        return hp["positive"]
+    return hp["negative"] if hp["direction"] == "longitudinal" else None
+
+
 def _source(name: str, hp: Mapping[str, Any]) -> str:
+    if hp["direction"] == "longitudinal":
+        return (f"mean change per year of the standardised y over the training split's "
+                f"{_group(name, hp)} subjects' visits (probe.direction: longitudinal); the "
+                "metrics are the linear probe's")
     if name == "AD":
         c = hp["classifier"]
         return (f"linear probe {hp['positive']} vs {hp['negative']} on standardised y (BCE, "
