@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 ONTO = ("scan", "model")
 DEFAULT_ONTO = "scan"
 #: How many region measurements are remembered (each is a few numbers, keyed by content), and
-#: how many brain masks of scans used as they are.
+#: how many brain masks of scans used as they are and blurred scans (for the warp).
 REMEMBERED, REMEMBERED_MASKS = 64, 4
 
 
@@ -112,7 +113,8 @@ def iter_onto_scan(result: Result, method: str = DEFAULT_TRANSFER) -> ProgressGe
             geometry[i] = _geometry(result, prep)
         g = geometry[i]
         carried = carry(method, g.scan.data, g.scan_to_model, result.references[k], volume,
-                        scale=g.scale, inside=g.inside)
+                        scale=g.scale, inside=g.inside,
+                        blur=scan_blur(g.scan) if method == "warp" else None)
         out.append(carried.data)
         jacobians.append(carried.log_jacobian)
     yield Progress(len(volumes), len(volumes), f"{method} onto the scan")
@@ -130,14 +132,39 @@ def brain_mask(scan: Scan) -> np.ndarray:
     (the minimum), holes filled; remembered by content (read-only)."""
     from scipy import ndimage as ndi
 
-    from napari_ldae.operations_prepare import content_key
-
     def mask() -> np.ndarray:
         out = ndi.binary_fill_holes(scan.data > scan.data.min())
         out.setflags(write=False)
         return out
 
-    return _remembered(_MASKS, content_key(scan), mask, REMEMBERED_MASKS)
+    return _remembered(_MASKS, _content(scan), mask, REMEMBERED_MASKS)
+
+
+def scan_blur(scan: Scan) -> np.ndarray:
+    """The scan's :func:`~napari_ldae.data.transfer.blurred`, which every warp of it moves;
+    remembered by content (read-only)."""
+    from napari_ldae.data.transfer import blurred
+
+    def blur() -> np.ndarray:
+        out = blurred(scan.data)
+        out.setflags(write=False)
+        return out
+
+    return _remembered(_BLURS, _content(scan), blur, REMEMBERED_MASKS)
+
+
+def _content(scan: Scan) -> str:
+    """A scan's content key (:func:`~napari_ldae.operations_prepare.content_key`), hashed once
+    per scan object (a scan's voxels are not changed in place)."""
+    from napari_ldae.operations_prepare import content_key
+
+    with _LOCK:
+        key = _KEYS.get(scan)
+    if key is None:
+        key = content_key(scan)
+        with _LOCK:
+            _KEYS[scan] = key
+    return key
 
 
 @dataclass(frozen=True, eq=False)
@@ -219,6 +246,8 @@ def measured(volume: np.ndarray, affine: np.ndarray,
 _LOCK = threading.Lock()
 _MEASURED: OrderedDict[str, dict[str, float]] = OrderedDict()
 _MASKS: OrderedDict[str, np.ndarray] = OrderedDict()
+_BLURS: OrderedDict[str, np.ndarray] = OrderedDict()
+_KEYS: weakref.WeakKeyDictionary[Scan, str] = weakref.WeakKeyDictionary()
 
 
 def _remembered(cache: OrderedDict, key: str, compute, size: int):

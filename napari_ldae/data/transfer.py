@@ -71,12 +71,14 @@ def scan_to_model_voxels(scan_affine: np.ndarray, model_affine: np.ndarray) -> n
 
 
 def carry(method: str, scan: np.ndarray, scan_to_model: np.ndarray, reconstruction: np.ndarray,
-          edit: np.ndarray, *, scale: float = 1.0, inside: np.ndarray | None = None) -> Carried:
+          edit: np.ndarray, *, scale: float = 1.0, inside: np.ndarray | None = None,
+          blur: np.ndarray | None = None) -> Carried:
     """Carry ``edit − reconstruction`` (model grid, [0, 1]) onto ``scan`` by ``method``.
 
     ``scan_to_model``: scan voxel → model voxel (4×4); ``scale``: scan units per model unit
     (the intensity transfer's only use of units); ``inside``: the scan voxels that may change
-    (its brain mask), all when None.
+    (its brain mask), all when None; ``blur``: the scan's :func:`blurred` (for ``warp``; computed
+    when None, the same for every edit of a scan).
     """
     if method not in TRANSFERS:
         raise LDAEError(f"unknown transfer {method!r}; choose one of {', '.join(TRANSFERS)}")
@@ -88,7 +90,7 @@ def carry(method: str, scan: np.ndarray, scan_to_model: np.ndarray, reconstructi
     if method == "intensity":
         return Carried(_carry_intensity(scan, matrix, edit - reconstruction, scale, inside), method)
     data, log_jacobian = _carry_warp(scan, matrix, estimate_deformation(reconstruction, edit),
-                                     inside)
+                                     inside, blur)
     return Carried(data, method, log_jacobian)
 
 
@@ -121,12 +123,12 @@ def estimate_deformation(reconstruction: np.ndarray, edit: np.ndarray, *,
 
 
 def warp_scan(scan: np.ndarray, scan_to_model: np.ndarray, deformation: Deformation, *,
-              inside: np.ndarray | None = None) -> Carried:
+              inside: np.ndarray | None = None, blur: np.ndarray | None = None) -> Carried:
     """Apply a model-grid deformation to ``scan`` (see :func:`carry`)."""
     scan, matrix, inside = _scan_inputs(scan, scan_to_model, inside)
     if deformation.displacement.shape[1:] != deformation.log_jacobian.shape:
         raise LDAEError("deformation: displacement and log-Jacobian grids differ")
-    data, log_jacobian = _carry_warp(scan, matrix, deformation, inside)
+    data, log_jacobian = _carry_warp(scan, matrix, deformation, inside, blur)
     return Carried(data, "warp", log_jacobian)
 
 
@@ -138,39 +140,41 @@ REVERSED = np.eye(4)[[2, 1, 0, 3]]
 
 
 def _carry_warp(scan: np.ndarray, matrix: np.ndarray, deformation: Deformation,
-                inside: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """The scan through the deformation (SimpleITK's resampling, in the box the deformation
-    reaches) and its log-Jacobian; voxels moved by less than :data:`STILL_VOXELS` and voxels
-    outside ``inside`` stay as they are."""
-    import SimpleITK as sitk
-
-    to_scan = np.linalg.inv(matrix[:3, :3])  # model voxels → scan voxels
-    moved_by = np.sqrt((np.einsum("ij,j...->i...", to_scan, deformation.displacement) ** 2)
-                       .sum(0)).astype(np.float32)
+                inside: np.ndarray | None,
+                blur: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The scan through the deformation and its log-Jacobian, at the voxels of the box the
+    deformation reaches that are inside and move by at least :data:`STILL_VOXELS`; the others
+    stay as they are. ``blur``: the scan's :func:`blurred`, computed when None."""
+    step = np.einsum("ij,j...->i...", np.linalg.inv(matrix[:3, :3]),
+                     deformation.displacement).astype(np.float32)  # in scan voxels
+    moved_by = np.sqrt((step**2).sum(0))
     out, log_jacobian = scan.copy(), np.zeros(scan.shape, np.float32)
     box = _scan_box(moved_by >= STILL_VOXELS, matrix, scan.shape, inside)
     if box is None:
         return out, log_jacobian
-    field = sitk.GetImageFromArray(
-        deformation.displacement.transpose(3, 2, 1, 0).astype(np.float64), isVector=True)
-    transform = sitk.CompositeTransform([  # the last is applied first
-        _itk_affine(REVERSED @ np.linalg.inv(matrix)), sitk.DisplacementFieldTransform(field),
-        _itk_affine(matrix @ REVERSED)])
-    reach = int(np.ceil(moved_by.max())) + 4  # how far a box voxel may sample, and the blur's
-    source = tuple(slice(max(b.start - reach, 0), min(b.stop + reach, n))
-                   for b, n in zip(box, scan.shape, strict=True))
-    image = sitk.GetImageFromArray(scan[source])
-    image.SetOrigin([float(b.start) for b in reversed(source)])
-    smooth = sitk.SmoothingRecursiveGaussian(image, DETAIL_SIGMA)
-    moved = (_resampled(smooth, box, transform)
-             + _resampled(image - smooth, box, transform, sitk.sitkNearestNeighbor))
-    amount = _on_scan_box(np.stack([moved_by, deformation.log_jacobian]), box, matrix)
-    keep = amount[0] >= STILL_VOXELS
+    amount = _on_scan_box(np.concatenate([step, moved_by[None], deformation.log_jacobian[None]]),
+                          box, matrix)
+    keep = amount[3] >= STILL_VOXELS
     if inside is not None:
         keep &= inside[box]
-    out[box][keep] = moved[keep]
-    log_jacobian[box][keep] = amount[1][keep]
+    where = np.nonzero(keep)
+    source = np.stack([w + b.start + a[where]
+                       for w, b, a in zip(where, box, amount[:3], strict=True)])
+    blur = blurred(scan) if blur is None else blur
+    # the blurred part moves by linear interpolation, the detail by whole voxels (stays sharp)
+    out[box][keep] = _sampled(scan, blur, source)
+    log_jacobian[box][keep] = amount[4][where]
     return out, log_jacobian
+
+
+def blurred(scan: np.ndarray) -> np.ndarray:
+    """The scan's Gaussian blur of σ :data:`DETAIL_SIGMA` voxels (what the warp interpolates;
+    the rest, the detail, it moves by whole voxels): the same for every edit of a scan."""
+    import SimpleITK as sitk
+
+    image = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(np.asarray(scan, np.float32)),
+                                            DETAIL_SIGMA)
+    return sitk.GetArrayFromImage(image)
 
 
 def _carry_intensity(scan: np.ndarray, matrix: np.ndarray, change: np.ndarray, scale: float,
@@ -187,27 +191,64 @@ def _carry_intensity(scan: np.ndarray, matrix: np.ndarray, change: np.ndarray, s
     return out
 
 
+# ----------------------------------------------------------------------------- interpolation
+# Linear interpolation as ITK's: within half a voxel beyond the edge voxels the edge value,
+# farther out 0.
 def _on_scan_box(volumes: np.ndarray, box: tuple[slice, ...], matrix: np.ndarray) -> np.ndarray:
-    """Model-grid volumes (C, X, Y, Z), trilinear at the scan voxels of ``box`` (0 beyond the
-    model grid's edge): (C, *box shape) float32."""
+    """Model-grid volumes (C, X, Y, Z), trilinear at the scan voxels of ``box``: (C, *box
+    shape) float32. Axis by axis (one volume at a time: faster) when the scan's axes lie along
+    the model grid's."""
+    rzs = matrix[:3, :3]
+    if np.abs(rzs - np.diag(np.diag(rzs))).max() > 1e-9:
+        return _on_scan_box_itk(volumes, box, matrix)
+    out = np.empty((len(volumes), *(s.stop - s.start for s in box)), np.float32)
+    for volume, into in zip(np.asarray(volumes, dtype=np.float32), out, strict=True):
+        for axis in (2, 1, 0):  # the first axis last: its rows are whole contiguous planes
+            x = rzs[axis, axis] * np.arange(box[axis].start, box[axis].stop) + matrix[axis, 3]
+            (lo, w_lo), (hi, w_hi) = _neighbours(x, volume.shape[axis])
+            shape = [-1 if a == axis else 1 for a in range(3)]
+            part = np.take(volume, lo, axis)
+            part *= w_lo.reshape(shape)
+            volume = np.take(volume, hi, axis, out=into if axis == 0 else None)
+            volume *= w_hi.reshape(shape)
+            volume += part
+    return out
+
+
+def _on_scan_box_itk(volumes: np.ndarray, box: tuple[slice, ...], matrix: np.ndarray):
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(volumes.transpose(3, 2, 1, 0),
                                                         dtype=np.float32), isVector=True)
-    out = _resampled(image, box, _itk_affine(matrix @ REVERSED))
+    reference = sitk.Image([int(s.stop - s.start) for s in reversed(box)], sitk.sitkFloat32)
+    reference.SetOrigin([float(s.start) for s in reversed(box)])
+    resampled = sitk.Resample(image, reference, _itk_affine(matrix @ REVERSED), sitk.sitkLinear,
+                              0.0)
+    out = sitk.GetArrayFromImage(resampled)
     return np.moveaxis(out, -1, 0) if out.ndim == 4 else out[None]
 
 
-def _resampled(image, box: tuple[slice, ...], transform, interpolator=None) -> np.ndarray:
-    """``image`` resampled (linear unless told, 0 outside) at the scan voxels of ``box``:
-    ``[i, j, k(, c)]`` of the box."""
-    import SimpleITK as sitk
+def _sampled(scan: np.ndarray, blur: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The scan moved to ``points`` (3, N) of its voxel coordinates: its blur trilinear, its
+    detail (scan − blur) from the nearest voxel (halves round up, as ITK's)."""
+    from scipy import ndimage as ndi
 
-    reference = sitk.Image([int(s.stop - s.start) for s in reversed(box)], sitk.sitkFloat32)
-    reference.SetOrigin([float(s.start) for s in reversed(box)])
-    resampled = sitk.Resample(image, reference, transform,
-                              sitk.sitkLinear if interpolator is None else interpolator, 0.0)
-    return sitk.GetArrayViewFromImage(resampled).copy()
+    shape = np.array(scan.shape)[:, None]
+    nearest = tuple(np.clip(np.floor(points + 0.5), 0, shape - 1).astype(np.intp))
+    out = ndi.map_coordinates(blur, points, order=1, mode="nearest", prefilter=False)
+    out += scan[nearest] - blur[nearest]
+    out[((points < -0.5) | (points > shape - 0.5)).any(0)] = 0.0
+    return out
+
+
+def _neighbours(x: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(index, weight) of the two grid neighbours (clipped to ``0 … n − 1``) of positions
+    ``x`` along an axis of ``n`` voxels; weight 0 beyond half a voxel outside."""
+    inside = ((x >= -0.5) & (x <= n - 0.5)).astype(np.float32)
+    lo = np.floor(x)
+    f = (x - lo).astype(np.float32)
+    lo = lo.astype(np.intp)
+    return [(np.clip(lo, 0, n - 1), (1 - f) * inside), (np.clip(lo + 1, 0, n - 1), f * inside)]
 
 
 # ----------------------------------------------------------------------------- geometry
