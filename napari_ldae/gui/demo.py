@@ -166,6 +166,7 @@ def screenshots(viewer, widgets: dict, visits: list, out: Path) -> list[Path]:
     manip.slider.blockSignals(True)  # no debounced renders: one full-quality render
     manip.slider.setValue(manip.slider.maximum() * 0.6)
     manip.slider.blockSignals(False)
+    manip._show_years()  # what the blocked signal would have shown
     manip.render_full()  # carried onto the scan by warp (the defaults)
     edit = {kind: viewer.layers[f"{visits[0].name} {suffix}"]
             for kind, suffix in (("image", "[edit]"), ("difference", "[Δ edit]"),
