@@ -191,11 +191,12 @@ def iter_interpolate(session: Session, scan_a: Scan, scan_b: Scan, alphas: Seque
 def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float],
                  targets: Sequence[float], steps: int | None = None,
                  encode_steps: int | None = None, *, x_T_rule: str | None = None,
-                 reference: bool = True, names: Sequence[str] | None = None,
-                 warn: bool = True, prepare: str = "no", **fields: Any) -> ProgressGen[Result]:
+                 y_rule: str | None = None, reference: bool = True,
+                 names: Sequence[str] | None = None, warn: bool = True,
+                 prepare: str = "no", **fields: Any) -> ProgressGen[Result]:
     """The brain at each target date from two or more visits: ``(N, X, Y, Z)`` on the latest
     visit's grid, decoded from the visits' trajectory in code space (:mod:`napari_ldae.core.
-    trajectory`; ``x_T_rule`` None: its default rule). Bad or doubtful input: see
+    trajectory`; ``x_T_rule``, ``y_rule`` None: its default rules). Bad or doubtful input: see
     :mod:`napari_ldae.operations_predict`.
 
     ``months``: the visits' dates (any order); ``names``: how the provenance names the visits
@@ -206,7 +207,12 @@ def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float
     """
     import warnings
 
-    from napari_ldae.core.trajectory import DEFAULT_X_T_RULE, fit_trajectory
+    from napari_ldae.core.trajectory import (
+        DEFAULT_X_T_RULE,
+        DEFAULT_Y_RULE,
+        check_rules,
+        fit_trajectory,
+    )
     from napari_ldae.errors import LDAEError
     from napari_ldae.operations_predict import (
         PredictionWarning,
@@ -218,6 +224,7 @@ def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float
     names = [str(n) for n in names] if names is not None else \
         [str(s.path) if s.path else f"visit {i + 1}" for i, s in enumerate(scans)]
     found = check_visits(names, months, targets)
+    rules = check_rules(x_T_rule or DEFAULT_X_T_RULE, y_rule or DEFAULT_Y_RULE)
     if len(scans) != len(names):
         raise LDAEError(f"{len(scans)} scan(s) but {len(names)} name(s)")
     steps, encode_steps = _steps(session, steps, encode_steps)
@@ -231,7 +238,7 @@ def iter_predict(session: Session, scans: Sequence[Scan], months: Sequence[float
     for scan in scans:
         codes.append((yield from session.iter_encode(scan, encode_steps)))
     found += code_warnings(session, codes, names)
-    trajectory = fit_trajectory(codes, months, x_T_rule or DEFAULT_X_T_RULE)
+    trajectory = fit_trajectory(codes, months, *rules)
     refs: tuple[np.ndarray, ...] = ()
     if reference:
         refs = ((yield from session.iter_reconstruction(codes[-1], steps)),)

@@ -72,6 +72,7 @@ def test_predict_from_bids_names(capsys, bundle, visits, tmp_path):
         assert prov["visit_months"] == [0.0, 12.0, 24.0]
         assert prov["horizon_months"] == months - 24 and prov["fit_residual"] >= 0.0
         assert prov["x_T_rule"] == "hold" and prov["steps"] == 2
+        assert prov["y_rule"] == "anchored"
 
 
 def test_dates_from_the_command_line(capsys, bundle, visits, tmp_path):
@@ -85,13 +86,14 @@ def test_dates_from_the_command_line(capsys, bundle, visits, tmp_path):
     assert rc == 2 and "--dates gives 1 date(s) for 2 visit(s)" in err
     assert not out.exists()
     predict(capsys, bundle, a, b, "--months", "30", "--dates", "0", "18", "-o", out,
-            "--difference", "--save-codes", "--x-t-rule", "latest")
+            "--difference", "--save-codes", "--x-t-rule", "latest", "--y-rule", "line")
     assert sorted(p.name for p in out.iterdir()) == [
         "first_codes.safetensors", "second_codes.safetensors", "second_predict-M30.json",
         "second_predict-M30.nii.gz", "second_predict-M30_diff.json",
         "second_predict-M30_diff.nii.gz"]
     prov = sidecar(out / "second_predict-M30.nii.gz")["provenance"]
     assert prov["visit_months"] == [0.0, 18.0] and prov["x_T_rule"] == "latest"
+    assert prov["y_rule"] == "line"
     assert sidecar(out / "second_predict-M30_diff.nii.gz")["provenance"]["kind"] == "difference"
 
 
@@ -116,6 +118,15 @@ def test_doubtful_input_is_warned_about(capsys, bundle, visits, tmp_path):
     assert "warning: month(s) 40 lie further from the visits than the visits span" in err
     prov = sidecar(tmp_path / "o" / "sub-02_ses-M12_T1w_predict-M40.nii.gz")["provenance"]
     assert len(prov["warnings"]) == 2
+
+
+def test_unknown_y_rule_is_refused(capsys, visits, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        run(capsys, "predict", *visits, "--months", "30", "--y-rule", "flat", "-o", tmp_path)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'flat'" in err and "anchored" in err
+    assert not list(tmp_path.iterdir())
 
 
 def test_existing_output_refused_before_any_work(capsys, visits, tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from napari_ldae.cli import main
+from napari_ldae.core.model import Codes
 from napari_ldae.evaluate import SECTIONS
 from napari_ldae.evaluate import extrapolation as ex
 
@@ -56,10 +57,13 @@ def test_every_held_out_visit_is_predicted(report, cohort):
         truth = float(visits[row["subject"]][months.index(row["months"])].extra["ventricle_ml"])
         assert row["truth_ml"] == pytest.approx(truth)
     assert sum(g["n"] for g in section["by_horizon"].values()) == 6
-    assert section["x_T_rules"] == ["hold", "slerp"] and section["default_x_T_rule"] == "hold"
-    for key in (*ex.KEYS, "slerp_ssim_mean", "copy_mse_mean", "true_change_ml_mean",
-                "ceiling_ventricle_abs_error_ml_mean", "hold_change_ventricle_abs_error_ml_mean"):
+    assert section["y_rules"] == ["anchored", "line"] and section["default_y_rule"] == "anchored"
+    assert section["x_T_rule"] == "hold" and "x_T_rules" not in section
+    assert "anchored_change_ventricle_abs_error_ml_mean" in ex.KEYS
+    for key in (*ex.KEYS, "line_ssim_mean", "copy_mse_mean", "true_change_ml_mean",
+                "ceiling_ventricle_abs_error_ml_mean", "line_change_ventricle_abs_error_ml_mean"):
         assert isinstance(section[key], float) and math.isfinite(section[key]), key
+    assert not any(k.startswith(("hold_", "slerp_")) for k in section)
 
 
 def test_baselines_are_what_they_say(report, cohort):
@@ -90,10 +94,46 @@ def test_baselines_are_what_they_say(report, cohort):
         np.polyval(line, row["months"]) - row["truth_ml"])
 
 
+def test_change_starts_at_the_models_own_decode_of_the_last_visit(report, cohort):
+    """"Change" is prediction − the same rule's decode at the last earlier visit's date (for
+    "anchored": that visit's own codes decoded), added to its measured volume."""
+    from napari_ldae.core.bundle import load_bundle
+    from napari_ldae.core.trajectory import fit_trajectory
+    from napari_ldae.data.cohort import read_cohort
+    from napari_ldae.data.preprocess import PreprocessContract
+    from napari_ldae.data.regions import lateral_ventricles_ml as ventricle_ml
+    from napari_ldae.evaluate.context import load_scans
+
+    loaded = load_bundle(report[0]["meta"]["bundle"]["path"])
+    model = loaded.load_model("cpu", "fp32")
+    contract = PreprocessContract.from_dict(loaded.config["preprocessing"])
+    row = next(r for r in report[0]["extrapolation"]["predictions"] if r["held_out"] == 1)
+    records = read_cohort(cohort).by_subject()[row["subject"]]
+    x, affines = load_scans(records, contract)
+    months = [r.months for r in records]
+    n = row["n_inputs"]
+    codes = model.encode(x, 2)[:n]  # as the section: all visits encoded together
+    fits = [fit_trajectory(codes, months[:n], y_rule=rule) for rule in ex.RULES]
+    start = fits[0].codes_at([months[n - 1]])
+    assert start.y.equal(codes.y[n - 1:n]) and start.x_T.equal(codes.x_T[n - 1:n])
+    decoded = model.decode(Codes.cat([f.codes_at([months[n - 1], row["months"]]) for f in fits]),
+                           2).reshape(len(fits), 2, *x.shape[1:])
+    real = ventricle_ml(x[n - 1, 0].numpy(), affines[n - 1])
+    for i, rule in enumerate(ex.RULES):
+        predicted, began = (ventricle_ml(decoded[i, k, 0].numpy(), affines[n - 1])
+                            for k in (1, 0))
+        assert row[f"{rule}_ventricle_error_ml"] == pytest.approx(
+            predicted - row["truth_ml"], abs=0.05)
+        assert row[f"{rule}_change_ventricle_error_ml"] == pytest.approx(
+            real + predicted - began - row["truth_ml"], abs=0.05)
+
+
 def test_markdown_has_the_section(report):
     md = report[1]
     assert "## Extrapolation: later visits predicted from earlier ones" in md
-    assert "| horizon (months) | n | true change | hold | slerp |" in md
+    assert "| horizon (months) | n | true change | anchored | line | anchored_change |" in md
+    assert "| horizon (months) | n | SSIM anchored | SSIM line | SSIM copy |" in md
+    assert "y rules anchored, line (default anchored; x_T rule hold)" in md
 
 
 def test_groups_and_means():
@@ -101,12 +141,12 @@ def test_groups_and_means():
     assert ex.held_out_counts(6) == [1, 2]
     assert [ex.horizon_group(h) for h in (3, 6, 7, 12, 18, 24, 60)] == [
         "6", "6", "12", "12", "13-23", "24+", "24+"]
-    rows = [{"horizon": 6.0, "hold_ventricle_error_ml": -2.0, "hold_ssim": 0.5},
-            {"horizon": 12.0, "hold_ventricle_error_ml": 1.0, "hold_ssim": 0.7}]
+    rows = [{"horizon": 6.0, "anchored_ventricle_error_ml": -2.0, "anchored_ssim": 0.5},
+            {"horizon": 12.0, "anchored_ventricle_error_ml": 1.0, "anchored_ssim": 0.7}]
     out = ex.means(rows)
-    assert out["hold_ventricle_abs_error_ml_mean"] == pytest.approx(1.5)
-    assert out["hold_ventricle_bias_ml"] == pytest.approx(-0.5)
-    assert out["hold_ssim_mean"] == pytest.approx(0.6) and out["n"] == 2
+    assert out["anchored_ventricle_abs_error_ml_mean"] == pytest.approx(1.5)
+    assert out["anchored_ventricle_bias_ml"] == pytest.approx(-0.5)
+    assert out["anchored_ssim_mean"] == pytest.approx(0.6) and out["n"] == 2
 
 
 def test_skipped_section_explains_itself(bundle, cohort, tmp_path):

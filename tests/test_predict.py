@@ -33,12 +33,27 @@ def test_a_visits_own_date_gives_its_reconstruction(session, scans):
     """Two visits: the line passes through both, so each date decodes to that visit (one date
     per call: a batch of several sums convolutions in another order, float noise)."""
     for i, month in enumerate((0.0, 24.0)):
-        result = predict(session, scans[:2], [0.0, 24.0], [month])
+        result = predict(session, scans[:2], [0.0, 24.0], [month], y_rule="line")
         recon = drain(operations.iter_reconstruct(session, scans[i])).volumes
         np.testing.assert_allclose(result.volumes[0], recon, atol=1e-6)
         assert result.provenance["prediction"] is False
     np.testing.assert_allclose(result.references[0], result.volumes[0], atol=1e-6)
     assert result.provenance["fit_residual"] < 1e-6
+
+
+def test_anchored_passes_through_three_visits(session, scans):
+    """Three visits off a line: "anchored" (the default) decodes each visit's own date to its
+    reconstruction, the latest's to the reference; the least-squares line does not."""
+    months = [0.0, 12.0, 30.0]
+    for i, month in enumerate(months):
+        result = predict(session, scans, months, [month])
+        recon = drain(operations.iter_reconstruct(session, scans[i])).volumes
+        np.testing.assert_allclose(result.volumes[0], recon, atol=1e-6)
+    assert result.provenance["y_rule"] == "anchored" and result.provenance["fit_residual"] > 0
+    np.testing.assert_allclose(result.references[0], result.volumes[0], atol=1e-6)
+    line = predict(session, scans, months, [30.0], y_rule="line")
+    assert line.provenance["y_rule"] == "line"
+    assert np.abs(line.volumes[0] - line.references[0]).max() > 1e-5
 
 
 def test_between_two_visits_it_is_the_interpolation(session, scans):
@@ -60,6 +75,7 @@ def test_three_visits_in_any_order(session, scans):
     assert prov["visit_months"] == [0.0, 12.0, 30.0]
     assert prov["prediction"] == [False, True] and prov["horizon_months"] == [-12.0, 12.0]
     assert prov["x_T_rule"] == "hold" and prov["fit_residual"] > 0.0
+    assert prov["y_rule"] == "anchored"
     assert 0.0 < prov["fit_unexplained"] <= 1.0
     assert prov["visit_a"] == "ignored" and prov["warnings"] == []
     one = result.item(1)
@@ -95,16 +111,19 @@ def test_export_in_the_latest_visits_space(session, scans, tmp_path):
     assert prov["space"] == "the latest visit's (sub-01_ses-M12_T1w.nii.gz)"
 
 
-@pytest.mark.parametrize("months, targets, message", [
-    ([0.0], [12.0], "two or more visits"),
-    ([0.0, 0.0], [12.0], "both dated month 0"),
-    ([0.0, 12.0, 24.0], [12.0], "one date per visit"),
-    ([0.0, 12.0], [], "no target dates"),
-    ([0.0, 12.0], [float("inf")], "finite"),
+@pytest.mark.parametrize("months, targets, message, rules", [
+    ([0.0], [12.0], "two or more visits", {}),
+    ([0.0, 0.0], [12.0], "both dated month 0", {}),
+    ([0.0, 12.0, 24.0], [12.0], "one date per visit", {}),
+    ([0.0, 12.0], [], "no target dates", {}),
+    ([0.0, 12.0], [float("inf")], "finite", {}),
+    ([0.0, 12.0], [24.0], "unknown y rule 'flat'; choose from anchored, line",
+     {"y_rule": "flat"}),
+    ([0.0, 12.0], [24.0], "unknown x_T rule 'flat'", {"x_T_rule": "flat"}),
 ])
-def test_bad_input_fails_before_any_work(session, scans, months, targets, message):
+def test_bad_input_fails_before_any_work(session, scans, months, targets, message, rules):
     gen = operations.iter_predict(session, scans[:len(months) if len(months) < 3 else 2],
-                                  months, targets)
+                                  months, targets, **rules)
     with pytest.raises(LDAEError, match=message):
         next(gen)  # refused before the first encoding step
 

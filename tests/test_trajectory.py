@@ -1,4 +1,5 @@
-"""The trajectory fit in code space (core/trajectory.py) on codes with known motion."""
+"""The trajectory fit in code space (core/trajectory.py) on codes with known motion: the y rules
+(anchored through the visits, the least-squares line) and the x_T rules."""
 
 from __future__ import annotations
 
@@ -51,12 +52,17 @@ def test_linear_motion_recovered_exactly():
     assert traj.summary()["y_speed_per_year"] == pytest.approx(float(b.norm()) * 12, rel=1e-5)
 
 
+def noisy_codes(months, seed: int = 1) -> Codes:
+    """Linear motion of y plus noise: the visits are off the least-squares line."""
+    codes, _, _ = linear_codes(months, seed=seed)
+    noise = torch.randn(len(months), D, generator=torch.Generator().manual_seed(2)) * 0.1
+    return Codes(codes.y + noise, codes.x_T, steps=7)
+
+
 def test_least_squares_matches_numpy_and_reports_the_residual():
     months = [0.0, 6.0, 12.0, 24.0, 36.0]
-    codes, _, _ = linear_codes(months, seed=1)
-    noise = torch.randn(len(months), D, generator=torch.Generator().manual_seed(2)) * 0.1
-    codes = Codes(codes.y + noise, codes.x_T)
-    traj = fit_trajectory(codes, months)
+    codes = noisy_codes(months)
+    traj = fit_trajectory(codes, months, y_rule="line")
     slope, intercept = np.polyfit(months, codes.y.double().numpy(), 1)
     np.testing.assert_allclose(traj.slope.numpy(), slope, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(traj.y_at([60.0])[0].numpy(), intercept + 60.0 * slope,
@@ -66,6 +72,48 @@ def test_least_squares_matches_numpy_and_reports_the_residual():
     assert traj.residual == pytest.approx(rms, rel=1e-5)
     assert 0.0 < traj.unexplained < 1.0
     assert not traj.passes_through(0)
+    assert traj.summary()["y_rule"] == "line"
+
+
+def test_anchored_passes_through_every_visit_and_continues_with_the_slope():
+    months = [0.0, 6.0, 12.0, 24.0, 36.0]
+    codes = noisy_codes(months)
+    traj = fit_trajectory(codes, months)
+    line = fit_trajectory(codes, months, y_rule="line")
+    assert traj.y_rule == "anchored" and traj.summary()["y_rule"] == "anchored"
+    at = traj.codes_at(months)
+    assert torch.equal(at.y, codes.y) and torch.equal(at.x_T, codes.x_T)  # bit for bit
+    assert all(traj.passes_through(i) for i in range(len(months)))
+    # the same least-squares slope and fit as the line
+    slope, _ = np.polyfit(months, codes.y.double().numpy(), 1)
+    np.testing.assert_allclose(traj.slope.numpy(), slope, rtol=1e-6, atol=1e-9)
+    assert traj.residual == line.residual and traj.unexplained == line.unexplained
+    y = codes.y.double().numpy()
+    np.testing.assert_allclose(traj.y_at([48.0, 96.0]).double().numpy(),
+                               y[-1] + np.array([[12.0], [60.0]]) * slope, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(traj.y_at([-12.0])[0].double().numpy(), y[0] - 12.0 * slope,
+                               rtol=1e-5, atol=1e-5)
+    # between visits the lerp of their y, as interpolation
+    np.testing.assert_allclose(traj.y_at([9.0, 30.0]).double().numpy(),
+                               [(y[1] + y[2]) / 2, (y[3] + y[4]) / 2], rtol=1e-5, atol=1e-6)
+    # its change from the last visit grows with the line's slope; the line's starts off it
+    step = (traj.y_at([42.0]) - traj.y_at([36.0])).double()
+    torch.testing.assert_close(step[0], 6.0 * traj.slope, rtol=1e-4, atol=1e-6)
+    assert float((line.y_at([36.0])[0] - codes.y[-1]).norm()) > 1e-3
+    torch.testing.assert_close(traj.x_T_at([48.0]), line.x_T_at([48.0]))  # x_T: same rule
+
+
+def test_line_rule_is_the_least_squares_line_everywhere():
+    months = [0.0, 6.0, 12.0, 24.0, 36.0]
+    codes = noisy_codes(months, seed=8)
+    traj = fit_trajectory(codes, months, y_rule="line")
+    slope, intercept = np.polyfit(months, codes.y.double().numpy(), 1)
+    targets = [-6.0, 0.0, 9.0, 36.0, 60.0]
+    expected = intercept + np.array(targets)[:, None] * slope
+    np.testing.assert_allclose(traj.y_at(targets).double().numpy(), expected, rtol=1e-5,
+                               atol=1e-5)
+    torch.testing.assert_close(traj.fitted, traj.line_at(months))
+    assert not any(traj.passes_through(i) for i in range(len(months)))
 
 
 @pytest.mark.parametrize("months", [[0.0, 24.0], [0.0, 12.0, 36.0]])
@@ -120,13 +168,15 @@ def test_list_of_single_codes_and_prediction_flag():
     ("duplicate", "two visits are dated month 6"),
     ("count", "one date per visit"),
     ("rule", "unknown x_T rule"),
+    ("y_rule", "unknown y rule 'straight'; choose from anchored, line"),
     ("nan", "finite"),
 ])
 def test_bad_input_is_a_clear_error(case, message):
     codes, _, _ = linear_codes([0.0, 6.0, 12.0])
     args = {"single": (codes[0], [0.0]), "duplicate": (codes, [0.0, 6.0, 6.0]),
             "count": (codes, [0.0, 6.0]), "rule": (codes, [0.0, 6.0, 12.0]),
-            "nan": (codes, [0.0, float("nan"), 12.0])}[case]
+            "y_rule": (codes, [0.0, 6.0, 12.0]), "nan": (codes, [0.0, float("nan"), 12.0])}[case]
     rule = "newest" if case == "rule" else "hold"
+    y_rule = "straight" if case == "y_rule" else "anchored"
     with pytest.raises(LDAEError, match=message):
-        fit_trajectory(*args, x_T_rule=rule)
+        fit_trajectory(*args, x_T_rule=rule, y_rule=y_rule)

@@ -28,21 +28,21 @@ from napari_ldae.cli._prepare import check_prepare, finish, prepare_option, qc_n
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
-    from napari_ldae.core import DEFAULT_X_T_RULE, X_T_RULES
+    from napari_ldae.core import DEFAULT_X_T_RULE, DEFAULT_Y_RULE, X_T_RULES, Y_RULES
 
     p = sub.add_parser(
         "predict", help="predict a later visit from two or more earlier ones (by date)",
         description="Encode two or more visits of one subject, fit their trajectory in code "
-        "space (semantic y: least-squares line in time over all visits; stochastic x_T: "
-        "--x-t-rule) and decode it at each date given with --months (months from baseline). "
-        "A date past the last visit is a prediction, one between visits an interpolation. The "
-        "visits' dates come from BIDS names (ses-M06) or a sessions.tsv (`months` column), else "
-        "from --dates. Writes OUTDIR/<stem>_predict-M<months>.nii.gz in the space of the latest "
-        "visit (<stem>), with the visits, dates and fit residual in the JSON sidecar: the "
-        "prediction's change from that visit's reconstruction carried onto the visit at its own "
-        "resolution (--onto scan, the default), or the decoded prediction (--onto model). Visits "
-        "that look like different subjects and dates far outside the visits' span are warned "
-        "about.",
+        "space (semantic y: --y-rule, on the least-squares line's slope over all visits; "
+        "stochastic x_T: --x-t-rule) and decode it at each date given with --months (months "
+        "from baseline). A date past the last visit is a prediction, one between visits an "
+        "interpolation. The visits' dates come from BIDS names (ses-M06) or a sessions.tsv "
+        "(`months` column), else from --dates. Writes OUTDIR/<stem>_predict-M<months>.nii.gz in "
+        "the space of the latest visit (<stem>), with the visits, dates, rules and fit residual "
+        "in the JSON sidecar: the prediction's change from that visit's reconstruction carried "
+        "onto the visit at its own resolution (--onto scan, the default), or the decoded "
+        "prediction (--onto model). Visits that look like different subjects and dates far "
+        "outside the visits' span are warned about.",
     )
     p.add_argument("visits", nargs="+", metavar="VISIT",
                    help="two or more visits of one subject (NIfTI), in any order")
@@ -51,6 +51,11 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dates", type=float, nargs="+", metavar="M",
                    help="the visits' own dates in months, one per VISIT in the same order "
                    "(default: from BIDS names / sessions.tsv)")
+    p.add_argument("--y-rule", choices=Y_RULES, default=DEFAULT_Y_RULE,
+                   help="semantic code at a date: anchored (default): through every visit, "
+                   "the lerp between visits, past the last (before the first) visit that "
+                   "visit's plus the least-squares slope; line: the least-squares line over "
+                   "all visits at every date")
     p.add_argument("--x-t-rule", choices=X_T_RULES, default=DEFAULT_X_T_RULE,
                    help="stochastic code at a date: hold (default): slerp between visits, the "
                    "latest visit's past them; slerp: continued past the visits; latest: the "
@@ -105,7 +110,7 @@ def _predict(a: argparse.Namespace, paths: list[Path], months: list[float],
         warnings.simplefilter("always", PredictionWarning)
         result = progress(s.iter_predict(
             [read_scan(p) for p in paths], months, targets, a.steps, a.steps,
-            x_T_rule=a.x_t_rule, reference=a.difference or a.onto == "scan",
+            x_T_rule=a.x_t_rule, y_rule=a.y_rule, reference=a.difference or a.onto == "scan",
             names=[str(p) for p in paths],
             prepare=a.prepare),
             f"predict ×{len(targets)} from {len(paths)} visits", a.quiet)

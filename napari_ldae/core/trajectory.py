@@ -1,8 +1,14 @@
 """A subject's trajectory in code space: its codes at any date, fitted from two or more visits.
 
-- **y** (semantic) is a least-squares line in time over all visits: ``y(t) = ȳ + b·(t − t̄)``
-  (exact through both visits when there are two, the interpolation's lerp). The fit residual
-  says how far the visits are from a line.
+- **y** (semantic) follows one of :data:`Y_RULES`, both built on the least-squares line in time
+  over all visits, ``ȳ + b·(t − t̄)``, whose residual says how far the visits are from a line:
+
+  - ``"anchored"`` (the default): through every visit's own y: between two visits the lerp of
+    their y (as interpolation); past the last visit ``y_last + b·(t − t_last)``, before the
+    first ``y_first + b·(t − t_first)``. A prediction's change from the last visit starts at 0.
+  - ``"line"``: the least-squares line at every date (through the visits only when there are
+    two, or they lie on a line).
+
 - **x_T** (stochastic) follows one of :data:`X_T_RULES`:
 
   - ``"hold"`` (the default): between two visits, the slerp of their x_T (as interpolation);
@@ -16,10 +22,9 @@
   bundle (SSIM 0.972 against 0.860 over 16 held-out visits; 0.974 against 0.695 at 24 months
   and more): see ``docs/reproducing-the-paper.md`` (extrapolation).
 
-At a visit's own date, the codes are that visit's when the y line passes through it (two
-visits, or visits on a line) and the rule keeps its x_T ("hold" and "slerp" always, "latest"
-at the latest visit): the prediction then decodes to the visit's reconstruction. Pure torch;
-times in months.
+At a visit's own date the codes are that visit's when y passes through it ("anchored" always)
+and the x_T rule keeps its x_T ("hold" and "slerp" always, "latest" at the latest visit): the
+prediction then decodes to the visit's reconstruction. Pure torch; times in months.
 """
 
 from __future__ import annotations
@@ -30,16 +35,17 @@ from typing import Any
 
 import torch
 
-from napari_ldae.core import DEFAULT_X_T_RULE, X_T_RULES, diffusion
+from napari_ldae.core import DEFAULT_X_T_RULE, DEFAULT_Y_RULE, X_T_RULES, Y_RULES, diffusion
 from napari_ldae.core.model import Codes
 from napari_ldae.errors import LDAEError
 
-__all__ = ["DEFAULT_X_T_RULE", "X_T_RULES", "Trajectory", "fit_trajectory"]
+__all__ = ["DEFAULT_X_T_RULE", "DEFAULT_Y_RULE", "X_T_RULES", "Y_RULES", "Trajectory",
+           "check_rules", "fit_trajectory"]
 
 
 @dataclass(frozen=True)
 class Trajectory:
-    """Visits' codes sorted by date and the fitted line of y (float64 for the fit)."""
+    """Visits' codes sorted by date and the least-squares slope of y (float64 for the fit)."""
 
     months: torch.Tensor  # (V,) float64, strictly increasing
     y: torch.Tensor  # (V, d) the visits' semantic codes
@@ -47,6 +53,7 @@ class Trajectory:
     slope: torch.Tensor  # (d,) float64, y per month
     x_T_rule: str
     steps: int = 0
+    y_rule: str = DEFAULT_Y_RULE
 
     @property
     def center(self) -> float:
@@ -62,22 +69,39 @@ class Trajectory:
         return float(self.months[-1])
 
     # ----------------------------------------------------------------------- evaluation
-    def y_at(self, months: Sequence[float]) -> torch.Tensor:
-        """Semantic codes on the fitted line at each date: (N, d), the visits' dtype."""
+    def line_at(self, months: Sequence[float]) -> torch.Tensor:
+        """Semantic codes on the least-squares line at each date: (N, d), the visits' dtype."""
         t = _months(months) - self.center
         mean = self.y.double().mean(0)
         return (mean[None] + t[:, None] * self.slope[None]).to(self.y.dtype)
+
+    def y_at(self, months: Sequence[float]) -> torch.Tensor:
+        """Semantic codes at each date by the trajectory's y rule: (N, d), the visits' dtype."""
+        if self.y_rule == "line":
+            return self.line_at(months)
+        t = _months(months)
+        seg, alpha = self._segments(t)
+        out = diffusion.lerp(self.y[seg], self.y[seg + 1], alpha.clamp(0.0, 1.0).to(self.y.dtype))
+        for end, outside in ((0, t < self.months[0]), (-1, t > self.months[-1])):
+            line = self.y[end].double() + (t[outside] - self.months[end])[:, None] * self.slope
+            out[outside] = line.to(self.y.dtype)
+        exact = (t[:, None] == self.months[None]).nonzero()  # a visit's date: its own y
+        out[exact[:, 0]] = self.y[exact[:, 1]]
+        return out
+
+    def _segments(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair of neighbouring visits for each date and α along it (outside: < 0 or > 1)."""
+        seg = (torch.searchsorted(self.months, t, right=True) - 1).clamp(0, len(self.months) - 2)
+        t0, t1 = self.months[seg], self.months[seg + 1]
+        return seg, (t - t0) / (t1 - t0)
 
     def x_T_at(self, months: Sequence[float]) -> torch.Tensor:
         """Stochastic codes at each date by the trajectory's rule: (N, C, x, y, z)."""
         t = _months(months)
         if self.x_T_rule == "latest":
             return self.x_T[-1:].expand(len(t), *self.x_T.shape[1:]).clone()
-        n = len(self.months)
-        seg = torch.searchsorted(self.months, t, right=True) - 1
-        seg = seg.clamp(0, n - 2)
-        t0, t1 = self.months[seg], self.months[seg + 1]
-        alpha = ((t - t0) / (t1 - t0)).to(self.x_T.dtype)
+        seg, alpha = self._segments(t)
+        alpha = alpha.to(self.x_T.dtype)
         if self.x_T_rule == "hold":  # the end visits' x_T outside the visits' span
             alpha = alpha.clamp(0.0, 1.0)
         out = diffusion.slerp(self.x_T[seg], self.x_T[seg + 1], alpha)
@@ -92,26 +116,28 @@ class Trajectory:
     # ----------------------------------------------------------------------- the fit
     @property
     def fitted(self) -> torch.Tensor:
-        """The line's y at the visits' dates (V, d)."""
-        return self.y_at(self.months.tolist())
+        """The least-squares line's y at the visits' dates (V, d)."""
+        return self.line_at(self.months.tolist())
 
     @property
     def residual(self) -> float:
-        """Root-mean-square distance of the visits' y from the line (per dimension)."""
-        r = self.y.double() - self.y_at(self.months.tolist()).double()
+        """Root-mean-square distance of the visits' y from the least-squares line (per
+        dimension), whatever the y rule."""
+        r = self.y.double() - self.fitted.double()
         return float(r.pow(2).mean().sqrt())
 
     @property
     def unexplained(self) -> float:
-        """Share of the visits' y variation the line leaves unexplained (1 − R²; 0 for two
-        visits or visits exactly on a line)."""
+        """Share of the visits' y variation the least-squares line leaves unexplained (1 − R²;
+        0 for two visits or visits exactly on a line), whatever the y rule."""
         y = self.y.double()
         spread = float((y - y.mean(0)).pow(2).sum())
-        r = float((y - self.y_at(self.months.tolist()).double()).pow(2).sum())
+        r = float((y - self.fitted.double()).pow(2).sum())
         return r / spread if spread > 0 else 0.0
 
     def passes_through(self, index: int, rtol: float = 1e-5) -> bool:
-        """Whether the line meets visit ``index`` (sorted order) within ``rtol`` of its norm."""
+        """Whether y by the trajectory's rule meets visit ``index`` (sorted order) within
+        ``rtol`` of its norm: always with "anchored", with "line" when the line does."""
         y = self.y[index].double()
         gap = float((self.y_at([float(self.months[index])])[0].double() - y).norm())
         return gap <= rtol * max(float(y.norm()), 1e-12)
@@ -122,16 +148,16 @@ class Trajectory:
 
     def summary(self) -> dict[str, Any]:
         """What a result records about the fit."""
-        return {"visit_months": self.months.tolist(), "x_T_rule": self.x_T_rule,
-                "fit_residual": self.residual, "fit_unexplained": self.unexplained,
+        return {"visit_months": self.months.tolist(), "y_rule": self.y_rule,
+                "x_T_rule": self.x_T_rule, "fit_residual": self.residual,
+                "fit_unexplained": self.unexplained,
                 "y_speed_per_year": float(self.slope.norm()) * 12.0}
 
 
 def fit_trajectory(codes: Codes | Sequence[Codes], months: Sequence[float],
-                   x_T_rule: str = DEFAULT_X_T_RULE) -> Trajectory:
+                   x_T_rule: str = DEFAULT_X_T_RULE, y_rule: str = DEFAULT_Y_RULE) -> Trajectory:
     """Fit a trajectory to the codes of two or more visits and their dates (any order)."""
-    if x_T_rule not in X_T_RULES:
-        raise LDAEError(f"unknown x_T rule {x_T_rule!r}; choose from {', '.join(X_T_RULES)}")
+    check_rules(x_T_rule, y_rule)
     if not isinstance(codes, Codes):
         codes = Codes.cat([c.cpu() for c in codes]) if codes else None
     t = _months(months)
@@ -151,7 +177,16 @@ def fit_trajectory(codes: Codes | Sequence[Codes], months: Sequence[float],
     tau = t - t.mean()
     yd = y.double()
     slope = (tau[:, None] * (yd - yd.mean(0))).sum(0) / tau.pow(2).sum()
-    return Trajectory(t, y, x_T, slope, x_T_rule, codes.steps)
+    return Trajectory(t, y, x_T, slope, x_T_rule, codes.steps, y_rule)
+
+
+def check_rules(x_T_rule: str, y_rule: str) -> tuple[str, str]:
+    """The rules, if known; else a clear :class:`LDAEError`."""
+    if x_T_rule not in X_T_RULES:
+        raise LDAEError(f"unknown x_T rule {x_T_rule!r}; choose from {', '.join(X_T_RULES)}")
+    if y_rule not in Y_RULES:
+        raise LDAEError(f"unknown y rule {y_rule!r}; choose from {', '.join(Y_RULES)}")
+    return x_T_rule, y_rule
 
 
 def _months(months: Sequence[float] | torch.Tensor) -> torch.Tensor:

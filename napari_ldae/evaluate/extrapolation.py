@@ -3,17 +3,20 @@ its earlier ones and measured against the truth.
 
 For every evaluated subject with 3 or more visits, the last visit is left out (and, with 4 or
 more, also the last two); the trajectory (:mod:`napari_ldae.core.trajectory`) is fitted to the
-earlier visits' codes and decoded at the held-out dates, once per x_T rule. Compared with:
+earlier visits' codes and decoded at the held-out dates, once per y rule (x_T: the default
+"hold"; the continued slerp was measured far worse, see ``docs/reproducing-the-paper.md``).
+Compared with:
 
 - **images**: SSIM and MSE against the autoencoder reconstruction of the real held-out scan (as
   the interpolation section and the paper), beside copying the last earlier visit (its
   autoencoder reconstruction);
 - **ventricle volume** against the cohort's true ``ventricle_ml``, measured as the region volumes
-  measure it (:mod:`napari_ldae.data.regions`): on the prediction itself, and as the last visit's
-  measured volume plus the predicted change (prediction − autoencoder reconstruction of the last
-  visit, which cancels the decoder's own bias); beside two baselines, copying the last visit's
-  measured volume and a least-squares line through the earlier visits' measured volumes.
-  Measuring the autoencoder reconstruction of the real held-out scan gives the ceiling.
+  measure it (:mod:`napari_ldae.data.regions`): on the prediction itself, and as the product
+  shows it, the last visit's measured volume plus the predicted change (prediction − the model's
+  own decode of the trajectory at the last earlier visit's date, same batch and DDIM steps);
+  beside two baselines, copying the last visit's measured volume and a least-squares line
+  through the earlier visits' measured volumes. Measuring the autoencoder reconstruction of the
+  real held-out scan gives the ceiling.
 
 Rows are grouped by horizon, months from the last earlier visit to the held-out one.
 """
@@ -29,16 +32,17 @@ import torch
 
 from napari_ldae.core.model import Codes
 from napari_ldae.core.progress import ProgressGen
-from napari_ldae.core.trajectory import DEFAULT_X_T_RULE, fit_trajectory
+from napari_ldae.core.trajectory import DEFAULT_X_T_RULE, DEFAULT_Y_RULE, Y_RULES, fit_trajectory
 from napari_ldae.data.cohort import ScanRecord
 from napari_ldae.errors import LDAEError
 from napari_ldae.evaluate import image_metrics as im
 from napari_ldae.evaluate.context import Context, SubjectResult, score, skipped, task
 
-#: The x_T rules compared: past the last visit "latest" gives the same codes as "hold".
-RULES = ("hold", "slerp")
-KEYS = (f"{DEFAULT_X_T_RULE}_ssim_mean", "copy_ssim_mean",
-        f"{DEFAULT_X_T_RULE}_ventricle_abs_error_ml_mean",
+#: The y rules compared, each with the default x_T rule.
+RULES = Y_RULES
+KEYS = (f"{DEFAULT_Y_RULE}_ssim_mean", "copy_ssim_mean",
+        f"{DEFAULT_Y_RULE}_ventricle_abs_error_ml_mean",
+        f"{DEFAULT_Y_RULE}_change_ventricle_abs_error_ml_mean",
         "copy_ventricle_abs_error_ml_mean", "linear_ventricle_abs_error_ml_mean")
 #: Horizon groups: name → (lowest, highest) months from the last earlier visit, inclusive.
 HORIZONS = {"6": (0.0, 6.0), "12": (6.0 + 1e-9, 12.0), "13-23": (12.0 + 1e-9, 24.0 - 1e-9),
@@ -68,15 +72,18 @@ def iter_subject(ctx: Context, records: list[ScanRecord], codes: Codes, x: torch
         targets = list(range(n, len(records)))
         dates = [months[j] for j in targets]
         try:
-            fits = [fit_trajectory(codes[:n], months[:n], rule) for rule in RULES]
+            fits = [fit_trajectory(codes[:n], months[:n], DEFAULT_X_T_RULE, rule)
+                    for rule in RULES]
         except LDAEError as err:  # duplicate dates
             ctx.notes[f"extrapolation.{records[0].subject}"] = str(err)
             return rows
-        gen = ctx.model.iter_decode(Codes.cat([f.codes_at(dates) for f in fits]),
-                                    ctx.options.decode_steps)
+        # each rule's own decode at the last earlier visit first: where its change starts
+        gen = ctx.model.iter_decode(Codes.cat([f.codes_at([months[n - 1], *dates])
+                                               for f in fits]), ctx.options.decode_steps)
         decoded = yield from task(gen, f"{label}: predict month(s) "
                                        f"{', '.join(f'{d:g}' for d in dates)} from {n} visits")
-        decoded = decoded.cpu().reshape(len(fits), len(targets), *decoded.shape[1:])
+        decoded = decoded.cpu().reshape(len(fits), 1 + len(targets), *decoded.shape[1:])
+        decoded, start = decoded[:, 1:], decoded[:, 0]
         ref = ae[targets]
         copy = score(ctx, ae[[n - 1] * len(targets)], ref)
         scores = {rule: score(ctx, decoded[i], ref) for i, rule in enumerate(RULES)}
@@ -89,7 +96,7 @@ def iter_subject(ctx: Context, records: list[ScanRecord], codes: Codes, x: torch
                 row |= {f"{rule}_{metric}": v[m] for metric, v in scores[rule].items()}
             row |= {f"copy_{metric}": v[m] for metric, v in copy.items()}
             if measure is not None:
-                row |= measure(n, j, {rule: decoded[i, m, 0].numpy()
+                row |= measure(n, j, {rule: (decoded[i, m, 0].numpy(), start[i, 0].numpy())
                                       for i, rule in enumerate(RULES)})
             rows.append(row)
     return rows
@@ -97,8 +104,9 @@ def iter_subject(ctx: Context, records: list[ScanRecord], codes: Codes, x: torch
 
 def _ventricles(ctx: Context, records: list[ScanRecord], x: torch.Tensor, ae: torch.Tensor,
                 affines: list):
-    """``measure(n, j, predictions)`` → the ventricle rows of held-out visit ``j`` predicted
-    from the first ``n`` visits, or None when the cohort has no true volumes to compare with."""
+    """``measure(n, j, {rule: (prediction, start)})`` → the ventricle rows of held-out visit
+    ``j`` predicted from the first ``n`` visits (``start``: the decode at visit ``n − 1``'s
+    date), or None when the cohort has no true volumes to compare with."""
     from napari_ldae.data.regions import lateral_ventricles_ml as ventricle_ml
 
     truth = [_number(r.extra.get("ventricle_ml")) for r in records]
@@ -111,18 +119,22 @@ def _ventricles(ctx: Context, records: list[ScanRecord], x: torch.Tensor, ae: to
         ctx.notes["extrapolation.ventricles"] = f"ventricle measurement impossible: {err}"
         return None
     months = [float(r.months) for r in records]
+    starts: dict[tuple[str, int], float] = {}  # (rule, n) → the start's volume, measured once
 
-    def measure(n: int, j: int, predictions: Mapping[str, np.ndarray]) -> dict[str, float]:
+    def measure(n: int, j: int, predictions: Mapping[str, tuple[np.ndarray, np.ndarray]]
+                ) -> dict[str, float]:
         line = np.polyfit(months[:n], real[:n], 1)
         out = {"truth_ml": truth[j], "true_change_ml": truth[j] - truth[n - 1],
                "copy_ventricle_error_ml": real[n - 1] - truth[j],
                "linear_ventricle_error_ml": float(np.polyval(line, months[j])) - truth[j],
                "ceiling_ventricle_error_ml": recon[j] - truth[j]}
-        for rule, volume in predictions.items():
+        for rule, (volume, start) in predictions.items():
             predicted = ventricle_ml(volume, affines[n - 1])
+            if (rule, n) not in starts:
+                starts[rule, n] = ventricle_ml(start, affines[n - 1])
             out[f"{rule}_ventricle_error_ml"] = predicted - truth[j]
-            out[f"{rule}_change_ventricle_error_ml"] = (real[n - 1] + predicted - recon[n - 1]
-                                                        - truth[j])
+            out[f"{rule}_change_ventricle_error_ml"] = (real[n - 1] + predicted
+                                                        - starts[rule, n] - truth[j])
         return out
 
     return measure
@@ -142,8 +154,9 @@ def section(results: list[SubjectResult], ctx: Context, notes: dict[str, str]) -
         return skipped(notes, "extrapolation", KEYS)
     rows = [row for r in results for row in r.extrapolations]
     out: dict[str, Any] = {
-        "steps": ctx.options.decode_steps, "x_T_rules": list(RULES),
-        "default_x_T_rule": DEFAULT_X_T_RULE, "n_predictions": len(rows),
+        "steps": ctx.options.decode_steps, "y_rules": list(RULES),
+        "default_y_rule": DEFAULT_Y_RULE, "x_T_rule": DEFAULT_X_T_RULE,
+        "n_predictions": len(rows),
         "n_subjects": sum(1 for r in results if r.extrapolations),
         "held_out": "the last visit (3+ visits), and the last two (4+ visits)",
         "reference": "autoencoder reconstruction of the real held-out visit",
@@ -152,7 +165,7 @@ def section(results: list[SubjectResult], ctx: Context, notes: dict[str, str]) -
         "linear_baseline": "least-squares line in time through the earlier visits' measured "
                            "ventricle volumes",
         "change": "the last visit's measured volume plus the predicted change (prediction − "
-                  "autoencoder reconstruction of the last visit)",
+                  "the same rule's decode at the last visit's date, same DDIM steps)",
         "ceiling": "ventricles measured on the autoencoder reconstruction of the real held-out "
                    "visit"}
     if not rows:

@@ -167,13 +167,18 @@ def _extrapolation(report: Mapping[str, Any]) -> str:
     if ex.get("skipped"):
         return f"{title}\n\n_{ex['skipped']}_"
     groups = {"all": ex, **(ex.get("by_horizon") or {})}
-    rules = ex.get("x_T_rules") or []
+    rules = ex.get("y_rules")
+    said = f"y rules {', '.join(rules or [])} (default {ex.get('default_y_rule')}; x_T rule " \
+        f"{ex.get('x_T_rule')})"
+    if rules is None:  # a report from before the y rules compared its x_T rules
+        rules = ex.get("x_T_rules") or []
+        said = f"x_T rules {', '.join(rules)} (default {ex.get('default_x_T_rule')})"
     image = [[g, t.get("n"), *(t.get(f"{r}_ssim_mean") for r in rules), t.get("copy_ssim_mean"),
               *(t.get(f"{r}_mse_mean") for r in rules), t.get("copy_mse_mean")]
              for g, t in groups.items()]
     text = [title, "", f"{ex.get('n_predictions')} held-out visits of {ex.get('n_subjects')} "
             f"subjects ({ex.get('held_out')}), decoded with {ex.get('steps')} DDIM steps; "
-            f"x_T rules {', '.join(rules)} (default {ex.get('default_x_T_rule')}). Reference: "
+            f"{said}. Reference: "
             f"{ex.get('reference')}; copy: {ex.get('copy_baseline')}.", "",
             _table(["horizon (months)", "n", *(f"SSIM {r}" for r in rules), "SSIM copy",
                     *(f"MSE {r}" for r in rules), "MSE copy"], image)]

@@ -2,9 +2,10 @@
 
 Any number of a subject's loaded visits (two or more, checked in the visits table, each with its
 date in months from baseline) are encoded and their trajectory is fitted in code space
-(:func:`napari_ldae.operations.iter_predict`: y on a least-squares line in time, x_T by slerp
-between visits and held at the end visits' outside them). The date slider runs from before the
-first visit to past the last one; a date past the last visit is labelled a *prediction*.
+(:func:`napari_ldae.operations.iter_predict`, its default rules: y through every visit and on
+the least-squares slope past them, x_T by slerp between visits and held at the end visits'
+outside them). The date slider runs from before the first visit to past the last one; a date
+past the last visit is labelled a *prediction*.
 Results are shown on the latest visit's model grid (the visits should be registered to one
 another), with the difference to the latest visit's reconstruction. Dragging the slider shows a
 live preview blended from anchor dates decoded once (``gui._preview``); full quality follows
