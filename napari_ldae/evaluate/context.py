@@ -3,6 +3,7 @@ scan loading, scoring and the "skipped" entries."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import torch
 
 from napari_ldae.core.progress import Progress, ProgressGen
 from napari_ldae.data.cohort import ScanRecord
+from napari_ldae.errors import LDAEError
 from napari_ldae.evaluate import image_metrics as im
 from napari_ldae.evaluate.options import EvaluateOptions
 
@@ -106,3 +108,63 @@ def skipped(notes: dict[str, str], section: str, keys: Iterable[str],
 def keep(volume: torch.Tensor) -> torch.Tensor:
     """A decoded volume kept for later comparisons: CPU, float16 (half the memory)."""
     return volume.detach().to("cpu", torch.float16)
+
+
+def number(value: Any) -> float | None:
+    """A cohort cell as a finite float, else None."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+@dataclass(frozen=True)
+class Ventricles:
+    """A subject's lateral-ventricle volumes per visit (ml): the cohort's truth (None where it
+    has none), and as measured on the real scans (model grid) and on their autoencoder
+    reconstructions, with the region measurement of every input and result."""
+
+    truth: list[float | None]
+    real: list[float]
+    recon: list[float]
+    affines: list[np.ndarray]
+
+    def measure(self, volume: torch.Tensor | np.ndarray, visit: int) -> float:
+        """A model-grid volume's ventricles, on visit ``visit``'s grid."""
+        return ventricle_ml(volume, self.affines[visit])
+
+
+def ventricle_ml(volume: torch.Tensor | np.ndarray, affine: np.ndarray) -> float:
+    """The lateral ventricles (ml) of a model-grid volume (any leading singleton axes)."""
+    from napari_ldae.data.regions import lateral_ventricles_ml
+
+    data = volume.float().numpy() if isinstance(volume, torch.Tensor) else volume
+    return lateral_ventricles_ml(np.asarray(data).squeeze(), affine)
+
+
+def measured_ventricles(ctx: Context, records: list[ScanRecord], x: torch.Tensor,
+                        ae: torch.Tensor, affines: list) -> Ventricles | None:
+    """The subject's :class:`Ventricles`, or None (with a note) when the cohort has no true
+    volume or the scans cannot be measured."""
+    truth = [number(r.extra.get("ventricle_ml")) for r in records]
+    if "ventricle" not in ctx.truths or all(t is None for t in truth):
+        return None
+    try:
+        real = [ventricle_ml(x[i], affines[i]) for i in range(len(records))]
+        recon = [ventricle_ml(ae[i], affines[i]) for i in range(len(records))]
+    except (ValueError, LDAEError) as err:  # not MNI-aligned, or no nilearn
+        ctx.notes["ventricles"] = f"ventricle measurement impossible: {err}"
+        return None
+    return Ventricles(truth, real, recon, list(affines))
+
+
+def error_means(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Every ``*_error_ml`` of the rows as its mean absolute error and its bias (mean)."""
+    out: dict[str, float | None] = {}
+    for key in dict.fromkeys(k for r in rows for k in r if k.endswith("_error_ml")):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        stem = key.removesuffix("_error_ml")
+        out[f"{stem}_abs_error_ml_mean"] = im.summary(abs(v) for v in values)["mean"]
+        out[f"{stem}_bias_ml"] = im.summary(values)["mean"]
+    return out

@@ -36,7 +36,15 @@ from napari_ldae.core.trajectory import DEFAULT_X_T_RULE, DEFAULT_Y_RULE, Y_RULE
 from napari_ldae.data.cohort import ScanRecord
 from napari_ldae.errors import LDAEError
 from napari_ldae.evaluate import image_metrics as im
-from napari_ldae.evaluate.context import Context, SubjectResult, score, skipped, task
+from napari_ldae.evaluate.context import (
+    Context,
+    SubjectResult,
+    Ventricles,
+    error_means,
+    score,
+    skipped,
+    task,
+)
 
 #: The y rules compared, each with the default x_T rule.
 RULES = Y_RULES
@@ -61,11 +69,12 @@ def horizon_group(months: float) -> str:
 
 
 # ----------------------------------------------------------------------------- one subject
-def iter_subject(ctx: Context, records: list[ScanRecord], codes: Codes, x: torch.Tensor,
-                 ae: torch.Tensor, affines: list, label: str) -> ProgressGen[list[dict]]:
-    """Every held-out case of one subject: one row per held-out visit."""
+def iter_subject(ctx: Context, records: list[ScanRecord], codes: Codes, ae: torch.Tensor,
+                 vent: Ventricles | None, label: str) -> ProgressGen[list[dict]]:
+    """Every held-out case of one subject: one row per held-out visit (``vent``: its
+    :func:`~napari_ldae.evaluate.context.measured_ventricles`)."""
     months = [float(r.months) for r in records]
-    measure = _ventricles(ctx, records, x, ae, affines)
+    measure = _ventricles(vent, months)
     rows: list[dict[str, Any]] = []
     for k in held_out_counts(len(records)):
         n = len(records) - k
@@ -102,50 +111,35 @@ def iter_subject(ctx: Context, records: list[ScanRecord], codes: Codes, x: torch
     return rows
 
 
-def _ventricles(ctx: Context, records: list[ScanRecord], x: torch.Tensor, ae: torch.Tensor,
-                affines: list):
+def _ventricles(vent: Ventricles | None, months: list[float]):
     """``measure(n, j, {rule: (prediction, start)})`` → the ventricle rows of held-out visit
     ``j`` predicted from the first ``n`` visits (``start``: the decode at visit ``n − 1``'s
     date), or None when the cohort has no true volumes to compare with."""
-    from napari_ldae.data.regions import lateral_ventricles_ml as ventricle_ml
-
-    truth = [_number(r.extra.get("ventricle_ml")) for r in records]
-    if "ventricle" not in ctx.truths or truth[-1] is None:
+    if vent is None:
         return None
-    try:
-        real = [ventricle_ml(x[v, 0].numpy(), affines[v]) for v in range(len(records))]
-        recon = [ventricle_ml(ae[v, 0].float().numpy(), affines[v]) for v in range(len(records))]
-    except (ValueError, LDAEError) as err:  # not MNI-aligned, or no nilearn
-        ctx.notes["extrapolation.ventricles"] = f"ventricle measurement impossible: {err}"
-        return None
-    months = [float(r.months) for r in records]
+    truth, real, recon = vent.truth, vent.real, vent.recon
     starts: dict[tuple[str, int], float] = {}  # (rule, n) → the start's volume, measured once
 
     def measure(n: int, j: int, predictions: Mapping[str, tuple[np.ndarray, np.ndarray]]
                 ) -> dict[str, float]:
+        if truth[j] is None:
+            return {}
         line = np.polyfit(months[:n], real[:n], 1)
-        out = {"truth_ml": truth[j], "true_change_ml": truth[j] - truth[n - 1],
-               "copy_ventricle_error_ml": real[n - 1] - truth[j],
+        out = {"truth_ml": truth[j], "copy_ventricle_error_ml": real[n - 1] - truth[j],
                "linear_ventricle_error_ml": float(np.polyval(line, months[j])) - truth[j],
                "ceiling_ventricle_error_ml": recon[j] - truth[j]}
+        if truth[n - 1] is not None:
+            out["true_change_ml"] = truth[j] - truth[n - 1]
         for rule, (volume, start) in predictions.items():
-            predicted = ventricle_ml(volume, affines[n - 1])
+            predicted = vent.measure(volume, n - 1)
             if (rule, n) not in starts:
-                starts[rule, n] = ventricle_ml(start, affines[n - 1])
+                starts[rule, n] = vent.measure(start, n - 1)
             out[f"{rule}_ventricle_error_ml"] = predicted - truth[j]
             out[f"{rule}_change_ventricle_error_ml"] = (real[n - 1] + predicted
                                                         - starts[rule, n] - truth[j])
         return out
 
     return measure
-
-
-def _number(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 # ----------------------------------------------------------------------------- the section
@@ -178,7 +172,7 @@ def section(results: list[SubjectResult], ctx: Context, notes: dict[str, str]) -
         for key in KEYS[2:]:
             out[key] = None
             notes.setdefault(f"extrapolation.{key}", notes.get(
-                "extrapolation.ventricles", "the cohort has no ventricle_ml column"))
+                "ventricles", "the cohort has no ventricle_ml column"))
     out["predictions"] = rows
     out["by_horizon"] = {name: means(group) for name in HORIZONS
                          if (group := [r for r in rows if horizon_group(r["horizon"]) == name])}
@@ -190,15 +184,9 @@ def means(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(rows),
                            "horizon_mean": im.summary(r["horizon"] for r in rows)["mean"]}
     for key in dict.fromkeys(k for r in rows for k in r):
-        if key in _ROW_INFO:
-            continue
-        values = [r[key] for r in rows if r.get(key) is not None]
-        if key.endswith("_error_ml"):
-            stem = key.removesuffix("_error_ml")
-            out[f"{stem}_abs_error_ml_mean"] = im.summary(abs(v) for v in values)["mean"]
-            out[f"{stem}_bias_ml"] = im.summary(values)["mean"]
-        else:
-            out[f"{key}_mean"] = im.summary(values)["mean"]
+        if key not in _ROW_INFO and not key.endswith("_error_ml"):
+            out[f"{key}_mean"] = im.summary(r.get(key) for r in rows)["mean"]
+    out |= error_means(rows)
     if any("true_change_ml" in r for r in rows):
         out["true_change_ml_mean"] = im.summary(r.get("true_change_ml") for r in rows)["mean"]
     return out

@@ -23,7 +23,7 @@ import torch
 from napari_ldae.core.progress import ProgressGen
 from napari_ldae.errors import LDAEError
 from napari_ldae.evaluate import image_metrics as im
-from napari_ldae.evaluate.context import Context, SubjectResult, keep, skipped, task
+from napari_ldae.evaluate.context import Context, SubjectResult, keep, number, skipped, task
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ KEYS = ("ventricle_monotonic_fraction", "ventricle_change_ml_per_unit",
 def truths(records) -> tuple[str, ...]:
     """The structures some of ``records`` carry a true volume for."""
     return tuple(name for name, s in STRUCTURES.items()
-                 if any(_number(r.extra.get(s.column)) is not None for r in records))
+                 if any(number(r.extra.get(s.column)) is not None for r in records))
 
 
 # ----------------------------------------------------------------------------- one subject
@@ -78,7 +78,7 @@ def iter_subject(ctx: Context, x: torch.Tensor, ae: torch.Tensor, affines: list,
         fn = measurement(name)
         try:
             res.structures[name] = [
-                {"truth": _number(rec.extra.get(s.column)),
+                {"truth": number(rec.extra.get(s.column)),
                  "measured": fn(x[v, 0].numpy(), affines[v]),
                  "measured_ae": fn(ae[v, 0].numpy(), affines[v]),
                  "measured_file": fn(files[v].data, files[v].affine),
@@ -227,8 +227,3 @@ def identity_kept_fraction(distances: np.ndarray | None = None, *,
     others = np.where(np.eye(n, dtype=bool), np.inf, distances).min(axis=1)
     return float(np.mean(np.diag(distances) < others))
 
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None

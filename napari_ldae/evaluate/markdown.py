@@ -136,24 +136,39 @@ def _interpolation(report: Mapping[str, Any], paper: Mapping[str, float]) -> str
     text = ["## Interpolation between visits", "",
             f"{_fmt(it.get('n_triplets'))} triplets from {_fmt(it.get('n_subjects'))} subjects; "
             f"reference: {it.get('reference', _DASH)}; copy baseline: "
-            f"{it.get('copy_baseline', _DASH)}. Pixel metrics reward \"no change\": the "
-            "interpolation is only useful where it beats copying (it does on "
-            f"{_percent(it.get('beats_copy_fraction'))} of the triplets).", "",
-            _table(["", "SSIM", "MSE", "copy SSIM", "copy MSE", "n"],
+            f"{it.get('copy_baseline', _DASH)}; carried: {it.get('carried', _DASH)}. Pixel "
+            "metrics reward \"no change\": the interpolation is only useful where it beats "
+            f"copying (the decode does on {_percent(it.get('beats_copy_fraction'))} of the "
+            f"triplets, carried on {_percent(it.get('carried_beats_copy_fraction'))}).", "",
+            _table(["", "SSIM", "MSE", "carried SSIM", "carried MSE", "copy SSIM", "copy MSE",
+                    "n"],
                    [["all triplets", it.get("ssim_mean"), it.get("mse_mean"),
+                     it.get("carried_ssim_mean"), it.get("carried_mse_mean"),
                      it.get("copy_baseline_ssim_mean"), it.get("copy_baseline_mse_mean"),
                      it.get("n_triplets")]])]
+    if it.get("carried_ventricle_abs_error_ml_mean") is not None:
+        text += ["", "Ventricle volume against the truth, mean absolute error (bias) in ml; "
+                 f"linear: {it.get('linear_baseline', _DASH)}:", "",
+                 _table(["decode", "carried", "copy", "linear"],
+                        [[f"{_fmt(it.get(f'{k}abs_error_ml_mean'))} "
+                          f"({_fmt(it.get(f'{k}bias_ml'))})"
+                          for k in ("ventricle_", "carried_ventricle_", "copy_ventricle_",
+                                    "linear_ventricle_")]])]
     for gap, title in (("time_gap", "time gap end − start"),
                        ("prediction_gap", "prediction gap target − start")):
         table = it.get(f"by_{gap}") or {}
         if not table:
             continue
-        rows = [[g, t.get("n"), t.get("ssim_mean"), t.get("copy_baseline_ssim_mean"),
-                 t.get("mse_mean"), t.get("copy_baseline_mse_mean"),
+        rows = [[g, t.get("n"), t.get("ssim_mean"), t.get("carried_ssim_mean"),
+                 t.get("copy_baseline_ssim_mean"), t.get("mse_mean"),
+                 t.get("copy_baseline_mse_mean"),
+                 t.get("carried_ventricle_abs_error_ml_mean"),
+                 t.get("copy_ventricle_abs_error_ml_mean"),
                  paper.get(f"interpolation.by_{gap}.{g}.ssim_mean")] for g, t in table.items()]
         text += ["", f"By {title} (months):", "",
-                 _table(["months", "n", "SSIM", "copy SSIM", "MSE", "copy MSE", "paper SSIM"],
-                        rows)]
+                 _table(["months", "n", "SSIM", "carried SSIM", "copy SSIM", "MSE", "copy MSE",
+                         "carried ventricle error (ml)", "copy ventricle error (ml)",
+                         "paper SSIM"], rows)]
     return "\n".join(text)
 
 

@@ -55,6 +55,7 @@ from napari_ldae.evaluate.context import (
     SubjectResult,
     keep,
     load_scans,
+    measured_ventricles,
     score,
     skipped,
     task,
@@ -136,14 +137,18 @@ def _iter_subject(ctx: Context, records: list[ScanRecord],
         vol = yield from task(sample, f"{label}: semantic-only decode")
         res.scores["semantic_only"] = score(ctx, vol, x)
         ctx.timed("semantic_only", t)
+    vent = None
+    if ctx.options.runs("interpolation") or ctx.options.runs("extrapolation"):
+        vent = measured_ventricles(ctx, records, x, ae, affines)
     if ctx.options.runs("interpolation"):
         t = time.perf_counter()
-        res.triplets = yield from interpolation.iter_subject(ctx, records, codes, ae, label)
+        res.triplets = yield from interpolation.iter_subject(ctx, records, codes, ae, vent,
+                                                             label)
         ctx.timed("interpolation", t)
     if ctx.options.runs("extrapolation"):
         t = time.perf_counter()
-        res.extrapolations = yield from extrapolation.iter_subject(ctx, records, codes, x, ae,
-                                                                   affines, label)
+        res.extrapolations = yield from extrapolation.iter_subject(ctx, records, codes, ae, vent,
+                                                                   label)
         ctx.timed("extrapolation", t)
     if ctx.options.runs("manipulation"):
         t = time.perf_counter()
