@@ -65,3 +65,25 @@ def cli_environment(one_torch_thread, tmp_path_factory: pytest.TempPathFactory):
         mp.setenv("NAPARI_LDAE_CACHE", str(tmp_path_factory.mktemp("cache")))
         mp.delenv("NAPARI_LDAE_BUNDLE", raising=False)
         yield
+
+
+@pytest.fixture(scope="session")
+def evaluate_one_section():
+    """``fn(bundle, cohort, out, section)``: ``napari-ldae evaluate`` of one section on the
+    whole cohort, 2 steps: (report, Markdown)."""
+    return _evaluate_one_section
+
+
+def _evaluate_one_section(bundle: Path, cohort: Path, out: Path, section: str,
+                          steps: int = 2) -> tuple[dict, str]:
+    import json
+
+    from napari_ldae.cli import main
+    from napari_ldae.evaluate import SECTIONS
+
+    others = [s for s in SECTIONS if s != section]
+    rc = main(["evaluate", "--bundle", str(bundle), "--cohort", str(cohort), "--out",
+               str(out / "r.json"), "--markdown", str(out / "r.md"), "--split", "all",
+               "--steps", str(steps), "--skip", *others, "-q"])
+    assert rc == 0
+    return json.loads((out / "r.json").read_text()), (out / "r.md").read_text()

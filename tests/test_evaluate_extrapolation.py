@@ -15,9 +15,6 @@ from napari_ldae.core.model import Codes
 from napari_ldae.evaluate import SECTIONS
 from napari_ldae.evaluate import extrapolation as ex
 
-OTHERS = [s for s in SECTIONS if s != "extrapolation"]
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -31,13 +28,9 @@ def cohort(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(bundle, cohort, tmp_path_factory) -> tuple[dict, str]:
-    out = tmp_path_factory.mktemp("extrapolation-out")
-    rc = main(["evaluate", "--bundle", str(bundle), "--cohort", str(cohort), "--out",
-               str(out / "r.json"), "--markdown", str(out / "r.md"), "--split", "all",
-               "--steps", "2", "--skip", *OTHERS, "-q"])
-    assert rc == 0
-    return json.loads((out / "r.json").read_text()), (out / "r.md").read_text()
+def report(bundle, cohort, tmp_path_factory, evaluate_one_section) -> tuple[dict, str]:
+    return evaluate_one_section(bundle, cohort, tmp_path_factory.mktemp("extrapolation-out"),
+                                "extrapolation")
 
 
 def test_every_held_out_visit_is_predicted(report, cohort):

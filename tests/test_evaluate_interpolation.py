@@ -4,18 +4,13 @@ visit, the copy and linear baselines, against the AE reconstruction and the true
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from napari_ldae.cli import main
-from napari_ldae.evaluate import SECTIONS
 from napari_ldae.evaluate import interpolation as interp
-
-OTHERS = [s for s in SECTIONS if s != "interpolation"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,13 +25,9 @@ def cohort(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(bundle, cohort, tmp_path_factory) -> tuple[dict, str]:
-    out = tmp_path_factory.mktemp("interpolation-out")
-    rc = main(["evaluate", "--bundle", str(bundle), "--cohort", str(cohort), "--out",
-               str(out / "r.json"), "--markdown", str(out / "r.md"), "--split", "all",
-               "--steps", "2", "--skip", *OTHERS, "-q"])
-    assert rc == 0
-    return json.loads((out / "r.json").read_text()), (out / "r.md").read_text()
+def report(bundle, cohort, tmp_path_factory, evaluate_one_section) -> tuple[dict, str]:
+    return evaluate_one_section(bundle, cohort, tmp_path_factory.mktemp("interpolation-out"),
+                                "interpolation")
 
 
 def test_every_key_is_a_number(report):
