@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 ONTO = ("scan", "model")
 DEFAULT_ONTO = "scan"
 #: How many region measurements are remembered (each is a few numbers, keyed by content), and
-#: how many brain masks of scans used as they are, blurred scans (for the warp) and boxes of masks.
+#: how many brain masks of scans used as they are and blurred scans (for the warp).
 REMEMBERED, REMEMBERED_MASKS = 64, 4
 
 
@@ -113,7 +113,7 @@ def iter_onto_scan(result: Result, method: str = DEFAULT_TRANSFER) -> ProgressGe
             geometry[i] = _geometry(result, prep)
         g = geometry[i]
         carried = carry(method, g.scan.data, g.scan_to_model, result.references[k], volume,
-                        scale=g.scale, inside=g.inside, inside_box=mask_box(g.inside),
+                        scale=g.scale, inside=g.inside,
                         blur=scan_blur(g.scan) if method == "warp" else None)
         out.append(carried.data)
         jacobians.append(carried.log_jacobian)
@@ -151,17 +151,6 @@ def scan_blur(scan: Scan) -> np.ndarray:
         return out
 
     return _remembered(_BLURS, _content(scan), blur, REMEMBERED_MASKS)
-
-
-def mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The box of a brain mask's voxels (:func:`~napari_ldae.data.demons.bounding_box`, margin
-    0), which every transfer onto its scan keeps within; remembered per mask object (a mask is
-    not changed in place)."""
-    from napari_ldae.data.demons import bounding_box
-
-    entry = _remembered(_BOXES, id(mask), lambda: (mask, bounding_box(mask, 0)),
-                        REMEMBERED_MASKS)
-    return entry[1]  # the entry holds the mask, so its id is not reused while remembered
 
 
 def _content(scan: Scan) -> str:
@@ -258,7 +247,6 @@ _LOCK = threading.Lock()
 _MEASURED: OrderedDict[str, dict[str, float]] = OrderedDict()
 _MASKS: OrderedDict[str, np.ndarray] = OrderedDict()
 _BLURS: OrderedDict[str, np.ndarray] = OrderedDict()
-_BOXES: OrderedDict[int, tuple[np.ndarray, tuple[slice, ...] | None]] = OrderedDict()
 _KEYS: weakref.WeakKeyDictionary[Scan, str] = weakref.WeakKeyDictionary()
 
 

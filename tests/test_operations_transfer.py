@@ -24,7 +24,6 @@ from napari_ldae.operations_transfer import (
     brain_mask,
     iter_onto_scan,
     iter_region_volumes,
-    mask_box,
 )
 from napari_ldae.session import DEMO_BUNDLE, Session
 
@@ -208,16 +207,3 @@ def test_region_volumes_of_the_input_and_each_result(edit, both, subject):
     assert rows["AD+0"]["hippocampal_region"] == pytest.approx(truth["hippocampus_ml"], rel=0.25)
     alone = drain(iter_region_volumes(edit, ["model AD+3"], [1], inputs=False))
     assert list(alone) == ["model AD+3"] and 1000 < alone["model AD+3"]["whole_brain"] < 2500
-
-
-def test_a_masks_box_is_remembered_per_mask():
-    from napari_ldae.data.demons import bounding_box
-
-    mask = np.zeros((9, 10, 11), bool)
-    mask[2:5, 3:7, 1:4] = True
-    other = np.zeros_like(mask)
-    other[6, 0, 9] = True
-    assert mask_box(mask) == bounding_box(mask, 0) == (slice(2, 5), slice(3, 7), slice(1, 4))
-    assert mask_box(mask) is mask_box(mask)
-    assert mask_box(other) == (slice(6, 7), slice(0, 1), slice(9, 10))
-    assert mask_box(np.zeros_like(mask)) is None

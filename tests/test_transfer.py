@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
 
-from napari_ldae.data.demons import bounding_box
 from napari_ldae.data.transfer import (
     STILL_VOXELS,
-    TRANSFERS,
     carry,
     estimate_deformation,
     scan_to_model_voxels,
@@ -161,20 +158,3 @@ def test_bad_input_is_refused(scan, reconstruction):
         carry("warp", data, matrix, model, model, inside=np.ones((2, 2, 2), bool))
     with pytest.raises(LDAEError, match="3D float"):
         carry("intensity", data.astype(np.int16), matrix, model, model)
-
-
-def test_a_given_inside_box_gives_the_same_result():
-    rng = np.random.default_rng(3)
-    scan = rng.random((20, 22, 18)).astype(np.float32)
-    inside = np.zeros(scan.shape, bool)
-    inside[4:16, 3:19, 5:14] = True
-    reconstruction = ndi.gaussian_filter(rng.random((10, 11, 9)), 1.5).astype(np.float32)
-    edit = ndi.shift(reconstruction, (0.6, 0.0, -0.4), order=1, mode="nearest")
-    matrix = np.diag([0.5, 0.5, 0.5, 1.0])
-    for method in TRANSFERS:
-        plain = carry(method, scan, matrix, reconstruction, edit, inside=inside)
-        boxed = carry(method, scan, matrix, reconstruction, edit, inside=inside,
-                      inside_box=bounding_box(inside, 0))
-        assert np.array_equal(plain.data, boxed.data)
-        assert not np.array_equal(plain.data, scan)
-        assert np.array_equal(plain.data[~inside], scan[~inside])

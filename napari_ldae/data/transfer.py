@@ -72,29 +72,25 @@ def scan_to_model_voxels(scan_affine: np.ndarray, model_affine: np.ndarray) -> n
 
 def carry(method: str, scan: np.ndarray, scan_to_model: np.ndarray, reconstruction: np.ndarray,
           edit: np.ndarray, *, scale: float = 1.0, inside: np.ndarray | None = None,
-          blur: np.ndarray | None = None,
-          inside_box: tuple[slice, ...] | None = None) -> Carried:
+          blur: np.ndarray | None = None) -> Carried:
     """Carry ``edit − reconstruction`` (model grid, [0, 1]) onto ``scan`` by ``method``.
 
     ``scan_to_model``: scan voxel → model voxel (4×4); ``scale``: scan units per model unit
     (the intensity transfer's only use of units); ``inside``: the scan voxels that may change
     (its brain mask), all when None; ``blur``: the scan's :func:`blurred` (for ``warp``; computed
-    when None, the same for every edit of a scan); ``inside_box``: ``bounding_box(inside, 0)``
-    when known (computed when None; also the same for every edit).
+    when None, the same for every edit of a scan).
     """
     if method not in TRANSFERS:
         raise LDAEError(f"unknown transfer {method!r}; choose one of {', '.join(TRANSFERS)}")
     reconstruction, edit = _model_pair(reconstruction, edit)
     scan, matrix, inside = _scan_inputs(scan, scan_to_model, inside)
-    limit = _limit(inside, inside_box)
     if np.array_equal(reconstruction, edit):
         zero = np.zeros(scan.shape, np.float32) if method == "warp" else None
         return Carried(scan.copy(), method, zero)
     if method == "intensity":
-        return Carried(_carry_intensity(scan, matrix, edit - reconstruction, scale, inside, limit),
-                       method)
+        return Carried(_carry_intensity(scan, matrix, edit - reconstruction, scale, inside), method)
     data, log_jacobian = _carry_warp(scan, matrix, estimate_deformation(reconstruction, edit),
-                                     inside, blur, limit)
+                                     inside, blur)
     return Carried(data, method, log_jacobian)
 
 
@@ -132,8 +128,7 @@ def warp_scan(scan: np.ndarray, scan_to_model: np.ndarray, deformation: Deformat
     scan, matrix, inside = _scan_inputs(scan, scan_to_model, inside)
     if deformation.displacement.shape[1:] != deformation.log_jacobian.shape:
         raise LDAEError("deformation: displacement and log-Jacobian grids differ")
-    data, log_jacobian = _carry_warp(scan, matrix, deformation, inside, blur,
-                                     _limit(inside, None))
+    data, log_jacobian = _carry_warp(scan, matrix, deformation, inside, blur)
     return Carried(data, "warp", log_jacobian)
 
 
@@ -145,17 +140,16 @@ REVERSED = np.eye(4)[[2, 1, 0, 3]]
 
 
 def _carry_warp(scan: np.ndarray, matrix: np.ndarray, deformation: Deformation,
-                inside: np.ndarray | None, blur: np.ndarray | None,
-                limit) -> tuple[np.ndarray, np.ndarray]:
+                inside: np.ndarray | None,
+                blur: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The scan through the deformation and its log-Jacobian, at the voxels of the box the
     deformation reaches that are inside and move by at least :data:`STILL_VOXELS`; the others
-    stay as they are. ``blur``: the scan's :func:`blurred`, computed when None; ``limit``:
-    :func:`_limit`."""
+    stay as they are. ``blur``: the scan's :func:`blurred`, computed when None."""
     step = np.einsum("ij,j...->i...", np.linalg.inv(matrix[:3, :3]),
                      deformation.displacement).astype(np.float32)  # in scan voxels
     moved_by = np.sqrt((step**2).sum(0))
     out, log_jacobian = scan.copy(), np.zeros(scan.shape, np.float32)
-    box = _scan_box(moved_by >= STILL_VOXELS, matrix, scan.shape, limit)
+    box = _scan_box(moved_by >= STILL_VOXELS, matrix, scan.shape, inside)
     if box is None:
         return out, log_jacobian
     amount = _on_scan_box(np.concatenate([step, moved_by[None], deformation.log_jacobian[None]]),
@@ -186,10 +180,10 @@ def blurred(scan: np.ndarray) -> np.ndarray:
 
 
 def _carry_intensity(scan: np.ndarray, matrix: np.ndarray, change: np.ndarray, scale: float,
-                     inside: np.ndarray | None, limit) -> np.ndarray:
+                     inside: np.ndarray | None) -> np.ndarray:
     """The scan plus ``scale`` × the model-grid change at each voxel's position."""
     out = scan.copy()
-    box = _scan_box(change != 0, matrix, scan.shape, limit)
+    box = _scan_box(change != 0, matrix, scan.shape, inside)
     if box is None:
         return out
     delta = _on_scan_box(change[None], box, matrix)[0] * np.float32(scale)
@@ -262,19 +256,10 @@ def _neighbours(x: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 # ----------------------------------------------------------------------------- geometry
-def _limit(inside: np.ndarray | None, inside_box: tuple[slice, ...] | None):
-    """What :func:`_scan_box` keeps within: None (the whole scan), ``inside``'s box, or
-    ``False`` when ``inside`` is empty (nothing changes)."""
-    if inside is None:
-        return None
-    box = bounding_box(inside, 0) if inside_box is None else inside_box
-    return False if box is None else box
-
-
 def _scan_box(support: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...],
-              limit) -> tuple[slice, ...] | None:
-    """The box of scan voxels (within ``limit``, :func:`_limit`) whose model position lies
-    within a voxel of ``support``."""
+              inside: np.ndarray | None) -> tuple[slice, ...] | None:
+    """The box of scan voxels (within ``inside``'s box) whose model position lies within a
+    voxel of ``support``."""
     model_box = bounding_box(support, 1)
     if model_box is None:
         return None
@@ -284,10 +269,11 @@ def _scan_box(support: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...],
     scan = back[:3, :3] @ corners + back[:3, 3:]
     start = np.clip(np.floor(scan.min(axis=1)).astype(int), 0, shape)
     stop = np.clip(np.ceil(scan.max(axis=1)).astype(int) + 1, 0, shape)
-    if limit:
+    limit = None if inside is None else bounding_box(inside, 0)
+    if limit is not None:
         start = np.maximum(start, [s.start for s in limit])
         stop = np.minimum(stop, [s.stop for s in limit])
-    if limit is False or np.any(stop <= start):
+    if (limit is None and inside is not None) or np.any(stop <= start):
         return None
     return tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
 
