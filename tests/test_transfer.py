@@ -158,3 +158,19 @@ def test_bad_input_is_refused(scan, reconstruction):
         carry("warp", data, matrix, model, model, inside=np.ones((2, 2, 2), bool))
     with pytest.raises(LDAEError, match="3D float"):
         carry("intensity", data.astype(np.int16), matrix, model, model)
+
+
+def test_demons_takes_one_iteration_count_per_level(reconstruction):
+    """A count per level runs each level that often: equal counts give the scalar's field, and
+    a count list that does not match the levels is refused."""
+    from napari_ldae.data.demons import demons, field_array, sitk_image
+
+    model, _ = reconstruction
+    edit, _ = _phantom(MODEL_MM, radius=13.0)
+    fixed, moving = sitk_image(edit), sitk_image(model)
+    same = [field_array(demons(fixed, moving, (2, 1), n, 1.0)) for n in (5, (5, 5))]
+    np.testing.assert_array_equal(same[0], same[1])
+    fewer = field_array(demons(fixed, moving, (2, 1), (5, 1), 1.0))
+    assert not np.array_equal(fewer, same[0])
+    with pytest.raises(ValueError, match="2 iteration counts for 3 levels"):
+        demons(fixed, moving, (4, 2, 1), (5, 5), 1.0)

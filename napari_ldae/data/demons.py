@@ -22,17 +22,21 @@ def sitk_image(volume: np.ndarray):
         np.ascontiguousarray(np.asarray(volume, dtype=np.float32).transpose(2, 1, 0)))
 
 
-def demons(fixed, moving, levels: Sequence[int], iterations: int, smoothing: float, *,
-           first_order_exp: bool = False):
+def demons(fixed, moving, levels: Sequence[int], iterations: int | Sequence[int],
+           smoothing: float, *, first_order_exp: bool = False):
     """The displacement field (SimpleITK vector image on ``fixed``'s grid) carrying each point
     of ``fixed`` to the point of ``moving`` that shows the same thing, coarse to fine over the
-    shrink factors ``levels`` (e.g. ``(4, 2, 1)``). ``first_order_exp``: exponentiate each
-    update to first order instead of by scaling and squaring (a third faster, still invertible
-    for the small updates of one iteration)."""
+    shrink factors ``levels`` (e.g. ``(4, 2, 1)``), with ``iterations`` at every level or one
+    count per level. ``first_order_exp``: exponentiate each update to first order instead of
+    by scaling and squaring (a third faster, still invertible for the small updates of one
+    iteration)."""
     import SimpleITK as sitk
 
+    counts = [iterations] * len(levels) if isinstance(iterations, int) else list(iterations)
+    if len(counts) != len(levels):
+        raise ValueError(f"{len(counts)} iteration counts for {len(levels)} levels")
     field = None
-    for factor in levels:
+    for factor, count in zip(levels, counts, strict=True):
         level_fixed, level_moving = ((sitk.Shrink(im, [int(factor)] * 3) if factor > 1 else im)
                                      for im in (fixed, moving))
         if field is None:
@@ -41,7 +45,7 @@ def demons(fixed, moving, levels: Sequence[int], iterations: int, smoothing: flo
         else:
             field = _resampled(field, level_fixed)
         registration = sitk.DiffeomorphicDemonsRegistrationFilter()
-        registration.SetNumberOfIterations(int(iterations))
+        registration.SetNumberOfIterations(int(count))
         registration.SetStandardDeviations(float(smoothing))
         registration.SetUseFirstOrderExp(first_order_exp)
         field = registration.Execute(level_fixed, level_moving, field)

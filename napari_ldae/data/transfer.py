@@ -34,9 +34,10 @@ STILL_VOXELS = 0.01
 #: The warp moves the scan's detail (the scan minus its Gaussian blur of this σ, in voxels) by
 #: whole voxels, so that it stays sharp, and its blurred part by linear interpolation.
 DETAIL_SIGMA = 0.7
-#: Diffeomorphic demons: shrink factors of its levels, iterations per level and Gaussian
-#: smoothing of the field (voxels of the level).
-DEMONS_LEVELS, DEMONS_ITERATIONS, DEMONS_SMOOTHING = (4, 2, 1), 15, 0.75
+#: Diffeomorphic demons: shrink factors of its levels, iterations at each level (fewer at the
+#: finest, which costs four fifths of the time) and Gaussian smoothing of the field (voxels of
+#: the level).
+DEMONS_LEVELS, DEMONS_ITERATIONS, DEMONS_SMOOTHING = (4, 2, 1), (15, 15, 10), 0.75
 #: The deformation is estimated in the box of the brain (voxels above this fraction of the
 #: edit's maximum) grown by CROP_MARGIN voxels, and is zero outside it.
 BRAIN_FRACTION, CROP_MARGIN = 0.05, 3
@@ -95,7 +96,7 @@ def carry(method: str, scan: np.ndarray, scan_to_model: np.ndarray, reconstructi
 
 
 def estimate_deformation(reconstruction: np.ndarray, edit: np.ndarray, *,
-                         iterations: int = DEMONS_ITERATIONS,
+                         iterations: int | tuple[int, ...] = DEMONS_ITERATIONS,
                          smoothing: float = DEMONS_SMOOTHING) -> Deformation:
     """The diffeomorphic demons deformation (SimpleITK) that turns ``reconstruction`` into
     ``edit``: the edit is the fixed image, the reconstruction the moving one. Their intensities
