@@ -107,6 +107,11 @@ def test_report_details(run, bundle, longitudinal_cohort):
     assert hippocampus["n_scans"] == 12 and hippocampus["scans"]["n"] == 12
     assert hippocampus["scans"]["mean_relative_error"] < 0.3  # 4 subjects at 6 mm: r is noisy
     assert man["identity_strength"] == 3.0 and man["identity_n_subjects"] == 4
+    for name in ("ventricle", "hippocampus"):  # the change by deformation
+        check = man[f"{name}_deformation_validation"]
+        assert check["n"] == 4 and 0.0 <= check["same_sign_fraction"] <= 1.0
+        curves = man[f"{name}_deformation_per_subject"]
+        assert len(curves) == 4 and all(c[0] == 0.0 and len(c) == 4 for c in curves.values())
     code_use = report["code_use"]
     assert code_use["n_pairs"] == 4 and len(code_use["per_pair"]) == 4
     assert "sub-004→sub-001" in code_use["per_pair"]
@@ -125,7 +130,8 @@ def test_markdown(run):
     assert "Spread of y between scans" in text
     for words in ("## Code use", "Identity kept at strength 3", "ceiling (true measures)",
                   "`hippocampus_ml`", "mean measured hippocampi (ml)", "| cohort_grid |",
-                  "at their own resolution (6 mm)"):
+                  "at their own resolution (6 mm)", "Change by deformation",
+                  "from the strength-0 decode to each edit"):
         assert words in text, words
     assert "0.962" in text and "0.8948" in text  # the paper's numbers beside ours
 

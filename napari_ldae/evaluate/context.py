@@ -55,8 +55,11 @@ class SubjectResult:
     # structure → per visit: truth, measured (scan), measured_ae (its AE reconstruction),
     # measured_file (the cohort's file on its own grid) and that grid's spacing_mm
     structures: dict[str, list[dict[str, float | None]]] = field(default_factory=dict)
-    # structure → measured volume of the baseline edited at each strength
+    # structure → measured volume of the baseline edited at each strength; "<structure>_deformation"
+    # → its change by deformation from strength 0 to each strength
     edit_ml: dict[str, list[float]] = field(default_factory=dict)
+    # structure → its true and measured ("measured") change by deformation, first to last visit
+    deformation: dict[str, dict[str, float]] = field(default_factory=dict)
     baseline: Any = None  # Codes of the baseline at the task steps (CPU)
     reconstruction: torch.Tensor | None = None  # decoded baseline codes (float16, CPU)
     edit: torch.Tensor | None = None  # the baseline edited at the largest strength (float16)

@@ -6,6 +6,9 @@ AD at each strength, then
   model grid, on their autoencoder reconstructions, and on the cohort's files at their own
   resolution), then measured on the edits, which should enlarge the ventricles and shrink the
   hippocampi;
+- the same structures' **change by deformation** (:mod:`napari_ldae.data.tbm`) from the strength-0
+  decode to each edit, validated on each subject's first and last real visits against the true
+  change;
 - **identity**: at the largest strength, whether each edit is still closer (MSE) to its own
   subject's reconstruction than to every other evaluated subject's.
 """
@@ -34,6 +37,7 @@ class Structure:
     curves_key: str  # where the per-subject curves go
     note_key: str  # where a failed measurement is explained
     method: str
+    region: str  # its name in the region volumes and napari_ldae.data.tbm
 
 
 def measurement(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
@@ -48,15 +52,20 @@ STRUCTURES = {
     "ventricle": Structure("ventricle_ml", +1, "segmentation_validation", "per_subject",
                            "manipulation.segmentation",
                            "template-prior partial-volume CSF segmentation "
-                           "(napari_ldae.data.ventricles)"),
+                           "(napari_ldae.data.ventricles)", "lateral_ventricles"),
     "hippocampus": Structure("hippocampus_ml", -1, "hippocampus_validation",
                              "hippocampus_per_subject", "manipulation.hippocampus_measurement",
                              "template boundary shift in the hippocampal region "
-                             "(napari_ldae.data.hippocampus)"),
+                             "(napari_ldae.data.hippocampus)", "hippocampal_region"),
 }
+#: The change by deformation: its keys carry this after the structure's name.
+DEFORMATION = "deformation"
+DEFORMATION_METHOD = ("template region pulled through the demons deformation between two "
+                      "volumes (napari_ldae.data.tbm)")
 KEYS = ("ventricle_monotonic_fraction", "ventricle_change_ml_per_unit",
         "hippocampus_monotonic_fraction", "hippocampus_change_ml_per_unit",
-        "identity_kept_fraction")
+        "hippocampus_deformation_monotonic_fraction",
+        "hippocampus_deformation_change_ml_per_unit", "identity_kept_fraction")
 
 
 def truths(records) -> tuple[str, ...]:
@@ -87,6 +96,7 @@ def iter_subject(ctx: Context, x: torch.Tensor, ae: torch.Tensor, affines: list,
             measured.append(name)
         except (ValueError, LDAEError) as err:  # not MNI-aligned, or no nilearn
             ctx.notes[s.note_key] = f"{name} measurement impossible: {err}"
+    deformed = _deformation_of_visits(x, affines, res, measured, ctx.notes)
     if ctx.direction is None:
         return
     strengths = list(ctx.options.strengths)
@@ -95,9 +105,41 @@ def iter_subject(ctx: Context, x: torch.Tensor, ae: torch.Tensor, affines: list,
     for name in measured:
         fn = measurement(name)
         res.edit_ml[name] = [fn(e[0].cpu().numpy(), affines[0]) for e in edits]
+    if deformed and 0.0 in strengths:
+        start = edits[strengths.index(0.0), 0].cpu().numpy()
+        changes = [_changes(start, e[0].cpu().numpy(), affines[0], deformed) for e in edits]
+        for name in deformed:
+            res.edit_ml[f"{name}_{DEFORMATION}"] = [c[name] for c in changes]
     res.edit = keep(edits[int(np.argmax(strengths))])
     if res.reconstruction is None and 0.0 in strengths:  # strength 0 decodes the codes as they are
         res.reconstruction = keep(edits[strengths.index(0.0)])
+
+
+def _changes(before: np.ndarray, after: np.ndarray, affine: np.ndarray,
+             names: Sequence[str]) -> dict[str, float]:
+    from napari_ldae.data.tbm import structure_changes
+
+    changes = structure_changes(before, after, affine, tuple(STRUCTURES[n].region for n in names))
+    return {name: changes[STRUCTURES[name].region] for name in names}
+
+
+def _deformation_of_visits(x: torch.Tensor, affines: list, res: SubjectResult,
+                           measured: Sequence[str], notes: dict[str, str]) -> list[str]:
+    """The structures' change by deformation from the first real visit to the last, against
+    their true change (``res.deformation``); the structures it works on."""
+    if not measured:
+        return []
+    try:
+        first, last = (x[v, 0].numpy() for v in (0, -1))
+        changes = _changes(first, last, affines[0], measured) if len(x) > 1 else {}
+    except (ValueError, LDAEError) as err:
+        notes[f"manipulation.{DEFORMATION}"] = f"change by deformation impossible: {err}"
+        return []
+    for name, change in changes.items():
+        first, last = (res.structures[name][v]["truth"] for v in (0, -1))
+        if first is not None and last is not None:
+            res.deformation[name] = {"truth": last - first, "measured": change}
+    return list(measured)
 
 
 # ----------------------------------------------------------------------------- the section
@@ -119,20 +161,42 @@ def section(results: list[SubjectResult], ctx: Context, notes: dict[str, str]) -
         out[s.validation_key] = validation(results, name)
         curves = {r.subject: r.edit_ml[name] for r in results if name in r.edit_ml}
         out |= structure_change(name, curves, strengths, notes, notes.get(s.note_key, no_edits))
+        out |= _deformation(results, name, strengths, notes, no_edits)
     out |= identity(results, strengths, notes, no_edits)
     out["n_subjects"] = sum(1 for r in results if r.edit is not None)
     return out
 
 
+def _deformation(results: list[SubjectResult], name: str, strengths: Sequence[float],
+                 notes: dict[str, str], no_edits: str) -> dict[str, Any]:
+    """A structure's change by deformation: its validation on real visits and its edit curves."""
+    label = f"{name}_{DEFORMATION}"
+    pairs = [r.deformation[name] for r in results if name in r.deformation]
+    truth, seen = (np.asarray([p[k] for p in pairs], dtype=float) for k in ("truth", "measured"))
+    check = agreement(truth, seen) if pairs else {"n": 0}
+    check |= {"method": DEFORMATION_METHOD, "between": "first and last real visits",
+              "mean_true_change_ml": float(truth.mean()) if pairs else None,
+              "mean_measured_change_ml": float(seen.mean()) if pairs else None,
+              "same_sign_fraction": float(np.mean(np.sign(truth) == np.sign(seen)))
+              if pairs else None}
+    curves = {r.subject: r.edit_ml[label] for r in results if label in r.edit_ml}
+    why = notes.get(f"manipulation.{DEFORMATION}", no_edits if 0.0 in strengths
+                    else "the change by deformation is taken from strength 0: add it")
+    return {f"{label}_validation": check} | structure_change(name, curves, strengths, notes, why,
+                                                             label=label)
+
+
 def structure_change(name: str, curves: dict[str, list[float]], strengths: Sequence[float],
-                     notes: dict[str, str], why_none: str) -> dict[str, Any]:
-    """Monotonic fraction (in the expected direction) and mean slope of the edit curves."""
+                     notes: dict[str, str], why_none: str, label: str = "") -> dict[str, Any]:
+    """Monotonic fraction (in the expected direction) and mean slope of the edit curves, under
+    keys starting with ``label`` (default: the structure's name)."""
     s = STRUCTURES[name]
-    mono, slope = f"{name}_monotonic_fraction", f"{name}_change_ml_per_unit"
+    label = label or name
+    mono, slope = f"{label}_monotonic_fraction", f"{label}_change_ml_per_unit"
     measured = {k: v for k, v in curves.items() if all(map(math.isfinite, v))}
     if not measured:
         if curves:
-            why_none = (f"the {name} measurement failed on the edits of every subject (decoded "
+            why_none = (f"the {label} measurement failed on the edits of every subject (decoded "
                         "volumes that do not look like the template brain)")
         for key in (mono, slope):
             notes[f"manipulation.{key}"] = why_none
@@ -144,11 +208,12 @@ def structure_change(name: str, curves: dict[str, list[float]], strengths: Seque
     if len(x) < 2:
         notes[f"manipulation.{slope}"] = "needs at least two strengths"
     return {mono: float(np.mean(expected)), slope: im.summary(slopes)["mean"],
-            f"{name}_ml_by_strength": {f"{v:g}": float(np.mean([c[i] for c in curves.values()]))
-                                       for i, v in enumerate(x)},
-            s.curves_key: {k: [round(c, 3) for c in v] for k, v in curves.items()},
-            f"{name}_n_subjects": len(curves),
-            f"{name}_expected_change": "rise" if s.sign > 0 else "fall"}
+            f"{label}_ml_by_strength": {f"{v:g}": float(np.mean([c[i] for c in curves.values()]))
+                                        for i, v in enumerate(x)},
+            (s.curves_key if label == name else f"{label}_per_subject"):
+                {k: [round(c, 3) for c in v] for k, v in curves.items()},
+            f"{label}_n_subjects": len(curves),
+            f"{label}_expected_change": "rise" if s.sign > 0 else "fall"}
 
 
 def validation(results: list[SubjectResult], name: str) -> dict[str, Any]:

@@ -245,13 +245,37 @@ def _manipulation(report: Mapping[str, Any]) -> str:
     rows = [[name, expected, man.get(f"{name}_monotonic_fraction"),
              man.get(f"{name}_change_ml_per_unit")] for name, _, _, expected in _STRUCTURES]
     text += [_table(["structure", "expected", "monotonic (fraction of subjects)",
-                     "mean slope (ml per unit)"], rows), "",
+                     "mean slope (ml per unit)"], rows), "", *_deformation(man),
              f"Identity kept at strength {_fmt(man.get('identity_strength'))}: "
              f"{_percent(man.get('identity_kept_fraction'))} of the edits are closer (MSE) to "
              "their own subject's reconstruction than to any other evaluated subject's (mean MSE "
              f"to their own {_fmt(man.get('identity_mse_own_mean'))}, to the nearest other "
              f"{_fmt(man.get('identity_mse_nearest_other_mean'))})."]
     return "\n".join(text)
+
+
+def _deformation(man: Mapping[str, Any]) -> list[str]:
+    """The change by deformation: validated on real visits, then on the edits."""
+    names = [(name, expected) for name, *_, expected in _STRUCTURES
+             if man.get(f"{name}_deformation_validation")]
+    if not names:
+        return []
+    check = [[name, _get(man, f"{name}_deformation_validation.n"),
+              _get(man, f"{name}_deformation_validation.mean_true_change_ml"),
+              _get(man, f"{name}_deformation_validation.mean_measured_change_ml"),
+              _get(man, f"{name}_deformation_validation.pearson_r"),
+              _percent(_get(man, f"{name}_deformation_validation.same_sign_fraction"))]
+             for name, _ in names]
+    edits = [[name, expected, man.get(f"{name}_deformation_monotonic_fraction"),
+              man.get(f"{name}_deformation_change_ml_per_unit")] for name, expected in names]
+    method = _get(man, f"{names[0][0]}_deformation_validation.method")
+    return [f"Change by deformation (method: {method}), from each subject's first real "
+            "visit to its last, against the true change:", "",
+            _table(["structure", "subjects", "mean true change (ml)",
+                    "mean measured change (ml)", "r", "same sign"], check), "",
+            "The same from the strength-0 decode to each edit:", "",
+            _table(["structure", "expected", "monotonic (fraction of subjects)",
+                    "mean slope (ml per unit)"], edits), ""]
 
 
 def _code_use(report: Mapping[str, Any]) -> str:

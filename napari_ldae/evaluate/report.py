@@ -77,6 +77,8 @@ REQUIRED_KEYS = (
     "interpolation.ssim_mean", "interpolation.copy_baseline_ssim_mean",
     "manipulation.ventricle_monotonic_fraction", "manipulation.ventricle_change_ml_per_unit",
     "manipulation.hippocampus_monotonic_fraction", "manipulation.hippocampus_change_ml_per_unit",
+    "manipulation.hippocampus_deformation_monotonic_fraction",
+    "manipulation.hippocampus_deformation_change_ml_per_unit",
     "manipulation.identity_kept_fraction", "code_use.swap_fraction_mean",
 )
 #: The paper's numbers (Lozupone et al., MedIA 2026, and the official repository's README),
