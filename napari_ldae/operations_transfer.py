@@ -13,7 +13,9 @@ Which input a volume is carried onto:
   reconstruction, so that α = 0 gives A and α = 1 gives B exactly.
 
 :func:`iter_region_volumes` measures the regions of :mod:`napari_ldae.data.regions` on a record's
-inputs and volumes, one volume per step; measurements are remembered by content, so an input is
+inputs and volumes, one volume per step, and each volume's change of the ventricles and the
+hippocampal region from its reconstruction by the deformation between them
+(:func:`changes_by_deformation`); measurements are remembered by content, so an input is
 measured once however many results it has.
 """
 
@@ -208,7 +210,8 @@ def iter_region_volumes(record: Result | OnScan, names: Sequence[str] = (),
     """Region → ml of the record's inputs (``inputs``; named by their files) and of its volumes
     ``indices`` (all when None; named by ``names``, one per index): ``{name: {region: ml}}``,
     in each input's own world. A :class:`OnScan` is measured on the scan's grid, a model-space
-    :class:`Result` on the model grid. One :class:`Progress` per volume; every measurement is
+    :class:`Result` on the model grid; a volume with a reference also gets its
+    :func:`changes_by_deformation`. One :class:`Progress` per measurement; every measurement is
     remembered by content."""
     on_scan = isinstance(record, OnScan)
     result = record.result if on_scan else record
@@ -223,12 +226,39 @@ def iter_region_volumes(record: Result | OnScan, names: Sequence[str] = (),
         todo.append((name, *(_on_input(result.preparations[record.inputs[j]],
                                        record.volumes[j]) if on_scan
                              else _model_volume(result, j))))
-    rows = {}
+    outputs = list(zip(names, indices, strict=True)) if result.references else []
+    total, rows = len(todo) + len(outputs), {}
     for step, (name, volume, affine, to_mni) in enumerate(todo):
-        yield Progress(step, len(todo), f"region volumes: {name}")
+        yield Progress(step, total, f"region volumes: {name}")
         rows[name] = measured(volume, affine, to_mni)
-    yield Progress(len(todo), len(todo), "region volumes")
+    for step, (name, j) in enumerate(outputs, len(todo)):
+        yield Progress(step, total, f"change by deformation: {name}")
+        rows[name] = rows[name] | changes_by_deformation(result, j)
+    yield Progress(total, total, "region volumes")
     return rows
+
+
+def changes_by_deformation(result: Result, index: int) -> dict[str, float]:
+    """The ventricles' and hippocampal region's change from volume ``index``'s reference to it,
+    read from the deformation between them on the model grid (:mod:`napari_ldae.data.tbm`), in
+    ml of the input's world, under the keys of :data:`~napari_ldae.data.regions.
+    CHANGE_BY_DEFORMATION`; empty without a reference or off the template. Remembered."""
+    from napari_ldae.data.preprocess import model_affine
+    from napari_ldae.data.tbm import structure_changes
+
+    if not result.references:
+        return {}
+    volume = result.volumes if result.volumes.ndim == 3 else result.volumes[index]
+    reference = result.references[_reference(result, index)]
+    grid = model_affine(result.scan, result.contract)  # in MNI: the model scan's world
+    world_ml = 1.0 if result.prepared is None else 1.0 / abs(float(np.linalg.det(
+        result.prepared.transform.input_to_template[:3, :3])))
+    try:
+        changes = _remembered(_CHANGES, _digest(reference, volume, grid),
+                              lambda: structure_changes(reference, volume, grid), REMEMBERED)
+    except ValueError:  # the grid does not cover the template's structures
+        return {}
+    return {f"{name}_change_by_deformation": ml * world_ml for name, ml in changes.items()}
 
 
 def measured(volume: np.ndarray, affine: np.ndarray,
@@ -236,15 +266,22 @@ def measured(volume: np.ndarray, affine: np.ndarray,
     """:func:`napari_ldae.data.regions.region_volumes`, remembered by content."""
     from napari_ldae.data.regions import region_volumes
 
-    h = hashlib.sha256(np.ascontiguousarray(volume, dtype=np.float32).tobytes())
-    for part in (np.shape(volume), affine, np.eye(4) if to_mni is None else to_mni):
-        h.update(np.asarray(part, dtype=np.float64).tobytes())
-    return dict(_remembered(_MEASURED, h.hexdigest(),
+    key = _digest(volume, np.shape(volume), affine, np.eye(4) if to_mni is None else to_mni)
+    return dict(_remembered(_MEASURED, key,
                             lambda: region_volumes(volume, affine, to_mni=to_mni), REMEMBERED))
+
+
+def _digest(volume: np.ndarray, *parts) -> str:
+    """A content key: the volume's float32 bytes, then each part's float64 bytes."""
+    h = hashlib.sha256(np.ascontiguousarray(volume, dtype=np.float32).tobytes())
+    for part in parts:
+        h.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
+    return h.hexdigest()
 
 
 _LOCK = threading.Lock()
 _MEASURED: OrderedDict[str, dict[str, float]] = OrderedDict()
+_CHANGES: OrderedDict[str, dict[str, float]] = OrderedDict()
 _MASKS: OrderedDict[str, np.ndarray] = OrderedDict()
 _BLURS: OrderedDict[str, np.ndarray] = OrderedDict()
 _KEYS: weakref.WeakKeyDictionary[Scan, str] = weakref.WeakKeyDictionary()

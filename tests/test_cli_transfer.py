@@ -5,6 +5,7 @@ with the shipped demo bundle on a synthetic subject's two visits at 2 mm (the mo
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +14,7 @@ import pytest
 
 from napari_ldae.cli import main
 from napari_ldae.data.io import read_scan
-from napari_ldae.data.regions import REGIONS, read_volumes_tsv
+from napari_ldae.data.regions import CHANGE_BY_DEFORMATION, REGIONS, read_volumes_tsv
 from napari_ldae.operations_transfer import brain_mask
 
 STEPS = ["--steps", "2", "--prepare", "no"]
@@ -83,9 +84,14 @@ def test_manipulate_carries_the_edit_onto_the_scan(capsys, visits, tmp_path):
     assert (prov["onto"], prov["transfer"], prov["kind"]) == ("scan", "warp", "log_jacobian")
     rows = read_volumes_tsv(table)
     assert list(rows) == ["sub-01_ses-M00_T1w", f"{stem}+0.0", f"{stem}+2.0"]
-    assert rows[f"{stem}+0.0"] == rows["sub-01_ses-M00_T1w"]
-    assert set(rows[f"{stem}+2.0"]) == set(REGIONS)
-    assert set(json.loads(table.with_suffix(".json").read_text())) == {"output", *REGIONS}
+    columns = {*REGIONS, *CHANGE_BY_DEFORMATION}
+    assert all(set(row) == columns for row in rows.values())
+    assert {k: rows[f"{stem}+0.0"][k] for k in REGIONS} == \
+        {k: rows["sub-01_ses-M00_T1w"][k] for k in REGIONS}
+    assert all(math.isnan(rows["sub-01_ses-M00_T1w"][k]) for k in CHANGE_BY_DEFORMATION)
+    assert all(rows[f"{stem}+0.0"][k] == 0.0 for k in CHANGE_BY_DEFORMATION)
+    assert all(math.isfinite(rows[f"{stem}+2.0"][k]) for k in CHANGE_BY_DEFORMATION)
+    assert set(json.loads(table.with_suffix(".json").read_text())) == {"output", *columns}
     rc, err = run(capsys, "manipulate", visits[0], "-o", tmp_path / "again", *STEPS,
                   "--direction", "AD", "--strength", "1", "--volumes", table)
     assert rc == 2 and "volumes.tsv already exists; pass --overwrite" in err

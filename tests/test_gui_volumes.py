@@ -4,6 +4,8 @@ strength or date."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from napari_ldae.data.io import write_scan
@@ -52,10 +54,12 @@ def test_the_table_shows_the_regions_and_their_changes(viewer):
     panel = manip.volumes
     panel.measure()
     rows = _table(panel)
-    header = [panel.table.horizontalHeaderItem(j).text().replace("\n", " ") for j in range(5)]
+    header = [panel.table.horizontalHeaderItem(j).text().replace("\n", " ")
+              for j in range(len(COLUMNS))]
     assert header == list(COLUMNS)
     assert [r[0] for r in rows] == list(REGIONS)
     assert all(r[3] == "+0.00" and r[4] == "+0.00" for r in rows)  # the input, exactly
+    assert [r[5] for r in rows] == ["+0.00", "+0.00", "", "", "", ""]  # by deformation: none
     assert panel.baseline == manip.layer_combo.currentText()  # named by its file
 
     manip.slider.blockSignals(True)
@@ -66,10 +70,14 @@ def test_the_table_shows_the_regions_and_their_changes(viewer):
     values = panel.values()
     rows = _table(panel)
     assert [r[0] for r in rows] == list(REGIONS)
-    for (region, a, b, change, percent), row in zip(values, rows, strict=True):
+    for (region, a, b, change, percent, deformed), row in zip(values, rows, strict=True):
         assert row[0] == region
         assert change == pytest.approx(b - a) and row[3] == f"{change:+.2f}"
         assert percent == pytest.approx(100 * (b - a) / a) and row[1] == f"{a:.1f}"
+        if region in ("lateral_ventricles", "hippocampal_region"):  # read from the deformation
+            assert math.isfinite(deformed) and row[5] == f"{deformed:+.2f}"
+        else:
+            assert math.isnan(deformed) and row[5] == ""
     assert any(abs(v[3]) > 0 for v in values)  # the edit changes some volume
     assert "AD +5.00" in panel.frame.currentText() and not panel.plot.isVisible()
     assert panel.caption.text().startswith(f"original: {panel.baseline}; results carried")

@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 from napari_ldae.core.progress import drain
 from napari_ldae.data.io import Scan
 from napari_ldae.data.preprocess import to_scan_space
-from napari_ldae.data.regions import REGIONS
+from napari_ldae.data.regions import CHANGE_BY_DEFORMATION, REGIONS
 from napari_ldae.errors import LDAEError
 from napari_ldae.operations import export, iter_edit, iter_interpolate
 from napari_ldae.operations_transfer import (
@@ -200,10 +200,14 @@ def test_region_volumes_of_the_input_and_each_result(edit, both, subject):
     rows = drain(iter_region_volumes(carried, ["AD+0", "AD+3"]))
     assert list(rows) == ["sub-07_ses-M00_T1w", "AD+0", "AD+3"]
     assert len(_MEASURED) == before + 2
-    assert rows["AD+0"] == rows["sub-07_ses-M00_T1w"]
-    assert set(rows["AD+3"]) == set(REGIONS) and rows["AD+3"] != rows["AD+0"]
+    changes = set(CHANGE_BY_DEFORMATION)
+    assert set(rows["AD+0"]) == set(REGIONS) | changes
+    assert {k: rows["AD+0"][k] for k in REGIONS} == rows["sub-07_ses-M00_T1w"]
+    assert all(rows["AD+0"][k] == 0.0 for k in changes)  # strength 0: the reconstruction
+    assert set(rows["AD+3"]) == set(REGIONS) | changes and rows["AD+3"] != rows["AD+0"]
+    model = drain(iter_region_volumes(edit, ["model AD+3"], [1], inputs=False))["model AD+3"]
+    assert {k: rows["AD+3"][k] for k in changes} == {k: model[k] for k in changes}  # one grid
     truth = subject.visits[0].truth
     assert rows["AD+0"]["lateral_ventricles"] == pytest.approx(truth["ventricle_ml"], rel=0.25)
     assert rows["AD+0"]["hippocampal_region"] == pytest.approx(truth["hippocampus_ml"], rel=0.25)
-    alone = drain(iter_region_volumes(edit, ["model AD+3"], [1], inputs=False))
-    assert list(alone) == ["model AD+3"] and 1000 < alone["model AD+3"]["whole_brain"] < 2500
+    assert 1000 < model["whole_brain"] < 2500

@@ -205,3 +205,21 @@ def test_volume_table_round_trip(tmp_path):
     assert list(read_volumes_tsv(path)) == ["one"]
     with pytest.raises(LDAEError, match="no volumes"):
         write_volumes_tsv(tmp_path / "empty.tsv", {})
+
+
+def test_volume_table_with_changes_by_deformation(tmp_path):
+    """The change-by-deformation columns follow the regions when some row has them."""
+    from napari_ldae.data.regions import CHANGE_BY_DEFORMATION
+
+    rows = {"input": dict.fromkeys(REGIONS, 2.0),
+            "edit": {**dict.fromkeys(REGIONS, 3.0),
+                     "hippocampal_region_change_by_deformation": -0.25}}
+    path = write_volumes_tsv(tmp_path / "volumes.tsv", rows)
+    assert path.read_text().splitlines()[0].split("\t") == ["output", *REGIONS,
+                                                            *CHANGE_BY_DEFORMATION]
+    back = read_volumes_tsv(path)
+    assert back["edit"]["hippocampal_region_change_by_deformation"] == -0.25
+    assert math.isnan(back["input"]["hippocampal_region_change_by_deformation"])
+    assert math.isnan(back["edit"]["lateral_ventricles_change_by_deformation"])
+    sidecar = json.loads((tmp_path / "volumes.json").read_text())
+    assert "deformation" in sidecar["hippocampal_region_change_by_deformation"]["Description"]

@@ -170,7 +170,9 @@ def transfer_options(p: argparse.ArgumentParser) -> None:
                    "where it shrinks) as <output>_logjac.nii.gz (--onto scan --transfer warp)")
     p.add_argument("--volumes", metavar="FILE.tsv",
                    help="also write region volumes (ml) of the inputs and of every output: one "
-                   "row each, the regions as columns, and FILE.json describing them")
+                   "row each, the regions as columns (and each output's change of the "
+                   "ventricles and hippocampal region by deformation), and FILE.json "
+                   "describing them")
 
 
 def check_transfer(a: argparse.Namespace) -> None:

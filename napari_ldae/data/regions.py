@@ -56,6 +56,12 @@ REGIONS = {
     "csf": "the rest of the brain mask: ventricles and sulcal CSF",
     "whole_brain": "the template's brain mask (filled, CSF inside it included)",
 }
+#: Extra columns of a result's row: a structure's change from the result's reference (the model's
+#: reconstruction) by the deformation between them (:mod:`napari_ldae.data.tbm`).
+CHANGE_BY_DEFORMATION = {
+    f"{name}_change_by_deformation": f"change of the {name.replace('_', ' ')} from the model's "
+    "reconstruction to this result, read from the deformation between them on the model grid"
+    for name in ("lateral_ventricles", "hippocampal_region")}
 #: The regions measured by atlas propagation.
 TISSUES = ("grey_matter", "white_matter", "csf", "whole_brain")
 #: Registered template and volume must correlate this well inside the brain to be measured.
@@ -159,8 +165,9 @@ def _structure(measure, volume, affine, to_mni) -> float:
 def write_volumes_tsv(path: str | os.PathLike, rows: Mapping[str, Mapping[str, float]], *,
                       overwrite: bool = False) -> Path:
     """Write ``{output name: {region: ml}}`` as a tab-separated table, one row per output,
-    column ``output`` then the regions of :data:`REGIONS` (``n/a`` where missing or not a
-    number), and its JSON sidecar (``.json`` beside it) describing the columns. Atomic."""
+    column ``output`` then the regions of :data:`REGIONS` and, when some row has them, the
+    columns of :data:`CHANGE_BY_DEFORMATION` (``n/a`` where missing or not a number), and its
+    JSON sidecar (``.json`` beside it) describing the columns. Atomic."""
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if not overwrite and (path.exists() or sidecar.exists()):
@@ -169,11 +176,13 @@ def write_volumes_tsv(path: str | os.PathLike, rows: Mapping[str, Mapping[str, f
         raise LDAEError("no volumes to write")
     text = io.StringIO()
     writer = csv.writer(text, delimiter="\t", lineterminator="\n")
-    writer.writerow(["output", *REGIONS])
+    changes = any(k in volumes for k in CHANGE_BY_DEFORMATION for volumes in rows.values())
+    described = REGIONS | (CHANGE_BY_DEFORMATION if changes else {})
+    writer.writerow(["output", *described])
     for name, volumes in rows.items():
-        writer.writerow([name, *(_cell(volumes.get(region)) for region in REGIONS)])
+        writer.writerow([name, *(_cell(volumes.get(column)) for column in described)])
     columns = {"output": {"Description": "the volume measured (an input or a result)"}}
-    columns |= {name: {"Description": what, "Units": "mL"} for name, what in REGIONS.items()}
+    columns |= {name: {"Description": what, "Units": "mL"} for name, what in described.items()}
     atomic_write(sidecar, json.dumps(columns, indent=2, ensure_ascii=False) + "\n")
     return atomic_write(path, text.getvalue())
 

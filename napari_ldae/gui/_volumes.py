@@ -34,7 +34,8 @@ from napari_ldae.data.regions import REGIONS
 from napari_ldae.gui._controls import RunControls
 from napari_ldae.operations_transfer import OnScan, iter_region_volumes
 
-COLUMNS = ("region", "original ml", "result ml", "change ml", "change %")
+COLUMNS = ("region", "original ml", "result ml", "change ml", "change %",
+           "change by deformation ml")
 #: One colour per region in the plot (distinguishable on napari's dark theme).
 COLORS = ("#4fc3f7", "#81c784", "#e57373", "#ffb74d", "#ba68c8", "#e0e0e0")
 BASELINE_MODEL = "reconstruction"
@@ -53,11 +54,13 @@ class Offer:
 
 
 def change_rows(original: dict[str, float], result: dict[str, float]) -> list[tuple]:
-    """(region, original ml, result ml, change ml, change %) per region."""
+    """(region, original ml, result ml, change ml, change %, change by deformation ml or nan)
+    per region."""
     rows = []
     for region in REGIONS:
         a, b = original.get(region, math.nan), result.get(region, math.nan)
-        rows.append((region, a, b, b - a, 100.0 * (b - a) / a if a else math.nan))
+        rows.append((region, a, b, b - a, 100.0 * (b - a) / a if a else math.nan,
+                     result.get(f"{region}_change_by_deformation", math.nan)))
     return rows
 
 
@@ -235,10 +238,12 @@ class VolumePanel(QWidget):
         label = self.frame.currentText()
         shown = self.baseline is not None and label in self.rows
         for i, region in enumerate(REGIONS):
-            cells = (region, "", "", "", "")
+            cells = (region, "", "", "", "", "")
             if shown:
-                _, a, b, d, pct = change_rows(self.rows[self.baseline], self.rows[label])[i]
-                cells = (region, _text(a), _text(b), _text(d, True), _text(pct, True))
+                _, a, b, d, pct, tbm = change_rows(self.rows[self.baseline],
+                                                   self.rows[label])[i]
+                cells = (region, _text(a), _text(b), _text(d, True), _text(pct, True),
+                         "" if math.isnan(tbm) else _text(tbm, True))
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if j:
