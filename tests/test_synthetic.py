@@ -25,7 +25,11 @@ ANATOMY = ["brain_scale", "brain_ml", "ventricle_step", "hippocampus_step", "cor
 # make_cohort(subjects=2, seed=3, spacing=6, visits=(2, 3)) written by generator v1, before the
 # realistic variety existed: every file but dataset_description.json, .nii.gz decompressed
 # (see _content_hash). The floating-point results depend on these versions.
-V1_HASH = "55e31e4c070759b8414f4715bb447dc17470513f5a885d037bbc37130155323b"
+#: The v1 cohort's content, as written with V1_VERSIONS on the machine kinds it was recorded on:
+#: the same library versions write other bytes on an AMD EPYC with AVX-512 (the libraries'
+#: floating-point paths depend on the CPU), so reproducibility is per machine kind.
+V1_HASHES = {"55e31e4c070759b8414f4715bb447dc17470513f5a885d037bbc37130155323b",
+             "0ba08c524f75db1851d60ac1c9427773497099576eb6091f081be095b23e97ea"}
 V1_VERSIONS = {"numpy": "2.4.6", "scipy": "1.17.1", "nibabel": "5.4.2", "nilearn": "0.14.1"}
 
 
@@ -254,7 +258,7 @@ def test_template_variety_reproduces_generator_v1(tmp_path: Path) -> None:
     versions = {m.__name__: m.__version__ for m in (np, scipy, nibabel, nilearn)}
     if versions != V1_VERSIONS:
         pytest.skip(f"v1 hash recorded with {V1_VERSIONS}, running {versions}")
-    assert _content_hash(out) == V1_HASH
+    assert _content_hash(out) in V1_HASHES
 
 
 def test_varieties_share_everything_but_the_anatomy(tmp_path: Path) -> None:
