@@ -23,7 +23,6 @@ goes back to its raw input too.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_ldae.core.progress import ProgressGen
+from napari_ldae.data.io import content_key
 from napari_ldae.errors import LDAEError, ScanError
 
 if TYPE_CHECKING:
@@ -194,14 +194,6 @@ def to_input_space(model: np.ndarray, model_scan: Scan, prepared: Prepared, *,
 _LOCK = threading.Lock()
 #: (input keys, contract) → (the prepared scans' keys, the preparations), newest last.
 _REMEMBERED: OrderedDict[tuple, tuple[list[str], list[Prepared]]] = OrderedDict()
-
-
-def content_key(scan: Scan) -> str:
-    """sha256 of a scan's float32 voxels, shape and affine."""
-    h = hashlib.sha256(np.ascontiguousarray(scan.data, dtype=np.float32).tobytes())
-    h.update(str(scan.shape).encode())
-    h.update(np.asarray(scan.affine, dtype=np.float64).tobytes())
-    return h.hexdigest()
 
 
 def _remember(ident: tuple, preps: list[Prepared]) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +32,7 @@ import numpy as np
 
 from napari_ldae._files import nifti_stem
 from napari_ldae.core.progress import Progress, ProgressGen
+from napari_ldae.data.io import content_key
 from napari_ldae.data.transfer import DEFAULT_TRANSFER, TRANSFERS
 from napari_ldae.errors import LDAEError
 
@@ -139,7 +139,7 @@ def brain_mask(scan: Scan) -> np.ndarray:
         out.setflags(write=False)
         return out
 
-    return _remembered(_MASKS, _content(scan), mask, REMEMBERED_MASKS)
+    return _remembered(_MASKS, content_key(scan), mask, REMEMBERED_MASKS)
 
 
 def scan_blur(scan: Scan) -> np.ndarray:
@@ -152,21 +152,9 @@ def scan_blur(scan: Scan) -> np.ndarray:
         out.setflags(write=False)
         return out
 
-    return _remembered(_BLURS, _content(scan), blur, REMEMBERED_MASKS)
+    return _remembered(_BLURS, content_key(scan), blur, REMEMBERED_MASKS)
 
 
-def _content(scan: Scan) -> str:
-    """A scan's content key (:func:`~napari_ldae.operations_prepare.content_key`), hashed once
-    per scan object (a scan's voxels are not changed in place)."""
-    from napari_ldae.operations_prepare import content_key
-
-    with _LOCK:
-        key = _KEYS.get(scan)
-    if key is None:
-        key = content_key(scan)
-        with _LOCK:
-            _KEYS[scan] = key
-    return key
 
 
 @dataclass(frozen=True, eq=False)
@@ -284,7 +272,6 @@ _MEASURED: OrderedDict[str, dict[str, float]] = OrderedDict()
 _CHANGES: OrderedDict[str, dict[str, float]] = OrderedDict()
 _MASKS: OrderedDict[str, np.ndarray] = OrderedDict()
 _BLURS: OrderedDict[str, np.ndarray] = OrderedDict()
-_KEYS: weakref.WeakKeyDictionary[Scan, str] = weakref.WeakKeyDictionary()
 
 
 def _remembered(cache: OrderedDict, key: str, compute, size: int):

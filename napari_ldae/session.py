@@ -34,6 +34,7 @@ from napari_ldae.core.bundle import Bundle, load_bundle
 from napari_ldae.core.device import is_out_of_memory
 from napari_ldae.core.model import Codes, LDAEModel
 from napari_ldae.core.progress import ProgressGen, drain
+from napari_ldae.data.io import content_key
 from napari_ldae.errors import BundleError, LDAEError
 from napari_ldae.operations import Result
 
@@ -103,15 +104,6 @@ def alpha_from_months(t_start: float, t_end: float, t_target: float) -> float:
 
 
 # ----------------------------------------------------------------------------- hashing
-def scan_hash(scan: Scan) -> str:
-    """Content hash of a scan's voxels and geometry (the key of its cached codes)."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(scan.data, dtype=np.float32).tobytes())
-    h.update(np.asarray(scan.affine, dtype=np.float64).tobytes())
-    h.update(str(tuple(scan.shape)).encode())
-    return h.hexdigest()
-
-
 def codes_hash(codes: Codes) -> str:
     h = hashlib.sha256()
     for t in (codes.y, codes.x_T):
@@ -253,7 +245,7 @@ class Session:
     def iter_encode(self, scan: Scan, steps: int | None = None) -> ProgressGen[Codes]:
         """Codes of a scan; a cache hit (memory or disk) yields nothing and returns at once."""
         steps = int(steps or self.steps["encode"])
-        key = (scan_hash(scan), self.bundle.sha256, steps)
+        key = (content_key(scan), self.bundle.sha256, steps)
         cached = self._cached_codes(key)
         if cached is not None:
             return cached

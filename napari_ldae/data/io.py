@@ -10,8 +10,11 @@ napari layer's metadata is :mod:`napari_ldae.data.layer_metadata`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import threading
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -99,6 +102,26 @@ class Scan:
 
 
 # ----------------------------------------------------------------------------- reading
+def content_key(scan: Scan) -> str:
+    """sha256 of a scan's float32 voxels, shape and affine: the key of everything remembered
+    about a scan (its codes, preparation, brain mask). Hashed once per scan object: a scan's
+    voxels are never changed in place."""
+    with _KEYS_LOCK:
+        key = _KEYS.get(scan)
+    if key is None:
+        h = hashlib.sha256(np.ascontiguousarray(scan.data, dtype=np.float32).tobytes())
+        h.update(str(scan.shape).encode())
+        h.update(np.asarray(scan.affine, dtype=np.float64).tobytes())
+        key = h.hexdigest()
+        with _KEYS_LOCK:
+            _KEYS[scan] = key
+    return key
+
+
+_KEYS_LOCK = threading.Lock()
+_KEYS: weakref.WeakKeyDictionary[Scan, str] = weakref.WeakKeyDictionary()
+
+
 def read_scan(path: str | os.PathLike, *, nan_policy: NanPolicy = "raise") -> Scan:
     """Read a 3D ``.nii``/``.nii.gz`` scan; every problem is one clear :class:`ScanError`.
 
