@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_ldae.core.progress import ProgressGen
-from napari_ldae.data.io import content_key
 from napari_ldae.errors import LDAEError, ScanError
 
 if TYPE_CHECKING:
@@ -108,6 +107,7 @@ def require_packages(why: str = "preparing scans") -> None:
 def iter_prepare_inputs(contract: PreprocessContract, scans: Sequence[Scan], choice: str = "no",
                         *, visits: bool = False) -> ProgressGen[list[Preparation]]:
     """One :class:`Preparation` per scan (``visits``: of one subject, prepared together)."""
+    from napari_ldae.data.io import content_key
     from napari_ldae.data.prepare_auto import check_prepared
 
     check_choice(choice)
@@ -197,6 +197,8 @@ _REMEMBERED: OrderedDict[tuple, tuple[list[str], list[Prepared]]] = OrderedDict(
 
 
 def _remember(ident: tuple, preps: list[Prepared]) -> None:
+    from napari_ldae.data.io import content_key
+
     outputs = [content_key(p.prepared_scan()) for p in preps]
     with _LOCK:
         _REMEMBERED[ident] = (outputs, preps)

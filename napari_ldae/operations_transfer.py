@@ -32,7 +32,6 @@ import numpy as np
 
 from napari_ldae._files import nifti_stem
 from napari_ldae.core.progress import Progress, ProgressGen
-from napari_ldae.data.io import content_key
 from napari_ldae.data.transfer import DEFAULT_TRANSFER, TRANSFERS
 from napari_ldae.errors import LDAEError
 
@@ -134,6 +133,8 @@ def brain_mask(scan: Scan) -> np.ndarray:
     (the minimum), holes filled; remembered by content (read-only)."""
     from scipy import ndimage as ndi
 
+    from napari_ldae.data.io import content_key
+
     def mask() -> np.ndarray:
         out = ndi.binary_fill_holes(scan.data > scan.data.min())
         out.setflags(write=False)
@@ -145,6 +146,7 @@ def brain_mask(scan: Scan) -> np.ndarray:
 def scan_blur(scan: Scan) -> np.ndarray:
     """The scan's :func:`~napari_ldae.data.transfer.blurred`, which every warp of it moves;
     remembered by content (read-only)."""
+    from napari_ldae.data.io import content_key
     from napari_ldae.data.transfer import blurred
 
     def blur() -> np.ndarray:
@@ -153,8 +155,6 @@ def scan_blur(scan: Scan) -> np.ndarray:
         return out
 
     return _remembered(_BLURS, content_key(scan), blur, REMEMBERED_MASKS)
-
-
 
 
 @dataclass(frozen=True, eq=False)

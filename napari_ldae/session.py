@@ -34,7 +34,6 @@ from napari_ldae.core.bundle import Bundle, load_bundle
 from napari_ldae.core.device import is_out_of_memory
 from napari_ldae.core.model import Codes, LDAEModel
 from napari_ldae.core.progress import ProgressGen, drain
-from napari_ldae.data.io import content_key
 from napari_ldae.errors import BundleError, LDAEError
 from napari_ldae.operations import Result
 
@@ -244,6 +243,8 @@ class Session:
 
     def iter_encode(self, scan: Scan, steps: int | None = None) -> ProgressGen[Codes]:
         """Codes of a scan; a cache hit (memory or disk) yields nothing and returns at once."""
+        from napari_ldae.data.io import content_key
+
         steps = int(steps or self.steps["encode"])
         key = (content_key(scan), self.bundle.sha256, steps)
         cached = self._cached_codes(key)

@@ -17,6 +17,8 @@ scale), so its edit slopes are underestimates and their sign is the reading to t
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 #: The structures measured, by region-volume name.
@@ -24,11 +26,18 @@ STRUCTURES = ("lateral_ventricles", "hippocampal_region")
 
 
 def template_region(name: str, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The template's region ``name`` on an MNI grid: a fraction per voxel (float32), blurred to
-    the grid's voxel size."""
+    """The template's region ``name`` on an MNI grid: a fraction per voxel (float32, read-only),
+    blurred to the grid's voxel size; remembered per grid (0.1 s each)."""
+    return _region(name, np.asarray(affine, np.float64).round(6).tobytes(),
+                   tuple(int(n) for n in shape))
+
+
+@functools.lru_cache(maxsize=8)
+def _region(name: str, affine_bytes: bytes, shape: tuple[int, ...]) -> np.ndarray:
     from napari_ldae.data.hippocampus import mni_hippocampus
     from napari_ldae.data.ventricles import mni_ventricles, on_grid
 
+    affine = np.frombuffer(affine_bytes, dtype=np.float64).reshape(4, 4)
     if name == "lateral_ventricles":
         mask, mni_affine = mni_ventricles()
     elif name == "hippocampal_region":
@@ -39,6 +48,7 @@ def template_region(name: str, affine: np.ndarray, shape: tuple[int, ...]) -> np
     if region.max() < 0.5:
         raise ValueError(f"this grid does not cover the template's {name.replace('_', ' ')}; "
                          "the deformation measurement needs MNI-aligned volumes")
+    region.setflags(write=False)
     return region
 
 

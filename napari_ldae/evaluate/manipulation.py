@@ -130,8 +130,8 @@ def _deformation_of_visits(x: torch.Tensor, affines: list, res: SubjectResult,
     if not measured:
         return []
     try:
-        first, last = (x[v, 0].numpy() for v in (0, -1))
-        changes = _changes(first, last, affines[0], measured) if len(x) > 1 else {}
+        changes = _changes(x[0, 0].numpy(), x[-1, 0].numpy(), affines[0], measured) \
+            if len(x) > 1 else {}
     except (ValueError, LDAEError) as err:
         notes[f"manipulation.{DEFORMATION}"] = f"change by deformation impossible: {err}"
         return []
