@@ -4,7 +4,8 @@ there is no display, the widget's own thread workers, "show on: scan"):
 - slider latency: from ``slider.setValue(v)`` until the edit layer shows strength v as the
   live preview (a blend of the carried anchors), then carried at full quality, by ``warp`` and
   by ``intensity``; the first move of a scan, which decodes and carries the anchors, on its own;
-- the parts of a full render, on the main thread and interleaved: the edit's decode, and the
+- the parts of a full render, on the main thread and interleaved: the edit's decode (the
+  bundle's ``carry`` steps, as the widget's on the scan), and the
   carrying of one edit onto the scan by each transfer (:func:`~napari_ldae.operations_transfer.
   iter_onto_scan`).
 
@@ -41,6 +42,7 @@ def _measure(mode: Mode, section: Section) -> None:
     from napari_ldae.gui._state import get_state
     from napari_ldae.gui.demo import axial_view, open_subject
     from napari_ldae.gui.manipulate_widget import ManipulateWidget
+    from napari_ldae.operations_transfer import full_steps
     from napari_ldae.session import Session, default_cache_dir
 
     spacing = SCAN_MM[mode.name]
@@ -58,7 +60,9 @@ def _measure(mode: Mode, section: Section) -> None:
             axial_view(viewer)
             section.notes.append(f"Bundle: {which}; steps {session.steps}; scan "
                                  f"{source.data.shape} at {spacing:g} mm.")
-            _latency(_Driver(viewer, manip, source.name), mode, section, session.steps)
+            # full quality on the scan decodes with the bundle's carry steps
+            shown = {**session.steps, "decode": full_steps(session.steps, "scan")}
+            _latency(_Driver(viewer, manip, source.name), mode, section, shown)
             _parts(session, manip, mode, section)
         finally:
             viewer.close()
@@ -97,10 +101,10 @@ def _latency(ui: _Driver, mode: Mode, section: Section, steps: dict[str, int]) -
 def _parts(session, manip, mode: Mode, section: Section) -> None:
     """The decode and each transfer of one full render, on the main thread, interleaved."""
     from napari_ldae.core.progress import drain
-    from napari_ldae.operations_transfer import iter_onto_scan
+    from napari_ldae.operations_transfer import full_steps, iter_onto_scan
 
     scan = manip._prepare()[2]
-    steps = session.steps
+    steps = {**session.steps, "decode": full_steps(session.steps, "scan")}
     edit = drain(session.iter_edit(scan, manip.direction.currentData(), [STRENGTH],
                                    steps["decode"], steps["encode"]))
     cases = {

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +88,12 @@ class OnScan:
         vols = {"image": self.volumes, "log_jacobian": self.log_jacobians,
                 "difference": tuple(v - scan.data for v in self.volumes)}[kind]
         return (vols[0] if len(vols) == 1 else np.stack(vols)), scan
+
+
+def full_steps(steps: Mapping[str, int], onto: str) -> int:
+    """DDIM steps of a full-quality result shown on the scan (``carry``: only the change's
+    geometry is carried, docs/method.md) or on the model grid (``decode``)."""
+    return int(steps.get("carry", steps["decode"]) if onto == "scan" else steps["decode"])
 
 
 def iter_onto_scan(result: Result, method: str = DEFAULT_TRANSFER) -> ProgressGen[OnScan]:

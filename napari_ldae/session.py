@@ -30,7 +30,7 @@ import torch
 from napari_ldae import __version__, operations
 from napari_ldae._files import atomic_write
 from napari_ldae._resources import resource_path
-from napari_ldae.core.bundle import Bundle, load_bundle
+from napari_ldae.core.bundle import Bundle, bundle_steps, load_bundle
 from napari_ldae.core.device import is_out_of_memory
 from napari_ldae.core.model import Codes, LDAEModel
 from napari_ldae.core.progress import ProgressGen, drain
@@ -150,7 +150,7 @@ class Session:
         self.cache_dir = writable_dir(Path(cache_dir)) if cache_dir else default_cache_dir()
         self.contract: PreprocessContract = PreprocessContract.from_dict(
             self.bundle.config["preprocessing"])
-        self.steps: dict[str, int] = {k: int(v) for k, v in self.bundle.config["steps"].items()}
+        self.steps: dict[str, int] = bundle_steps(self.bundle.config)
         self._model: LDAEModel | None = None
         self._lock = threading.RLock()
         self._codes: _LRU = _LRU(16)

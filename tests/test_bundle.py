@@ -80,6 +80,9 @@ def _edit_config(**changes):
     (_edit_config(format_version=0), "not supported"),
     (_edit_config(format="something"), "not a napari-ldae bundle config"),
     (_edit_config(scale_factor=-1), "scale_factor"),
+    (_edit_config(steps={"encode": 2, "decode": 0, "preview": 1}), "positive integer step"),
+    (_edit_config(steps={"encode": 2, "decode": 2}), "positive integer step"),
+    (_edit_config(steps={"encode": 2, "decode": 2, "preview": 1, "fast": 1}), "optionally carry"),
     (lambda p: torch.save({"w": torch.zeros(2)}, p / "encoder.safetensors"), "pickled"),
     (lambda p: (p / "encoder.safetensors").write_bytes(b"\x00" * 64), "corrupt"),
 ])

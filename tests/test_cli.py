@@ -258,3 +258,22 @@ def test_docs_cover_every_command_and_option():
         for action in parser._actions:
             for option in action.option_strings:
                 assert option in section, f"docs/cli.md: {name} does not mention {option}"
+
+
+def test_results_on_the_scan_decode_with_the_bundles_carry_steps(visits, tmp_path):
+    from napari_ldae.core.presets import save_random_bundle
+
+    bundle = save_random_bundle(tmp_path / "carry", "tiny", 0,
+                                steps={"encode": 2, "decode": 2, "preview": 1, "carry": 1})
+    common = ["manipulate", str(visits[0]), "--bundle", str(bundle), "--prepare", "no",
+              "--direction", "AD", "--strength", "1"]
+    for onto, steps in (("scan", 1), ("model", 2)):
+        out = tmp_path / onto
+        assert main([*common, "-o", str(out), "--onto", onto]) == 0
+        prov = assert_in_scan_space(out / "sub-01_ses-M00_T1w_AD+1.0.nii.gz",
+                                    visits[0])["provenance"]
+        assert prov["steps"] == steps and prov["encode_steps"] == 2
+    assert main([*common, "-o", str(tmp_path / "given"), "--steps", "3"]) == 0  # --steps wins
+    prov = assert_in_scan_space(tmp_path / "given" / "sub-01_ses-M00_T1w_AD+1.0.nii.gz",
+                                visits[0])["provenance"]
+    assert prov["steps"] == 3

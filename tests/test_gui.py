@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:System theme detection")
 WIDGETS = {"LDAE model": "ModelWidget", "LDAE encode": "EncodeWidget",
            "LDAE manipulate": "ManipulateWidget", "LDAE interpolate": "InterpolateWidget",
            "LDAE export": "ExportWidget", "LDAE train": "TrainWidget"}
-FAST = {"encode": 1, "decode": 1, "preview": 1}
+FAST = {"encode": 1, "decode": 1, "preview": 1, "carry": 1}
 WAIT_MS = 30_000
 
 
@@ -135,7 +135,7 @@ def test_model_panel_load_and_unload(make_napari_viewer, bundle, tmp_path, qtbot
     state = get_state(viewer)
     assert state.session is not None and state.session.cache_dir == tmp_path / "cache"
     assert "ldae-tiny" in panel.facts.text() and "toward AD" in panel.facts.text()
-    assert state.steps == {"encode": 2, "decode": 2, "preview": 1}  # from the bundle
+    assert state.steps == {"encode": 2, "decode": 2, "preview": 1, "carry": 2}  # the bundle's
     assert manip.direction.count() == 2 and manip.direction.currentData() == "AD"
     panel.step_boxes["decode"].setValue(3)
     assert state.steps["decode"] == 3

@@ -32,7 +32,7 @@ def test_demo_screenshot_steps(make_napari_viewer, tmp_path, monkeypatch):
     session = Session(shared_tiny_bundle(), device="cpu", cache_dir=tmp_path / "c")
     viewer = make_napari_viewer()
     get_state(viewer).set_session(session)
-    get_state(viewer).set_steps({"encode": 1, "decode": 1, "preview": 1})
+    get_state(viewer).set_steps({"encode": 1, "decode": 1, "preview": 1, "carry": 1})
     visits = demo.open_subject(viewer, spacing=6.0)
     widgets = demo.dock_widgets(viewer)
     paths = demo.screenshots(viewer, widgets, visits, tmp_path / "shots")

@@ -24,7 +24,7 @@ def viewer(make_napari_viewer, session, monkeypatch):
     monkeypatch.setenv(_jobs.SYNC_ENV, "1")
     v = make_napari_viewer()
     get_state(v).set_session(session)
-    get_state(v).set_steps({"encode": 1, "decode": 1, "preview": 1})
+    get_state(v).set_steps({"encode": 1, "decode": 1, "preview": 1, "carry": 1})
     return v
 
 

@@ -165,3 +165,15 @@ def test_3d_shows_only_change_above_the_noise_floor(make_napari_viewer, session)
     assert alpha[0] == alpha[1] == 0.0 and alpha[2] == 1.0
     viewer.dims.ndisplay = 2
     assert layer.colormap.map(np.array([0.9]))[0, 3] > 0.0
+
+
+def test_full_quality_on_the_scan_uses_the_carry_steps(manip):
+    """Shown on the scan, full quality decodes with the carry steps; on the model grid with
+    the decode steps (the choice re-renders)."""
+    get_state(manip.viewer).set_steps({"decode": 2, "carry": 1})
+    _render(manip, 2.0)
+    assert _layers(manip)["image"].metadata["ldae_provenance"]["steps"] == 1
+    assert manip.quality.text() == "full (1 steps) · strength +2.00"
+    manip.target.onto.setCurrentText("model")
+    assert _layers(manip)["image"].metadata["ldae_provenance"]["steps"] == 2
+    assert manip.quality.text() == "full (2 steps) · strength +2.00"

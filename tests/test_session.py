@@ -88,7 +88,7 @@ def test_info_and_unload(session):
     assert info["directions"]["AD"]["meaning"] == "toward AD"
     assert info["device"] == "cpu" and info["parameters"] > 0
     assert info["bundle_sha256"] == session.bundle.sha256 and info["trained"] is False
-    assert session.steps == STEPS
+    assert session.steps == {**STEPS, "carry": STEPS["decode"]}  # carry: the decode's
     session.unload()
     assert not session.loaded and session.info()["parameters"] is None
     assert session.model is not None and session.loaded  # reloads on demand

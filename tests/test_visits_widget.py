@@ -24,7 +24,7 @@ def viewer(make_napari_viewer, session):
     v = make_napari_viewer()
     state = get_state(v)
     state.set_session(session)
-    state.set_steps({"encode": 1, "decode": 1, "preview": 1})
+    state.set_steps({"encode": 1, "decode": 1, "preview": 1, "carry": 1})
     return v
 
 

@@ -60,7 +60,8 @@ def model_options(p: argparse.ArgumentParser, *, save_codes: bool = True) -> Non
                    help="output folder (created if missing)")
     bundle_option(p)
     p.add_argument("--steps", type=positive_int, metavar="N",
-                   help="DDIM steps of encoding and decoding (default: the bundle's)")
+                   help="DDIM steps of encoding and decoding (default: the bundle's; with --onto "
+                   "scan, its carry steps for decoding)")
     device_options(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (otherwise an existing output is an error)")
@@ -193,6 +194,13 @@ def export_kinds(a: argparse.Namespace) -> list[str]:
     """What is written per volume: the image, then (if asked) its difference and log-Jacobian."""
     return ["image", *["difference"] * getattr(a, "difference", False),
             *["log_jacobian"] * a.jacobian]
+
+
+def decode_steps(a: argparse.Namespace, session) -> int:
+    """``--steps``, else the bundle's decode steps (its ``carry`` steps with ``--onto scan``)."""
+    from napari_ldae.operations_transfer import full_steps
+
+    return a.steps or full_steps(session.steps, a.onto)
 
 
 def on_target(a: argparse.Namespace, result, desc: str):

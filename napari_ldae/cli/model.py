@@ -10,6 +10,7 @@ from napari_ldae.cli._common import (
     SUFFIXES,
     check_transfer,
     command,
+    decode_steps,
     export_kinds,
     inputs,
     model_options,
@@ -139,7 +140,8 @@ def run_manipulate(a: argparse.Namespace) -> None:
     done = n * len(export_kinds(a)) + a.save_codes  # the outputs before the QC files
     rows: dict = {}
     for path, out in zip(paths, outs, strict=True):
-        result = progress(s.iter_edit(read_scan(path), a.direction, strengths, a.steps, a.steps,
+        result = progress(s.iter_edit(read_scan(path), a.direction, strengths,
+                                      decode_steps(a, s), a.steps,
                                       reference=a.difference or a.onto == "scan",
                                       prepare=a.prepare),
                           f"{path.name}: {a.direction} ×{n}", a.quiet)
@@ -210,7 +212,7 @@ def run_interpolate(a: argparse.Namespace) -> None:
     outs = outputs(a.out, names + codes_names + _flat(qc), a.overwrite)
     s = session(a)
     result = progress(s.iter_interpolate_visits(
-        read_scan(path_a), read_scan(path_b), alphas, a.steps, a.steps,
+        read_scan(path_a), read_scan(path_b), alphas, decode_steps(a, s), a.steps,
         references=a.onto == "scan", prepare=a.prepare, months=a.months, visit_a=str(path_a),
         visit_b=str(path_b), months_a=dates[0], months_b=dates[1]),
         f"interpolate ×{len(alphas)}", a.quiet)

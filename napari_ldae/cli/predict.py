@@ -10,6 +10,7 @@ from pathlib import Path
 from napari_ldae.cli._common import (
     SUFFIXES,
     check_transfer,
+    decode_steps,
     export_kinds,
     inputs,
     model_options,
@@ -109,7 +110,7 @@ def _predict(a: argparse.Namespace, paths: list[Path], months: list[float],
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PredictionWarning)
         result = progress(s.iter_predict(
-            [read_scan(p) for p in paths], months, targets, a.steps, a.steps,
+            [read_scan(p) for p in paths], months, targets, decode_steps(a, s), a.steps,
             x_T_rule=a.x_t_rule, y_rule=a.y_rule, reference=a.difference or a.onto == "scan",
             names=[str(p) for p in paths],
             prepare=a.prepare),

@@ -7,7 +7,7 @@
     autoencoder: MONAI AutoencoderKL arguments, scale_factor: s,
     latent_norm: "scale" (default) or "template_residual",
     unet: UNetConfig, encoder: EncoderConfig, schedule: Schedule, clamp_x0: bool,
-    preprocessing: PreprocessContract, steps: {encode, decode, preview},
+    preprocessing: PreprocessContract, steps: {encode, decode, preview[, carry]},
     directions: {name: {meaning, source, metrics}}, metrics: {...}, provenance: {...}
 
 Weights: ``autoencoder`` (with ``latent_norm.mean``/``latent_norm.std`` for a
@@ -44,6 +44,17 @@ PARTS = ("autoencoder", "unet", "encoder", "semantic")
 REQUIRED_KEYS = ("format", "format_version", "autoencoder", "scale_factor", "unet", "encoder",
                  "schedule", "preprocessing", "steps", "directions")
 DEFAULT_STEPS = {"encode": 50, "decode": 50, "preview": 10}
+#: The kinds of DDIM step counts a bundle sets: inversion, full-quality decoding, the slider's
+#: live preview, and full quality carried onto the user's scan (``carry``, the decode's when
+#: absent: docs/method.md, "How many steps a carried result needs").
+STEP_KINDS = ("encode", "decode", "preview", "carry")
+
+
+def bundle_steps(config: dict) -> dict[str, int]:
+    """The step counts of a bundle's config, with ``carry`` defaulting to ``decode``."""
+    steps = {k: int(v) for k, v in config["steps"].items()}
+    steps.setdefault("carry", steps["decode"])
+    return steps
 _PICKLE_HINT = ("it looks like a pickled PyTorch file (.pt/.pth/.ckpt); napari-ldae never "
                 "unpickles files it is given to load. Convert official release files once with "
                 "`napari-ldae import-official`")
@@ -180,6 +191,12 @@ def validate_config(config: Mapping[str, Any], where: Path | str = "config.json"
         Schedule.from_dict(config["schedule"])
     except (ValueError, KeyError, TypeError) as err:
         raise BundleError(f"{where}: schedule: {err}") from err
+    steps = config["steps"]
+    if (not isinstance(steps, Mapping) or any(k not in steps for k in STEP_KINDS[:3])
+            or any(k not in STEP_KINDS or not isinstance(v, int) or isinstance(v, bool) or v < 1
+                   for k, v in steps.items())):
+        raise BundleError(f"{where}: steps must give positive integer step counts for "
+                          f"{', '.join(STEP_KINDS[:3])} (and optionally carry), got {steps!r}")
 
 
 def _check_member(bundle: Bundle, part: str) -> None:

@@ -29,7 +29,7 @@ class LDAEState:
 
     def __init__(self) -> None:
         self.session: Session | None = None
-        self.steps: dict[str, int] = {"encode": 50, "decode": 50, "preview": 10}
+        self.steps: dict[str, int] = {"encode": 50, "decode": 50, "preview": 10, "carry": 50}
         self.cache_dir: Path | None = None
         self.ndisplay_hooked = False  # difference layers restyled on 2D/3D switches
 

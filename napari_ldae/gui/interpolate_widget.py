@@ -42,6 +42,7 @@ from napari_ldae.gui._onto import (
 from napari_ldae.gui._preview import ANCHORS, LivePreview, PreviewContext, Request
 from napari_ldae.gui._visits import VisitTable
 from napari_ldae.gui._volumes import VolumePanel
+from napari_ldae.operations_transfer import full_steps
 from napari_ldae.session import describe_error
 
 
@@ -155,8 +156,8 @@ class InterpolateWidget(LDAEWidget):
         session, visits, scans, geometry = self._prepare()
         steps = self.state.steps
         key = (tuple((ly.name, id(ly.data), m) for ly, m in visits), self.slider.minimum(),
-               self.slider.maximum(), steps["preview"], steps["decode"], steps["encode"],
-               id(session), *self.target.key())
+               self.slider.maximum(), steps["preview"], full_steps(steps, self.target.key()[0]),
+               steps["encode"], id(session), *self.target.key())
         return key, PreviewContext(session, tuple(ly for ly, _ in visits), scans, geometry)
 
     def anchor_values(self, key: tuple) -> np.ndarray:
@@ -218,8 +219,8 @@ class InterpolateWidget(LDAEWidget):
             controls.job.cancel()  # no result)
         layers = tuple(ly for ly, _ in visits)
         ctx = PreviewContext(session, layers, scans, geometry)
-        steps, encode_steps = self.state.steps["decode"], self.state.steps["encode"]
         onto, transfer = self.target.key()
+        steps, encode_steps = full_steps(self.state.steps, onto), self.state.steps["encode"]
 
         def work():
             result = yield from session.iter_predict(

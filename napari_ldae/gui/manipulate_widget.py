@@ -4,9 +4,9 @@ Live preview: the first slider move on a (scan, direction) decodes a few anchor 
 spanning the slider (``steps["preview"]`` DDIM steps, one batch); from then on every slider
 value is shown at once as the piecewise-linear blend of its two neighbouring anchors (no network
 call while dragging). When the slider rests (or is released) the full-quality decode
-(``steps["decode"]``) of that exact strength follows, after the anchors if they are still being
-made. The latest request wins: a new value cancels the running decode at its next step and stale
-results are dropped.
+(``steps["decode"]``, or ``steps["carry"]`` shown on the scan) of that exact strength follows,
+after the anchors if they are still being made. The latest request wins: a new value cancels
+the running decode at its next step and stale results are dropped.
 
 **show on** ``scan`` (the default) carries the edit's change onto the scan at its own resolution
 (``gui._onto``; anchors are carried once and blended): the edit, its difference to the scan and,
@@ -51,6 +51,7 @@ from napari_ldae.gui._onto import (
 )
 from napari_ldae.gui._preview import ANCHORS, LivePreview, PreviewContext, Request
 from napari_ldae.gui._volumes import VolumePanel
+from napari_ldae.operations_transfer import full_steps
 from napari_ldae.session import describe_error
 
 #: The layers of an edit, by kind, after the source layer's name.
@@ -163,7 +164,7 @@ class ManipulateWidget(LDAEWidget):
         session, layer, scan, geometry = self._prepare()
         steps = self.state.steps
         key = (self._source_key, self.direction.currentData(), steps["preview"],
-               steps["decode"], steps["encode"], *self.target.key())
+               full_steps(steps, self.target.key()[0]), steps["encode"], *self.target.key())
         return key, PreviewContext(session, (layer,), (scan,), geometry)
 
     def anchor_values(self, key: tuple) -> np.ndarray:
@@ -248,9 +249,9 @@ class ManipulateWidget(LDAEWidget):
         except Exception as err:
             self.fail(self.sweep_controls, describe_error(err))
             return
-        steps, encode_steps = self.state.steps["decode"], self.state.steps["encode"]
         direction, strengths = self.direction.currentData(), self.sweep_strengths()
         onto, transfer = self.target.key()
+        steps, encode_steps = full_steps(self.state.steps, onto), self.state.steps["encode"]
 
         def work():
             result = yield from session.iter_edit(scan, direction, strengths, steps,

@@ -54,7 +54,9 @@ class ModelWidget(LDAEWidget):
         self.step_boxes: dict[str, QSpinBox] = {}
         for key, tip in (("encode", "DDIM steps of the inversion"),
                          ("decode", "DDIM steps of full-quality decoding"),
-                         ("preview", "DDIM steps while the slider moves")):
+                         ("preview", "DDIM steps while the slider moves"),
+                         ("carry", "DDIM steps of full quality shown on the scan (only the "
+                          "change's geometry is carried onto it)")):
             box = form_row(self.form, f"{key} steps", QSpinBox(), tip)
             box.setRange(1, 1000)
             box.setValue(self.state.steps[key])
