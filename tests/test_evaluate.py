@@ -276,3 +276,24 @@ def test_split_defaults_follow_the_bundle():
     mine = resolve_split(EvaluateOptions(seed=2, test_fraction=0.3), config)
     assert (mine.seed, mine.test_fraction) == (2, 0.3)
     assert resolve_split(EvaluateOptions()).seed == 0
+
+
+def test_probes_alone_need_no_inversion(run, bundle, longitudinal_cohort, monkeypatch):
+    """With every section that needs x_T skipped, the codes come from the encoder alone (no
+    DDIM inversion) and the probes read the same as in the full run."""
+    from napari_ldae.core.model import LDAEModel
+
+    def no_inversion(*_args, **_kwargs):
+        raise AssertionError("the probes alone must not run the DDIM inversion")
+
+    monkeypatch.setattr(LDAEModel, "iter_encode", no_inversion)
+    skip = ("reconstruction", "semantic_only", "interpolation", "extrapolation", "manipulation",
+            "code_use")
+    options = EvaluateOptions(steps=(1, 2), task_steps=1, split="all", seed=3, probe_steps=300,
+                              skip=skip)
+    alone = evaluate(bundle, longitudinal_cohort, options)["probe"]
+    full = run[0]["probe"]
+    assert alone["semantic_spread"] == pytest.approx(full["semantic_spread"], rel=1e-5)
+    for section, metric in (("ad_vs_cn", "roc_auc"), ("ad_vs_cn", "accuracy"), ("age", "mae"),
+                            ("age", "rmse")):
+        assert alone[section][metric] == pytest.approx(full[section][metric], rel=1e-4), metric

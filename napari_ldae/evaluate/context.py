@@ -39,6 +39,13 @@ class Context:
         return self.options.runs("manipulation") and self.direction is not None
 
     @property
+    def needs_inversion(self) -> bool:
+        """Whether any section needs x_T (the DDIM inversion); the probes and semantic-only
+        decoding need y alone."""
+        return any(self.options.runs(s) for s in (
+            "reconstruction", "interpolation", "extrapolation", "manipulation", "code_use"))
+
+    @property
     def needs_reconstruction(self) -> bool:
         """Whether each subject's baseline reconstruction is kept (identity, code use)."""
         return self.edits or self.options.runs("code_use")

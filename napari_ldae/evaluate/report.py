@@ -129,13 +129,18 @@ def _iter_subject(ctx: Context, records: list[ScanRecord],
     ctx.timed("autoencoder", t)
     res = SubjectResult(records, torch.zeros(0))
     res.scores["autoencoder"] = score(ctx, ae, x)
-    codes = yield from _iter_reconstruction(ctx, x, res, label)
-    res.y = codes.y.cpu()
-    res.baseline = codes[0].cpu()
+    if not ctx.needs_inversion:  # the probes and semantic-only decoding need y alone
+        t = time.perf_counter()
+        res.y = ctx.model.embed(x).cpu()
+        ctx.timed("encode", t)
+    else:
+        codes = yield from _iter_reconstruction(ctx, x, res, label)
+        res.y = codes.y.cpu()
+        res.baseline = codes[0].cpu()
     if ctx.options.runs("semantic_only"):
         t = time.perf_counter()
         seed = ctx.options.seed + zlib.crc32(records[0].subject.encode())
-        sample = ctx.model.iter_sample(codes.y, ctx.options.decode_steps, seed=seed)
+        sample = ctx.model.iter_sample(res.y, ctx.options.decode_steps, seed=seed)
         vol = yield from task(sample, f"{label}: semantic-only decode")
         res.scores["semantic_only"] = score(ctx, vol, x)
         ctx.timed("semantic_only", t)
