@@ -12,7 +12,8 @@ Three changes are carried from the model grid onto the scan, both ways:
   a decoder would, as "reconstruction" and "edit"; the real last visit at full resolution is the
   true result (it differs from the carried one by noise, bias and contrast too);
 - ``model`` (``--bundle``): the built-in demo bundle's reconstruction of the full-resolution scan
-  and its edit toward AD at strength ``MODEL_STRENGTH``; no true result.
+  and its edit toward AD at strength ``MODEL_STRENGTH``, decoded with the bundle's carry steps
+  (those of a result shown on the scan); no true result.
 
 For each: the lateral-ventricle change of each result (region volumes at the scan's spacing)
 over the change measured on the model-grid pair; sharpness outside the change (brain voxels over
@@ -140,12 +141,14 @@ def _model_pair(scan) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, float]
 
     from napari_ldae.core.progress import drain
     from napari_ldae.operations import iter_edit
+    from napari_ldae.operations_transfer import full_steps
     from napari_ldae.session import Session
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as cache:
         session = Session(cache_dir=Path(cache))
-        result = drain(iter_edit(session, scan, "AD", [MODEL_STRENGTH]))
+        steps = full_steps(session.steps, "scan")  # what the product carries onto a scan
+        result = drain(iter_edit(session, scan, "AD", [MODEL_STRENGTH], steps))
     lo, hi = scan.intensity_range
     return (result.references[0], result.volumes[0]), session.model_affine(scan), hi - lo
 

@@ -48,13 +48,6 @@ DEFAULT_STEPS = {"encode": 50, "decode": 50, "preview": 10}
 #: live preview, and full quality carried onto the user's scan (``carry``, the decode's when
 #: absent: docs/method.md, "How many steps a carried result needs").
 STEP_KINDS = ("encode", "decode", "preview", "carry")
-
-
-def bundle_steps(config: dict) -> dict[str, int]:
-    """The step counts of a bundle's config, with ``carry`` defaulting to ``decode``."""
-    steps = {k: int(v) for k, v in config["steps"].items()}
-    steps.setdefault("carry", steps["decode"])
-    return steps
 _PICKLE_HINT = ("it looks like a pickled PyTorch file (.pt/.pth/.ckpt); napari-ldae never "
                 "unpickles files it is given to load. Convert official release files once with "
                 "`napari-ldae import-official`")
@@ -165,6 +158,13 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     for part in PARTS:
         _check_member(bundle, part)
     return bundle
+
+
+def bundle_steps(config: Mapping[str, Any]) -> dict[str, int]:
+    """The step counts of a bundle's config, with ``carry`` defaulting to ``decode``."""
+    steps = {k: int(v) for k, v in config["steps"].items()}
+    steps.setdefault("carry", steps["decode"])
+    return steps
 
 
 def validate_config(config: Mapping[str, Any], where: Path | str = "config.json") -> None:
