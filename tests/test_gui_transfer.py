@@ -177,3 +177,16 @@ def test_full_quality_on_the_scan_uses_the_carry_steps(manip):
     manip.target.onto.setCurrentText("model")
     assert _layers(manip)["image"].metadata["ldae_provenance"]["steps"] == 2
     assert manip.quality.text() == "full (2 steps) · strength +2.00"
+
+
+def test_no_blends_where_full_quality_costs_no_more_than_the_preview(manip):
+    """On the scan with carry steps equal to the preview's, a slider move renders full quality
+    only; on the model grid (decode steps above the preview's) it prepares the anchors."""
+    get_state(manip.viewer).set_steps({"preview": 1, "decode": 2, "carry": 1})
+    manip.slider.setValue(1.0)
+    manip.preview.rest_timer.stop()
+    assert manip.preview.anchors is None
+    manip.target.onto.setCurrentText("model")
+    manip.slider.setValue(2.0)
+    manip.preview.rest_timer.stop()
+    assert manip.preview.anchors is not None and manip.preview.anchors.key[3] == 2

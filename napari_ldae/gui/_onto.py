@@ -26,7 +26,13 @@ from napari_ldae.data.transfer import DEFAULT_TRANSFER, TRANSFERS
 from napari_ldae.gui._base import form_row
 from napari_ldae.gui._change import show_difference, show_log_jacobian
 from napari_ldae.gui._layers import ResultGeometry, show_image
-from napari_ldae.operations_transfer import DEFAULT_ONTO, ONTO, OnScan, iter_onto_scan
+from napari_ldae.operations_transfer import (
+    DEFAULT_ONTO,
+    ONTO,
+    OnScan,
+    full_steps,
+    iter_onto_scan,
+)
 
 if TYPE_CHECKING:
     from napari_ldae.core.progress import ProgressGen
@@ -56,6 +62,10 @@ class TargetChoice:
     def key(self) -> tuple[str, str]:
         """(onto, transfer) as chosen now."""
         return self.onto.currentText(), self.transfer.currentText()
+
+    def full_steps(self, steps: dict[str, int]) -> int:
+        """DDIM steps of full quality where results are shown now (``carry`` on the scan)."""
+        return full_steps(steps, self.onto.currentText())
 
     def connect(self, slot) -> None:
         """Call ``slot()`` when either choice changes."""

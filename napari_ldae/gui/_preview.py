@@ -75,7 +75,10 @@ class Anchors:
 
 
 class PreviewSource(Protocol):
-    """What a widget gives :class:`LivePreview` (``title`` names its jobs)."""
+    """What a widget gives :class:`LivePreview` (``title`` names its jobs). The widget itself
+    has the viewer's ``state`` (its steps) and a ``target`` (:class:`~napari_ldae.gui._onto.
+    TargetChoice`): blends are shown only when the preview steps are fewer than full quality's
+    where results are shown."""
 
     title: str
 
@@ -137,7 +140,7 @@ class LivePreview:
 
     def moved(self, *_) -> None:
         steps = self.widget.state.steps
-        if steps["preview"] < steps["decode"]:
+        if steps["preview"] < self.widget.target.full_steps(steps):
             self._later()
         self.rest_timer.start()
 

@@ -42,7 +42,6 @@ from napari_ldae.gui._onto import (
 from napari_ldae.gui._preview import ANCHORS, LivePreview, PreviewContext, Request
 from napari_ldae.gui._visits import VisitTable
 from napari_ldae.gui._volumes import VolumePanel
-from napari_ldae.operations_transfer import full_steps
 from napari_ldae.session import describe_error
 
 
@@ -156,7 +155,7 @@ class InterpolateWidget(LDAEWidget):
         session, visits, scans, geometry = self._prepare()
         steps = self.state.steps
         key = (tuple((ly.name, id(ly.data), m) for ly, m in visits), self.slider.minimum(),
-               self.slider.maximum(), steps["preview"], full_steps(steps, self.target.key()[0]),
+               self.slider.maximum(), steps["preview"], self.target.full_steps(steps),
                steps["encode"], id(session), *self.target.key())
         return key, PreviewContext(session, tuple(ly for ly, _ in visits), scans, geometry)
 
@@ -220,7 +219,7 @@ class InterpolateWidget(LDAEWidget):
         layers = tuple(ly for ly, _ in visits)
         ctx = PreviewContext(session, layers, scans, geometry)
         onto, transfer = self.target.key()
-        steps, encode_steps = full_steps(self.state.steps, onto), self.state.steps["encode"]
+        steps, encode_steps = self.target.full_steps(self.state.steps), self.state.steps["encode"]
 
         def work():
             result = yield from session.iter_predict(

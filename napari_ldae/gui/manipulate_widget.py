@@ -51,7 +51,6 @@ from napari_ldae.gui._onto import (
 )
 from napari_ldae.gui._preview import ANCHORS, LivePreview, PreviewContext, Request
 from napari_ldae.gui._volumes import VolumePanel
-from napari_ldae.operations_transfer import full_steps
 from napari_ldae.session import describe_error
 
 #: The layers of an edit, by kind, after the source layer's name.
@@ -164,7 +163,7 @@ class ManipulateWidget(LDAEWidget):
         session, layer, scan, geometry = self._prepare()
         steps = self.state.steps
         key = (self._source_key, self.direction.currentData(), steps["preview"],
-               full_steps(steps, self.target.key()[0]), steps["encode"], *self.target.key())
+               self.target.full_steps(steps), steps["encode"], *self.target.key())
         return key, PreviewContext(session, (layer,), (scan,), geometry)
 
     def anchor_values(self, key: tuple) -> np.ndarray:
@@ -251,7 +250,7 @@ class ManipulateWidget(LDAEWidget):
             return
         direction, strengths = self.direction.currentData(), self.sweep_strengths()
         onto, transfer = self.target.key()
-        steps, encode_steps = full_steps(self.state.steps, onto), self.state.steps["encode"]
+        steps, encode_steps = self.target.full_steps(self.state.steps), self.state.steps["encode"]
 
         def work():
             result = yield from session.iter_edit(scan, direction, strengths, steps,
