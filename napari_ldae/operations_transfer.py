@@ -21,7 +21,6 @@ measured once however many results it has.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -93,7 +92,7 @@ class OnScan:
 def full_steps(steps: Mapping[str, int], onto: str) -> int:
     """DDIM steps of a full-quality result shown on the scan (``carry``: only the change's
     geometry is carried, docs/method.md) or on the model grid (``decode``)."""
-    return int(steps.get("carry", steps["decode"]) if onto == "scan" else steps["decode"])
+    return int(steps["carry"] if onto == "scan" else steps["decode"])
 
 
 def iter_onto_scan(result: Result, method: str = DEFAULT_TRANSFER) -> ProgressGen[OnScan]:
@@ -237,6 +236,7 @@ def changes_by_deformation(result: Result, index: int) -> dict[str, float]:
     read from the deformation between them on the model grid (:mod:`napari_ldae.data.tbm`), in
     ml of the input's world, under the keys of :data:`~napari_ldae.data.regions.
     CHANGE_BY_DEFORMATION`; empty without a reference or off the template. Remembered."""
+    from napari_ldae.data.io import digest
     from napari_ldae.data.preprocess import model_affine
     from napari_ldae.data.tbm import structure_changes
 
@@ -248,7 +248,7 @@ def changes_by_deformation(result: Result, index: int) -> dict[str, float]:
     world_ml = 1.0 if result.prepared is None else 1.0 / abs(float(np.linalg.det(
         result.prepared.transform.input_to_template[:3, :3])))
     try:
-        changes = _remembered(_CHANGES, _digest(reference, volume, grid),
+        changes = _remembered(_CHANGES, digest(reference, volume, grid),
                               lambda: structure_changes(reference, volume, grid), REMEMBERED)
     except ValueError:  # the grid does not cover the template's structures
         return {}
@@ -258,19 +258,12 @@ def changes_by_deformation(result: Result, index: int) -> dict[str, float]:
 def measured(volume: np.ndarray, affine: np.ndarray,
              to_mni: np.ndarray | None = None) -> dict[str, float]:
     """:func:`napari_ldae.data.regions.region_volumes`, remembered by content."""
+    from napari_ldae.data.io import digest
     from napari_ldae.data.regions import region_volumes
 
-    key = _digest(volume, np.shape(volume), affine, np.eye(4) if to_mni is None else to_mni)
+    key = digest(volume, np.shape(volume), affine, np.eye(4) if to_mni is None else to_mni)
     return dict(_remembered(_MEASURED, key,
                             lambda: region_volumes(volume, affine, to_mni=to_mni), REMEMBERED))
-
-
-def _digest(volume: np.ndarray, *parts) -> str:
-    """A content key: the volume's float32 bytes, then each part's float64 bytes."""
-    h = hashlib.sha256(np.ascontiguousarray(volume, dtype=np.float32).tobytes())
-    for part in parts:
-        h.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
-    return h.hexdigest()
 
 
 _LOCK = threading.Lock()

@@ -102,17 +102,22 @@ class Scan:
 
 
 # ----------------------------------------------------------------------------- reading
+def digest(volume: np.ndarray, *parts) -> str:
+    """A content key: sha256 of the volume's float32 voxels, then of each part as float64."""
+    h = hashlib.sha256(np.ascontiguousarray(volume, dtype=np.float32).tobytes())
+    for part in parts:
+        h.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
 def content_key(scan: Scan) -> str:
-    """sha256 of a scan's float32 voxels, shape and affine: the key of everything remembered
-    about a scan (its codes, preparation, brain mask). Hashed once per scan object: a scan's
-    voxels are never changed in place."""
+    """The :func:`digest` of a scan's voxels, shape and affine: the key of everything
+    remembered about a scan (its codes, preparation, brain mask). Hashed once per scan object:
+    a scan's voxels are never changed in place."""
     with _KEYS_LOCK:
         key = _KEYS.get(scan)
     if key is None:
-        h = hashlib.sha256(np.ascontiguousarray(scan.data, dtype=np.float32).tobytes())
-        h.update(str(scan.shape).encode())
-        h.update(np.asarray(scan.affine, dtype=np.float64).tobytes())
-        key = h.hexdigest()
+        key = digest(scan.data, scan.shape, scan.affine)
         with _KEYS_LOCK:
             _KEYS[scan] = key
     return key
