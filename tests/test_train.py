@@ -390,6 +390,13 @@ def test_learning_rate_warm_down_is_a_function_of_the_step(tiny_cohort):
         resolve(TINY, tiny_cohort, ["latent.lr_warmdown_steps=-1"])
 
 
+def test_matmul_precision_is_checked(tiny_cohort):
+    assert resolve(TINY, tiny_cohort, ["trainer.matmul_precision=high"])["trainer"][
+        "matmul_precision"] == "high"
+    with pytest.raises(TrainingError, match="matmul_precision"):
+        resolve(TINY, tiny_cohort, ["trainer.matmul_precision=tf32"])
+
+
 def test_autoencoder_crops_are_windows_of_each_volume(tiny_cohort):
     from napari_ldae.train.autoencoder import random_crop
 

@@ -213,6 +213,8 @@ def make_trainer(config: Mapping[str, Any], stage: str, stage_dir: Path,
     accelerator = resolve_accelerator(t["accelerator"])
     strategy = DDPStrategy(**_no_buffer_sync()) if _distributed(t, accelerator) else "auto"
     precision = stage_precision(config, stage, accelerator)
+    if accelerator == "gpu" and t["matmul_precision"]:
+        torch.set_float32_matmul_precision(t["matmul_precision"])
     if manual_optimization and precision == "16-mixed":
         raise TrainingError(f"{stage}: 16-mixed is not supported here (two optimizers would "
                             "share one gradient scaler); use bf16-mixed or 32")
@@ -236,6 +238,7 @@ def make_trainer(config: Mapping[str, Any], stage: str, stage_dir: Path,
                 CSVLogger(logs, name="csv")],
         enable_checkpointing=False, use_distributed_sampler=False,
         enable_progress_bar=t["progress_bar"], enable_model_summary=False,
+        benchmark=accelerator == "gpu",  # cuDNN picks the fastest 3D convolutions once
         default_root_dir=stage_dir,
     )
     return trainer, ckpt

@@ -58,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
         "num_nodes": 1,
         "strategy": "auto",  # auto, ddp
         "precision": "32",  # 32, bf16-mixed, 16-mixed (GPU only; 32 on CPU)
+        # float32 matrix products on a GPU: null (torch's default, full float32) or "high"
+        # (TF32 tensor cores) or "medium"; the embedded demo model was trained with "high"
+        "matmul_precision": None,
         "log_every_n_steps": 10,
         "num_sanity_val_steps": 0,
         "progress_bar": True,
@@ -214,6 +217,8 @@ def validate(config: Mapping[str, Any]) -> None:
         raise TrainingError("trainer.devices must be a positive integer or -1 (all GPUs)")
     if not isinstance(t["num_nodes"], int) or t["num_nodes"] < 1:
         raise TrainingError("trainer.num_nodes must be a positive integer")
+    if t["matmul_precision"] not in (None, "highest", "high", "medium"):
+        raise TrainingError("trainer.matmul_precision must be null, highest, high or medium")
     if config["trainer"]["strategy"] not in ("auto", "ddp"):
         raise TrainingError("trainer.strategy must be 'auto' or 'ddp'")
     _check_crop(config["autoencoder"]["crop_size"], model)
