@@ -252,6 +252,22 @@ def test_ema_update_and_swap():
     assert int(ema.num_updates) == 1
 
 
+def test_ema_warmup_follows_a_short_run():
+    from napari_ldae.train.common import EMA
+
+    layer = torch.nn.Linear(2, 1)
+    start = layer.weight.detach().clone()
+    plain = EMA(layer.named_parameters(), decay=0.999)
+    warm = EMA(layer.named_parameters(), decay=0.999, warmup=True)
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    for ema in (plain, warm):
+        ema.update(), ema.update()
+    # plain: 0.999² of the start is left; warm-up: decays 1/10, then 2/11
+    torch.testing.assert_close(plain.averages()[0], start + 1 - 0.999 ** 2)
+    torch.testing.assert_close(warm.averages()[0], start + 1 - 0.1 * 2 / 11)
+
+
 # ----------------------------------------------------------------------------- DDP
 def _free_port() -> int:
     with socket.socket() as s:

@@ -33,13 +33,16 @@ class EMA(nn.Module):
     """Exponential moving average of some parameters, ``ema ← d·ema + (1 − d)·p``.
 
     The averages are buffers (saved in checkpoints, moved with the module). ``update`` is called
-    once per optimizer step by :class:`EMAUpdate`; ``num_updates`` counts the calls.
+    once per optimizer step by :class:`EMAUpdate`; ``num_updates`` counts the calls. ``warmup``:
+    the n-th update uses ``min(d, (1 + n) / (10 + n))`` (diffusers' ``EMAModel``), so that a
+    short run's average is not mostly the initialisation.
     """
 
-    def __init__(self, named_params: Iterable[tuple[str, nn.Parameter]], decay: float) -> None:
+    def __init__(self, named_params: Iterable[tuple[str, nn.Parameter]], decay: float,
+                 warmup: bool = False) -> None:
         super().__init__()
         named = list(named_params)
-        self.decay = float(decay)
+        self.decay, self.warmup = float(decay), bool(warmup)
         self.names = [n for n, _ in named]
         self._live = [p for _, p in named]  # not registered: the module owns them
         for name, p in named:
@@ -51,8 +54,10 @@ class EMA(nn.Module):
 
     @torch.no_grad()
     def update(self) -> None:
+        n = int(self.num_updates)
+        decay = min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
         for avg, p in zip(self.averages(), self._live, strict=True):
-            avg.lerp_(p.detach().to(avg.dtype), 1.0 - self.decay)
+            avg.lerp_(p.detach().to(avg.dtype), 1.0 - decay)
         self.num_updates += 1
 
     @contextlib.contextmanager

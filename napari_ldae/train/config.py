@@ -82,12 +82,16 @@ DEFAULTS: dict[str, Any] = {
         **_COMMON,
         "lr": 2.5e-5,
         "ema_decay": 0.999,
+        # the EMA's decay rises as (1 + n) / (10 + n) up to ema_decay (diffusers' EMAModel);
+        # false: the reference's constant decay
+        "ema_warmup": False,
         "encode_batch_size": 4,
     },
     "representation": {
         **_COMMON,
         "lr": 2.5e-5,
         "ema_decay": 0.999,
+        "ema_warmup": False,  # as latent.ema_warmup
         "snr_gamma": 0.1,
         "val_ddim_steps": 100,
         "ssim_kernel_size": 4,

@@ -53,7 +53,8 @@ class LatentModule(pl.LightningModule):
         self.hp = dict(config["latent"])
         self.unet = LatentUNet(UNetConfig.from_dict(model["unet"]))
         self.schedule = Schedule.from_dict(model["schedule"])
-        self.ema = common.EMA(self.unet.named_parameters(), self.hp["ema_decay"])
+        self.ema = common.EMA(self.unet.named_parameters(), self.hp["ema_decay"],
+                              self.hp["ema_warmup"])
         self.val_loss = MeanMetric()
         self.val_x0 = torch.nn.ModuleDict({str(t): MeanMetric() for t in HIGH_NOISE_STEPS})
         self.register_buffer("mean_latent", torch.zeros(0), persistent=False)

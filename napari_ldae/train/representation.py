@@ -97,7 +97,7 @@ class RepresentationModule(pl.LightningModule):
         trainable = [(f"encoder.{n}", p) for n, p in self.code_net.named_parameters()]
         trainable += [(f"unet.{n}", p) for n, p in self.unet.named_parameters()
                       if p.requires_grad]
-        self.ema = common.EMA(trainable, self.hp["ema_decay"])
+        self.ema = common.EMA(trainable, self.hp["ema_decay"], self.hp["ema_warmup"])
         self.strict_loading = False  # checkpoints leave out FROZEN_PREFIXES
         self.val_ssim = MeanMetric()
         self.val_y_use = MeanMetric()
