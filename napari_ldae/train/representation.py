@@ -118,7 +118,7 @@ class RepresentationModule(pl.LightningModule):
     def codes(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.oracle is not None:
             return self.oracle(batch["truth"])
-        return self.encoder.code(batch["image"], batch["latent"])
+        return self.encoder.code(batch.get("image"), batch["latent"])
 
     def guided(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
         """(ε, shift) at z_t: the frozen UNet's output turned into ε per the schedule."""
@@ -228,7 +228,9 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
     scale, stats = stage2.read_scale_factor(out), stage2.read_latent_stats(out)
     ae_path = out / "autoencoder" / stage1.WEIGHTS
     ae_state = common.load_safetensors(ae_path, "representation stage: the autoencoder")
-    data = CohortData(config, "representation", common.cache_dir(config, out), images=True,
+    # an encoder on the latent never reads the volumes, so they are not loaded
+    images = model_config(config)["encoder"].get("input", "slices") != "latent"
+    data = CohortData(config, "representation", common.cache_dir(config, out), images=images,
                       latents=True, autoencoder_path=ae_path, scale=scale, stats=stats,
                       truth=config["representation"]["oracle"])
     pl.seed_everything(config["seed"], workers=True, verbose=False)
