@@ -406,6 +406,22 @@ def test_learning_rate_warm_down_is_a_function_of_the_step(tiny_cohort):
         resolve(TINY, tiny_cohort, ["latent.lr_warmdown_steps=-1"])
 
 
+def test_a_config_extends_another(tiny_cohort, tmp_path):
+    demo, gpu = resolve("demo", tiny_cohort), resolve("demo-gpu", tiny_cohort)
+    assert gpu["model"] == demo["model"] and gpu["probe"] == demo["probe"]
+    assert (gpu["representation"]["batch_size"], demo["representation"]["batch_size"]) == (32, 4)
+    assert gpu["latent"]["ema_warmup"] and not demo["latent"]["ema_warmup"]
+    (tmp_path / "base.yaml").write_text("extends: mine.yaml\nlatent: {lr: 3.0e-4}\n")
+    (tmp_path / "mine.yaml").write_text("extends: base.yaml\n")
+    with pytest.raises(TrainingError, match="circle"):
+        resolve(tmp_path / "mine.yaml", tiny_cohort)
+    (tmp_path / "base.yaml").write_text("extends: tiny\nlatent: {lr: 3.0e-4}\n")
+    (tmp_path / "mine.yaml").write_text("extends: base.yaml\nlatent: {max_steps: 7}\n")
+    mine = resolve(tmp_path / "mine.yaml", tiny_cohort)
+    assert (mine["latent"]["lr"], mine["latent"]["max_steps"]) == (3.0e-4, 7)
+    assert mine["preset"] == resolve(TINY, tiny_cohort)["preset"]
+
+
 def test_matmul_precision_is_checked(tiny_cohort):
     assert resolve(TINY, tiny_cohort, ["trainer.matmul_precision=high"])["trainer"][
         "matmul_precision"] == "high"

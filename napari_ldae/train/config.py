@@ -126,24 +126,37 @@ DEFAULTS: dict[str, Any] = {
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read a YAML config, merge it over :data:`DEFAULTS` and apply ``key=value`` overrides."""
-    import yaml
-
-    user: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise TrainingError(f"no config file at {p}")
-        try:
-            user = yaml_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise TrainingError(f"{p} is not valid YAML: {err}") from err
-        if not isinstance(user, dict):
-            raise TrainingError(f"{p}: the config must be a mapping of sections")
+    user = read_user_config(Path(path).expanduser()) if path is not None else {}
     config = merge(DEFAULTS, user, where="config")
     for item in overrides:
         apply_override(config, item)
     validate(config)
     return config
+
+
+def read_user_config(p: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping; ``extends: NAME`` (a shipped config or a file beside this one)
+    is read first and this file's entries are merged over it."""
+    import yaml
+
+    if not p.is_file():
+        raise TrainingError(f"no config file at {p}")
+    if p.resolve() in _seen:
+        raise TrainingError(f"{p}: 'extends' goes round in a circle")
+    try:
+        user = yaml_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise TrainingError(f"{p} is not valid YAML: {err}") from err
+    if not isinstance(user, dict):
+        raise TrainingError(f"{p}: the config must be a mapping of sections")
+    parent = user.pop("extends", None)
+    if parent is None:
+        return user
+    from napari_ldae._resources import resource_path
+
+    beside = p.parent / str(parent)
+    base = beside if beside.is_file() else resource_path("configs", f"{parent}.yaml")
+    return merge(read_user_config(base, (*_seen, p.resolve())), user, where=str(p), free=True)
 
 
 def merge(base: Mapping[str, Any], update: Mapping[str, Any], where: str,
