@@ -118,6 +118,16 @@ def test_a_config_extends_another(tiny_cohort, tmp_path):
     assert mine["preset"] == resolve(TINY, tiny_cohort)["preset"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_a_gpu_config_without_cuda_says_how_to_train_on_the_cpu(tiny_cohort):
+    from napari_ldae.train.config import resolve_accelerator
+
+    config = resolve("demo-gpu", tiny_cohort)
+    with pytest.raises(TrainingError, match="--accelerator cpu"):
+        resolve_accelerator(config["trainer"]["accelerator"])
+    assert resolve("demo-gpu", tiny_cohort, accelerator="cpu")["trainer"]["accelerator"] == "cpu"
+
+
 def test_matmul_precision_is_checked(tiny_cohort):
     assert resolve(TINY, tiny_cohort, ["trainer.matmul_precision=high"])["trainer"][
         "matmul_precision"] == "high"

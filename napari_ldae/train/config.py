@@ -348,7 +348,8 @@ def resolve_accelerator(name: str) -> str:
     if name not in ("cpu", "gpu"):
         raise TrainingError(f"accelerator must be cpu, gpu or auto, not {name!r}")
     if name == "gpu" and not torch.cuda.is_available():
-        raise TrainingError("accelerator 'gpu' requested but CUDA is not available")
+        raise TrainingError("accelerator 'gpu' requested but CUDA is not available; "
+                            "--accelerator cpu trains on the CPU (slowly for a GPU config)")
     return name
 
 
