@@ -59,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "strategy": "auto",  # auto, ddp
         "precision": "32",  # 32, bf16-mixed, 16-mixed (GPU only; 32 on CPU)
         # float32 matrix products on a GPU: null (torch's default, full float32) or "high"
-        # (TF32 tensor cores) or "medium"; the embedded demo model was trained with "high"
+        # (TF32 tensor cores) or "medium"; demo-gpu.yaml uses "high"
         "matmul_precision": None,
         "log_every_n_steps": 10,
         "num_sanity_val_steps": 0,
