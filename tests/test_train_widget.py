@@ -153,8 +153,8 @@ def test_train_widget_runs_a_tiny_run_and_loads_its_bundle(make_napari_viewer, q
         assert (run / stage / f"{stage}.json").stat().st_size > 0
     assert (run / "probe" / "metrics.json").is_file()
     assert (run / "bundle" / "config.json").is_file()
-    assert any(s.startswith("latent (2/4)") for s in seen)
-    assert any(s.startswith("representation (3/4)") for s in seen)
+    assert any(s.startswith("latent (2/4)") for s in seen), seen
+    assert any(s.startswith("representation (3/4)") for s in seen), (seen, log[-3000:])
     _assert_idle_ui(w.controls)
     assert w._pbar is None
 

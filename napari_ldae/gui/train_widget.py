@@ -247,13 +247,13 @@ class TrainWidget(LDAEWidget):
             self._line_label = " ".join(
                 x for x in (label, f"{round(fraction * 100)}%" if fraction is not None else "")
                 if x)
-            self._update_progress()
         if final:
             self.log.appendPlainText(line)
             self._last_line = line
             if (stage := skipped_stage(line)) and self._run:
                 self._run["skipped"].add(stage)
-                self._update_progress()
+        # every line, not only the poll: a stage shorter than POLL_MS is still named
+        self._update_progress()
 
     # ------------------------------------------------------------------------- progress
     def _update_progress(self) -> None:
