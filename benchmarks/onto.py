@@ -63,7 +63,7 @@ def _measure(mode: Mode, section: Section) -> None:
             # full quality on the scan decodes with the bundle's carry steps
             shown = {**session.steps, "decode": full_steps(session.steps, "scan")}
             _latency(_Driver(viewer, manip, source.name), mode, section, shown)
-            _parts(session, manip, mode, section)
+            _parts(session, manip, mode, section, shown)
         finally:
             viewer.close()
 
@@ -98,13 +98,13 @@ def _latency(ui: _Driver, mode: Mode, section: Section, steps: dict[str, int]) -
                        at_most=True, unit=" s")
 
 
-def _parts(session, manip, mode: Mode, section: Section) -> None:
-    """The decode and each transfer of one full render, on the main thread, interleaved."""
+def _parts(session, manip, mode: Mode, section: Section, steps: dict[str, int]) -> None:
+    """The decode (``steps["decode"]``) and each transfer of one full render, on the main
+    thread, interleaved."""
     from napari_ldae.core.progress import drain
-    from napari_ldae.operations_transfer import full_steps, iter_onto_scan
+    from napari_ldae.operations_transfer import iter_onto_scan
 
     scan = manip._prepare()[2]
-    steps = {**session.steps, "decode": full_steps(session.steps, "scan")}
     edit = drain(session.iter_edit(scan, manip.direction.currentData(), [STRENGTH],
                                    steps["decode"], steps["encode"]))
     cases = {

@@ -66,7 +66,7 @@ def existing_runs(out: Path, stages) -> list[str]:
 def shipped_configs() -> list[str]:
     """Names of the configs shipped with napari-ldae (``--config tiny``)."""
     try:
-        from napari_ldae.train.run import CONFIG_DIR
+        from napari_ldae.train.config import CONFIG_DIR
 
         names = sorted(p.stem for p in Path(CONFIG_DIR).glob("*.yaml"))
     except (ImportError, AttributeError, OSError):

@@ -54,8 +54,10 @@ class EMA(nn.Module):
 
     @torch.no_grad()
     def update(self) -> None:
-        n = int(self.num_updates)
-        decay = min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+        decay = self.decay
+        if self.warmup:  # (reading the count is a device sync: only when it is needed)
+            n = int(self.num_updates)
+            decay = min(decay, (1 + n) / (10 + n))
         for avg, p in zip(self.averages(), self._live, strict=True):
             avg.lerp_(p.detach().to(avg.dtype), 1.0 - decay)
         self.num_updates += 1

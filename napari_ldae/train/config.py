@@ -16,8 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from napari_ldae._resources import resource_path
 from napari_ldae.errors import TrainingError
 from napari_ldae.evaluate import PROBE_FITS
+
+#: Configs shipped with napari-ldae, usable by name (``--config tiny``).
+CONFIG_DIR = resource_path("configs")
 
 STAGES = ("autoencoder", "latent", "representation", "probe")
 #: How the probe stage makes the bundle's directions (``probe.direction``).
@@ -134,6 +138,15 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
     return config
 
 
+def config_path(name_or_path: str | os.PathLike, beside: Path | None = None) -> Path:
+    """A config file (named relative to ``beside`` when given), or the shipped one of that
+    name (``paper``, ``demo``, ``tiny``, …)."""
+    p = beside / name_or_path if beside is not None else Path(name_or_path).expanduser()
+    if not p.exists() and (CONFIG_DIR / f"{name_or_path}.yaml").is_file():
+        return CONFIG_DIR / f"{name_or_path}.yaml"
+    return p
+
+
 def read_user_config(p: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A config file's mapping; ``extends: NAME`` (a shipped config or a file beside this one)
     is read first and this file's entries are merged over it."""
@@ -152,10 +165,7 @@ def read_user_config(p: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     parent = user.pop("extends", None)
     if parent is None:
         return user
-    from napari_ldae._resources import resource_path
-
-    beside = p.parent / str(parent)
-    base = beside if beside.is_file() else resource_path("configs", f"{parent}.yaml")
+    base = config_path(str(parent), beside=p.parent)
     return merge(read_user_config(base, (*_seen, p.resolve())), user, where=str(p), free=True)
 
 

@@ -12,20 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_ldae._resources import resource_path
 from napari_ldae.errors import TrainingError
-from napari_ldae.train.config import NETWORK_STAGES, STAGES, load_config, validate
-
-#: Configs shipped with napari-ldae, usable by name (``--config tiny``).
-CONFIG_DIR = resource_path("configs")
-
-
-def config_path(name_or_path: str | os.PathLike) -> Path:
-    """A config file, or the shipped one of that name (``paper``, ``demo``, ``tiny``)."""
-    p = Path(name_or_path).expanduser()
-    if not p.exists() and (CONFIG_DIR / f"{name_or_path}.yaml").is_file():
-        return CONFIG_DIR / f"{name_or_path}.yaml"
-    return p
+from napari_ldae.train.config import NETWORK_STAGES, STAGES, config_path, load_config, validate
 
 
 def resolve(config: str | os.PathLike | None, data: str | os.PathLike | None = None,
