@@ -18,6 +18,7 @@ import torch
 
 from napari_ldae.cli import main
 from napari_ldae.core.bundle import load_bundle
+from napari_ldae.errors import LDAEError
 from napari_ldae.evaluate import image_metrics as im
 from napari_ldae.evaluate.report import (
     REQUIRED_KEYS,
@@ -297,3 +298,26 @@ def test_probes_alone_need_no_inversion(run, bundle, longitudinal_cohort, monkey
     for section, metric in (("ad_vs_cn", "roc_auc"), ("ad_vs_cn", "accuracy"), ("age", "mae"),
                             ("age", "rmse")):
         assert alone[section][metric] == pytest.approx(full[section][metric], rel=1e-4), metric
+
+
+def test_regularised_probes_from_the_command_line(bundle, longitudinal_cohort, tmp_path):
+    """`--probe-fit regularised`: L2 probes on y and on the truth (the ceiling), a penalty from
+    the grid in every fold (the fallback where a fold has too few subjects), in the Markdown."""
+    from napari_ldae.evaluate.probes import FALLBACK_PENALTY, PENALTIES
+
+    report, md = tmp_path / "r.json", tmp_path / "r.md"
+    skip = ["reconstruction", "semantic_only", "interpolation", "extrapolation", "manipulation",
+            "code_use"]
+    assert main(["evaluate", "--bundle", str(bundle), "--cohort", str(longitudinal_cohort),
+                 "--out", str(report), "--markdown", str(md), "--split", "all", "--seed", "3",
+                 "--probe-fit", "regularised", "--skip", *skip, "-q"]) == 0
+    probe = json.loads(report.read_text())["probe"]
+    assert probe["hyperparameters"]["fit"] == "regularised"
+    for key in ("ad_vs_cn", "age"):
+        folds = probe[key]["folds"]
+        assert folds and all(f["penalty"] in (*PENALTIES, FALLBACK_PENALTY) for f in folds)
+        assert _is_number(probe["ceiling"][key]["roc_auc" if key == "ad_vs_cn" else "mae"])
+    text = md.read_text()
+    assert "Fits: L2 logistic regression" in text and "--probe-fit regularised" in text
+    with pytest.raises(LDAEError, match="--probe-fit must be one of paper, regularised"):
+        EvaluateOptions(probe_fit="ridge")

@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from napari_ldae.evaluate import SECTIONS
+    from napari_ldae.evaluate import PROBE_FIT_KINDS, SECTIONS
 
     p = command(
         sub, "evaluate", run_evaluate,
@@ -59,6 +59,10 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
                    "(state dict of lpips.LPIPS(net='squeeze')); LPIPS is skipped without them")
     p.add_argument("--probe-steps", type=positive_int, metavar="N",
                    help="optimizer steps of each linear probe (default: the trainer's, 2000)")
+    p.add_argument("--probe-fit", choices=PROBE_FIT_KINDS, default="paper",
+                   help="paper: the trainer's probes (unregularised, fixed steps); regularised: "
+                        "L2 logistic and ridge regression, the penalty chosen in each fold by "
+                        "subject-grouped inner cross-validation (scikit-learn)")
     p.add_argument("--skip", nargs="+", choices=SECTIONS, default=[], metavar="SECTION",
                    help=f"sections to leave out: {', '.join(SECTIONS)}")
     device_options(p)
@@ -82,7 +86,8 @@ def run_evaluate(a: argparse.Namespace) -> None:
         steps=tuple(a.steps), task_steps=a.task_steps, split=a.split, seed=a.seed,
         val_fraction=a.val_fraction, test_fraction=a.test_fraction,
         max_subjects=a.max_subjects, strengths=tuple(a.strengths), direction=a.direction,
-        lpips_weights=a.lpips_weights, probe_steps=a.probe_steps, skip=tuple(a.skip),
+        lpips_weights=a.lpips_weights, probe_steps=a.probe_steps, probe_fit=a.probe_fit,
+        skip=tuple(a.skip),
         device=a.device,
         precision=a.precision, command=_evaluate_command(a))
     report = _evaluate_progress(iter_evaluate(a.bundle, a.cohort, options), a.quiet)
@@ -98,7 +103,7 @@ def _evaluate_command(a: argparse.Namespace) -> str:
     words = ["napari-ldae", "evaluate"]
     for name in ("bundle", "cohort", "out", "markdown", "steps", "task_steps", "split", "seed",
                  "val_fraction", "test_fraction", "max_subjects", "strengths", "direction",
-                 "lpips_weights", "probe_steps", "skip", "device", "precision"):
+                 "lpips_weights", "probe_steps", "probe_fit", "skip", "device", "precision"):
         value = getattr(a, name)
         if value is None or value == []:
             continue

@@ -13,3 +13,8 @@ PROBE_FITS = {
     "classifier": {"optimizer": "adam", "lr": 1e-3, "steps": 2000},
     "age": {"optimizer": "sgd", "lr": 1e-3, "steps": 2000},
 }
+
+#: ``evaluate --probe-fit``: ``paper``, the trainer's probes above (the reference's fits);
+#: ``regularised``, L2-penalised fits to convergence, the penalty chosen in each fold by
+#: subject-grouped inner cross-validation.
+PROBE_FIT_KINDS = ("paper", "regularised")

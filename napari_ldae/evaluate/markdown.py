@@ -111,7 +111,8 @@ def _probes(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
     features = _get(probe, "ceiling.features")
     text = ["## Linear probes on standardised y", "", f"Protocol: {probe.get('protocol', _DASH)}."
             f" Positive class: {_get(probe, 'ad_vs_cn.positive_class') or _DASH} (the paper's "
-            "reference code used CN: compare precision/recall/F1 with care).", "",
+            "reference code used CN: compare precision/recall/F1 with care). "
+            f"{_probe_fit(probe)}", "",
             _table(["metric", "ours", "ceiling (true measures)", "paper LDAE", "paper voxel DAE",
                     "paper supervised"], rows), "",
             "Ceiling: the same probes on the same folds, fitted on the cohort's true measures "
@@ -127,6 +128,21 @@ def _probes(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
         text += ["", "The bundle's own directions on the evaluated scans (no refitting):", "",
                  _table(["direction", "meaning", "ROC-AUC", "r with age", "n"], drows)]
     return "\n".join(text)
+
+
+def _probe_fit(probe: Mapping[str, Any]) -> str:
+    """How the probes were fitted, in one sentence."""
+    hp = probe.get("hyperparameters") or {}
+    if hp.get("fit") != "regularised":
+        return "Fits: the trainer's probes (unregularised, fixed steps; `--probe-fit paper`)."
+    chosen = {k: sorted({f.get("penalty") for f in probe.get(k, {}).get("folds", [])} - {None})
+              for k in ("ad_vs_cn", "age")}
+    return ("Fits: L2 logistic regression (AD vs CN) and ridge regression (age), the penalty "
+            f"chosen in each fold from {hp.get('penalties')} by subject-grouped "
+            f"{hp.get('inner_folds')}-fold inner cross-validation, or "
+            f"{hp.get('fallback_penalty')} where a fold has too few subjects for it "
+            f"(`--probe-fit regularised`; chosen: AD vs CN {chosen['ad_vs_cn']}, age "
+            f"{chosen['age']}).")
 
 
 def _interpolation(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:

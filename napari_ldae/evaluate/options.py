@@ -9,7 +9,7 @@ from typing import Any
 
 from napari_ldae.data.cohort import Cohort, ScanRecord
 from napari_ldae.errors import LDAEError
-from napari_ldae.evaluate import SECTIONS
+from napari_ldae.evaluate import PROBE_FIT_KINDS, SECTIONS
 
 SPLITS = ("test", "all")
 
@@ -31,6 +31,7 @@ class EvaluateOptions:
     direction: str | None = None  # None: the bundle's direction "toward AD"
     lpips_weights: str | None = None
     probe_steps: int | None = None  # optimizer steps of each probe (None: the trainer's, 2000)
+    probe_fit: str = "paper"  # "paper": the trainer's probes; "regularised": L2, inner CV
     skip: tuple[str, ...] = ()
     device: str | None = None
     precision: str = "fp32"
@@ -42,6 +43,9 @@ class EvaluateOptions:
             raise LDAEError(f"--steps must be positive integers, got {list(self.steps)}")
         if not self.strengths:
             raise LDAEError("--strengths needs at least one value")
+        if self.probe_fit not in PROBE_FIT_KINDS:
+            raise LDAEError(f"--probe-fit must be one of {', '.join(PROBE_FIT_KINDS)}, "
+                            f"not {self.probe_fit!r}")
         object.__setattr__(self, "steps", tuple(dict.fromkeys(int(t) for t in self.steps)))
         if self.split not in SPLITS:
             raise LDAEError(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")

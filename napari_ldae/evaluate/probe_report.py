@@ -82,11 +82,17 @@ def _refit(folds: list[dict[str, list[ScanRecord]]], codes: dict[str, torch.Tens
     import copy
 
     from napari_ldae.evaluate import PROBE_FITS
-    from napari_ldae.evaluate.probes import age_probe, classifier_probe
+    from napari_ldae.evaluate import probes as p
 
     hp = copy.deepcopy(PROBE_FITS)
     if options.probe_steps:
         hp["classifier"]["steps"] = hp["age"]["steps"] = int(options.probe_steps)
+    classifier_probe, age_probe = p.classifier_probe, p.age_probe
+    if options.probe_fit == "regularised":
+        classifier_probe, age_probe = p.regularised_classifier_probe, p.regularised_age_probe
+        hp = {"fit": "regularised", "positive": hp["positive"], "negative": hp["negative"],
+              "penalties": list(p.PENALTIES), "inner_folds": p.INNER_FOLDS,
+              "fallback_penalty": p.FALLBACK_PENALTY}
     per_fold: dict[str, list[dict]] = {"ad_vs_cn": [], "age": []}
     for fold in folds:
         if not fold["train"]:
@@ -170,7 +176,8 @@ def _fold_mean(folds: list[dict], name: str, notes: dict[str, str],
         if out[m] is None:
             notes[f"{name}.{m}"] = _probe_reason(folds, name.rsplit(".", 1)[-1], m)
     if len(folds) > 1:
-        out["folds"] = [{m: f.get(m) for m in (*metrics, "n")} for f in folds]
+        out["folds"] = [{m: f.get(m) for m in (*metrics, "n")}
+                        | ({"penalty": f["penalty"]} if "penalty" in f else {}) for f in folds]
     return out
 
 

@@ -6,9 +6,11 @@ probe stage and ``napari-ldae evaluate``. Plain torch: no Lightning.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,3 +84,76 @@ def age_probe(z: Mapping[str, torch.Tensor], recs: Mapping[str, list[ScanRecord]
     with torch.no_grad():
         pred = layer(x["test"]).squeeze(1) * sd + mu
     return layer.weight.detach()[0], regression_metrics(age["test"], pred)
+
+
+# ----------------------------------------------------------------------------- regularised
+#: Penalty grid of the regularised probes (scikit-learn's C = 1/λ for the classifier, α for ridge).
+PENALTIES = tuple(10.0 ** k for k in range(-3, 6))
+INNER_FOLDS = 3
+#: The penalty used when a fold's training subjects are too few for inner cross-validation.
+FALLBACK_PENALTY = 1.0
+
+
+def _inner_splits(recs: Sequence[ScanRecord], labels: Sequence[int] | None = None) -> list:
+    """Subject-grouped inner folds of one outer training split (a subject's scans together;
+    stratified by ``labels``); empty when there are too few subjects (or of one class)."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    groups = [r.subject for r in recs]
+    if labels is None:
+        n = min(INNER_FOLDS, len(set(groups)))
+        return list(GroupKFold(n).split(recs, groups=groups)) if n >= 2 else []
+    per_class = [len({g for g, c in zip(groups, labels, strict=True) if c == k}) for k in (0, 1)]
+    n = min(INNER_FOLDS, *per_class)
+    return list(StratifiedGroupKFold(n).split(recs, labels, groups)) if n >= 2 else []
+
+
+def regularised_classifier_probe(z: Mapping[str, torch.Tensor],
+                                 recs: Mapping[str, list[ScanRecord]], hp: Mapping[str, Any],
+                                 seed: int) -> tuple[torch.Tensor, dict] | None:
+    """L2 logistic regression, its penalty chosen by subject-grouped inner CV on ROC-AUC."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    pos, neg = hp["positive"], hp["negative"]
+    x, kept = {}, {}
+    for split in ("train", "test"):
+        x[split], kept[split] = _select(recs[split], z[split], lambda r: r.diagnosis in (pos, neg))
+    y = [int(r.diagnosis == pos) for r in kept["train"]]
+    if len(set(y)) < 2:
+        return None
+    splits = _inner_splits(kept["train"], y)
+    fit = (LogisticRegressionCV(Cs=[1 / p for p in PENALTIES], scoring="roc_auc", cv=splits,
+                                max_iter=5000, random_state=seed) if splits else
+           LogisticRegression(C=1 / FALLBACK_PENALTY, max_iter=5000))
+    with warnings.catch_warnings():  # scikit-learn 1.9 announces new defaults, same fit
+        warnings.simplefilter("ignore", FutureWarning)
+        fit.fit(x["train"].numpy(), y)
+    scores = torch.from_numpy(fit.predict_proba(x["test"].numpy())[:, 1]).float()
+    truth = torch.tensor([float(r.diagnosis == pos) for r in kept["test"]])
+    penalty = float(1 / np.ravel(fit.C_)[0]) if splits else FALLBACK_PENALTY
+    return (torch.from_numpy(np.ravel(fit.coef_)).float(),
+            binary_metrics(truth, scores) | {"penalty": penalty})
+
+
+def regularised_age_probe(z: Mapping[str, torch.Tensor], recs: Mapping[str, list[ScanRecord]],
+                          hp: Mapping[str, Any], seed: int) -> tuple[torch.Tensor, dict] | None:
+    """Ridge regression of age, its penalty chosen by subject-grouped inner CV on the MAE."""
+    from scipy.linalg import LinAlgWarning
+    from sklearn.linear_model import Ridge, RidgeCV
+
+    x, kept = {}, {}
+    for split in ("train", "test"):
+        x[split], kept[split] = _select(recs[split], z[split], lambda r: r.age is not None)
+    if len(kept["train"]) < 2:
+        return None
+    splits = _inner_splits(kept["train"])
+    fit = (RidgeCV(alphas=PENALTIES, scoring="neg_mean_absolute_error", cv=splits) if splits
+           else Ridge(alpha=FALLBACK_PENALTY))
+    with warnings.catch_warnings():  # collinear truth columns (brain_ml, brain_scale) at small α
+        warnings.simplefilter("ignore", LinAlgWarning)
+        fit.fit(x["train"].numpy(), [float(r.age) for r in kept["train"]])
+    pred = torch.from_numpy(fit.predict(x["test"].numpy())).float()
+    truth = torch.tensor([float(r.age) for r in kept["test"]])
+    penalty = float(fit.alpha_) if splits else FALLBACK_PENALTY
+    return (torch.from_numpy(np.ravel(fit.coef_)).float(),
+            regression_metrics(truth, pred) | {"penalty": penalty})
