@@ -321,3 +321,5 @@ def test_regularised_probes_from_the_command_line(bundle, longitudinal_cohort, t
     assert "Fits: L2 logistic regression" in text and "--probe-fit regularised" in text
     with pytest.raises(LDAEError, match="--probe-fit must be one of paper, regularised"):
         EvaluateOptions(probe_fit="ridge")
+    with pytest.raises(LDAEError, match="--probe-steps sets the paper's probes"):
+        EvaluateOptions(probe_fit="regularised", probe_steps=300)

@@ -46,6 +46,9 @@ class EvaluateOptions:
         if self.probe_fit not in PROBE_FIT_KINDS:
             raise LDAEError(f"--probe-fit must be one of {', '.join(PROBE_FIT_KINDS)}, "
                             f"not {self.probe_fit!r}")
+        if self.probe_steps and self.probe_fit != "paper":
+            raise LDAEError("--probe-steps sets the paper's probes; --probe-fit "
+                            f"{self.probe_fit} fits to convergence and takes no step count")
         object.__setattr__(self, "steps", tuple(dict.fromkeys(int(t) for t in self.steps)))
         if self.split not in SPLITS:
             raise LDAEError(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")

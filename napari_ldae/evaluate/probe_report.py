@@ -84,15 +84,16 @@ def _refit(folds: list[dict[str, list[ScanRecord]]], codes: dict[str, torch.Tens
     from napari_ldae.evaluate import PROBE_FITS
     from napari_ldae.evaluate import probes as p
 
-    hp = copy.deepcopy(PROBE_FITS)
-    if options.probe_steps:
-        hp["classifier"]["steps"] = hp["age"]["steps"] = int(options.probe_steps)
-    classifier_probe, age_probe = p.classifier_probe, p.age_probe
     if options.probe_fit == "regularised":
         classifier_probe, age_probe = p.regularised_classifier_probe, p.regularised_age_probe
-        hp = {"fit": "regularised", "positive": hp["positive"], "negative": hp["negative"],
-              "penalties": list(p.PENALTIES), "inner_folds": p.INNER_FOLDS,
-              "fallback_penalty": p.FALLBACK_PENALTY}
+        hp = {"fit": "regularised", "positive": PROBE_FITS["positive"],
+              "negative": PROBE_FITS["negative"], "penalties": list(p.PENALTIES),
+              "inner_folds": p.INNER_FOLDS, "fallback_penalty": p.FALLBACK_PENALTY}
+    else:
+        classifier_probe, age_probe = p.classifier_probe, p.age_probe
+        hp = copy.deepcopy(PROBE_FITS)
+        if options.probe_steps:
+            hp["classifier"]["steps"] = hp["age"]["steps"] = int(options.probe_steps)
     per_fold: dict[str, list[dict]] = {"ad_vs_cn": [], "age": []}
     for fold in folds:
         if not fold["train"]:

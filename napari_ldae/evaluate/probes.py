@@ -94,6 +94,16 @@ INNER_FOLDS = 3
 FALLBACK_PENALTY = 1.0
 
 
+def _train_test(z: Mapping[str, torch.Tensor], recs: Mapping[str, list[ScanRecord]],
+                keep) -> tuple[dict[str, np.ndarray], dict[str, list[ScanRecord]]]:
+    """The kept scans' codes (numpy, for scikit-learn) and records of the train and test splits."""
+    x, kept = {}, {}
+    for split in ("train", "test"):
+        codes, kept[split] = _select(recs[split], z[split], keep)
+        x[split] = codes.numpy()
+    return x, kept
+
+
 def _inner_splits(recs: Sequence[ScanRecord], labels: Sequence[int] | None = None) -> list:
     """Subject-grouped inner folds of one outer training split (a subject's scans together;
     stratified by ``labels``); empty when there are too few subjects (or of one class)."""
@@ -115,9 +125,7 @@ def regularised_classifier_probe(z: Mapping[str, torch.Tensor],
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
     pos, neg = hp["positive"], hp["negative"]
-    x, kept = {}, {}
-    for split in ("train", "test"):
-        x[split], kept[split] = _select(recs[split], z[split], lambda r: r.diagnosis in (pos, neg))
+    x, kept = _train_test(z, recs, lambda r: r.diagnosis in (pos, neg))
     y = [int(r.diagnosis == pos) for r in kept["train"]]
     if len(set(y)) < 2:
         return None
@@ -127,8 +135,8 @@ def regularised_classifier_probe(z: Mapping[str, torch.Tensor],
            LogisticRegression(C=1 / FALLBACK_PENALTY, max_iter=5000))
     with warnings.catch_warnings():  # scikit-learn 1.9 announces new defaults, same fit
         warnings.simplefilter("ignore", FutureWarning)
-        fit.fit(x["train"].numpy(), y)
-    scores = torch.from_numpy(fit.predict_proba(x["test"].numpy())[:, 1]).float()
+        fit.fit(x["train"], y)
+    scores = torch.from_numpy(fit.predict_proba(x["test"])[:, 1]).float()
     truth = torch.tensor([float(r.diagnosis == pos) for r in kept["test"]])
     penalty = float(1 / np.ravel(fit.C_)[0]) if splits else FALLBACK_PENALTY
     return (torch.from_numpy(np.ravel(fit.coef_)).float(),
@@ -141,9 +149,7 @@ def regularised_age_probe(z: Mapping[str, torch.Tensor], recs: Mapping[str, list
     from scipy.linalg import LinAlgWarning
     from sklearn.linear_model import Ridge, RidgeCV
 
-    x, kept = {}, {}
-    for split in ("train", "test"):
-        x[split], kept[split] = _select(recs[split], z[split], lambda r: r.age is not None)
+    x, kept = _train_test(z, recs, lambda r: r.age is not None)
     if len(kept["train"]) < 2:
         return None
     splits = _inner_splits(kept["train"])
@@ -151,8 +157,8 @@ def regularised_age_probe(z: Mapping[str, torch.Tensor], recs: Mapping[str, list
            else Ridge(alpha=FALLBACK_PENALTY))
     with warnings.catch_warnings():  # collinear truth columns (brain_ml, brain_scale) at small α
         warnings.simplefilter("ignore", LinAlgWarning)
-        fit.fit(x["train"].numpy(), [float(r.age) for r in kept["train"]])
-    pred = torch.from_numpy(fit.predict(x["test"].numpy())).float()
+        fit.fit(x["train"], [float(r.age) for r in kept["train"]])
+    pred = torch.from_numpy(fit.predict(x["test"])).float()
     truth = torch.tensor([float(r.age) for r in kept["test"]])
     penalty = float(fit.alpha_) if splits else FALLBACK_PENALTY
     return (torch.from_numpy(np.ravel(fit.coef_)).float(),
