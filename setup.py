@@ -6,7 +6,8 @@ from setuptools import find_packages, setup
 # resources/ and its data folders (setuptools wants each folder it ships listed as a package)
 RESOURCES = {"napari_ldae.resources": ("resources", ["*.md"]),
              "napari_ldae.resources.configs": ("resources/configs", ["*.yaml"]),
-             "napari_ldae.resources.demo": ("resources/demo", ["*"])}
+             "napari_ldae.resources.demo": ("resources/demo", ["*"]),
+             "napari_ldae.resources.regions": ("resources/regions", ["*"])}
 
 setup(
     packages=[*find_packages(include=["napari_ldae", "napari_ldae.*"]), *RESOURCES],

@@ -1,7 +1,10 @@
 """Region volumes against the synthetic cohort's truth (``ventricle_ml``, ``hippocampus_ml``,
 ``brain_ml``), per scan, with the CPU time of each measurement.
 
-``python -m benchmarks.regions COHORT [COHORT ...] [--visits N] [--json OUT]``
+``python -m benchmarks.regions COHORT [COHORT ...] [--visits N] [--structures] [--json OUT]``
+
+``--structures`` measures only the lateral ventricles and the hippocampal region (the structure
+network, a fraction of a second per scan) instead of every region.
 
 Make the cohorts first, e.g. ``napari-ldae make-cohort --out /tmp/coh3 --subjects 8 --seed 5
 --spacing 3``. ``brain_ml`` is the constitutional brain before atrophy (participants.tsv), so it
@@ -44,24 +47,30 @@ def _summary(errors: list[float]) -> dict[str, float]:
             "mean_relative_error": round(float(np.mean(errors)), 4), "n": len(errors)}
 
 
-def run(cohort: Path, visits: int | None) -> dict:
+def run(cohort: Path, visits: int | None, structures: bool = False) -> dict:
     import nibabel as nib
 
-    from napari_ldae.data.regions import measure_regions
+    from napari_ldae.data.regions import measure_regions, structure_volumes
+
+    def measure(data, affine) -> tuple[dict[str, float], float]:
+        if structures:
+            return structure_volumes(data, affine), float("nan")
+        measured = measure_regions(data, affine)
+        return measured.ml, measured.match
 
     rows, errors = [], {region: [] for region in TRUTH}
     for subject, session, path, truth in _scans(cohort, visits):
         image = nib.load(path)
         cpu = time.process_time()
-        measured = measure_regions(np.asarray(image.dataobj, dtype=np.float32), image.affine)
+        ml, match = measure(np.asarray(image.dataobj, dtype=np.float32), image.affine)
         row = {"subject": subject, "session": session,
-               "cpu_s": round(time.process_time() - cpu, 2), "match": round(measured.match, 4),
-               **{k: round(v, 3) for k, v in measured.ml.items()}}
+               "cpu_s": round(time.process_time() - cpu, 2), "match": round(match, 4),
+               **{k: round(v, 3) for k, v in ml.items()}}
         for region, column in TRUTH.items():
-            if truth.get(column) not in (None, "", "n/a"):
+            if region in ml and truth.get(column) not in (None, "", "n/a"):
                 true = float(truth[column])
                 row[f"{column}_truth"] = true
-                errors[region].append(measured.ml[region] / true - 1.0)
+                errors[region].append(ml[region] / true - 1.0)
         rows.append(row)
         print(json.dumps(row), flush=True)
     spacing = float(np.linalg.norm(image.affine[:3, 0]))
@@ -74,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.regions", description=__doc__)
     parser.add_argument("cohorts", nargs="+", type=Path)
     parser.add_argument("--visits", type=int, help="first N visits of each subject (all)")
+    parser.add_argument("--structures", action="store_true",
+                        help="only the lateral ventricles and the hippocampal region")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    results = [run(cohort, args.visits) for cohort in args.cohorts]
+    results = [run(cohort, args.visits, args.structures) for cohort in args.cohorts]
     text = json.dumps([{k: v for k, v in r.items() if k != "rows"} for r in results], indent=2)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

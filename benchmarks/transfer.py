@@ -1,8 +1,10 @@
 """The transfer of a model-grid change onto a full-resolution scan, ``warp`` against ``intensity``.
 
-``python -m benchmarks.transfer [--seed 7] [--scan-mm 1] [--model-mm 3] [--bundle] [--json OUT]``
+``python -m benchmarks.transfer [--seed 7 [8 ...]] [--scan-mm 1] [--model-mm 3] [--bundle]
+[--json OUT]``
 
-One synthetic AD subject, generated at the model's spacing and at the scan's (the same anatomy).
+One synthetic AD subject per seed (with several, the summary gives each ratio's mean and range),
+generated at the model's spacing and at the scan's (the same anatomy).
 Three changes are carried from the model grid onto the scan, both ways:
 
 - ``enlargement``: a known ventricle enlargement (a smooth field pushing tissue away from the
@@ -89,11 +91,8 @@ def _case(name: str, scan, pair, model_affine: np.ndarray, scale: float,
     """Both transfers of one model-grid pair onto ``scan``, measured."""
     import SimpleITK as sitk
 
-    from napari_ldae.data.regions import region_volumes
+    from napari_ldae.data.regions import lateral_ventricles_ml as ventricles
     from napari_ldae.data.transfer import TRANSFERS, carry, scan_to_model_voxels
-
-    def ventricles(volume, affine):
-        return region_volumes(volume, affine)["lateral_ventricles"]
 
     reconstruction, edit = pair
     matrix = scan_to_model_voxels(scan.affine, model_affine)
@@ -178,15 +177,30 @@ def run(seed: int, scan_mm: float, model_mm: float, bundle: bool) -> dict:
             "scan_shape": list(scan.shape), "cases": cases}
 
 
+def _summary(runs: list[dict]) -> dict:
+    """Each case's carried / model change per transfer over the subjects: mean, min, max."""
+    out: dict = {}
+    for case in runs[0]["cases"]:
+        name = case["case"]
+        for method in case["transfers"]:
+            ratios = [c["transfers"][method]["change_over_model_change"]
+                      for r in runs for c in r["cases"] if c["case"] == name]
+            out[f"{name}/{method}"] = {"mean": float(np.mean(ratios)), "min": float(min(ratios)),
+                                       "max": float(max(ratios)), "n": len(ratios)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.transfer", description=__doc__)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, nargs="+", default=[7])
     parser.add_argument("--scan-mm", type=float, default=1.0)
     parser.add_argument("--model-mm", type=float, default=3.0)
     parser.add_argument("--bundle", action="store_true", help="also the demo bundle's edit")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    text = json.dumps(run(args.seed, args.scan_mm, args.model_mm, args.bundle), indent=2)
+    runs = [run(seed, args.scan_mm, args.model_mm, args.bundle) for seed in args.seed]
+    text = json.dumps(runs[0] if len(runs) == 1 else {"summary": _summary(runs), "runs": runs},
+                      indent=2)
     if args.json:
         args.json.write_text(text + "\n")
     print(text)

@@ -64,7 +64,7 @@ def test_baselines_are_what_they_say(report, cohort):
     last earlier real scan; the linear baseline is a line through the measured volumes."""
     from napari_ldae.core.bundle import load_bundle
     from napari_ldae.data.cohort import read_cohort
-    from napari_ldae.data.ventricles import ventricle_ml
+    from napari_ldae.data.regions import lateral_ventricles_ml as ventricle_ml
     from napari_ldae.evaluate import image_metrics as im
     from napari_ldae.evaluate.context import load_scans
 

@@ -7,10 +7,8 @@ wheel (:data:`REGIONS`): the synthetic cohort's two ground-truth structures
 the rest of its brain mask, and the brain mask itself. A volume is placed in MNI by its affine
 and its map to MNI (``to_mni``, e.g. a prepared scan's ``input_to_template``).
 
-- The two structures are measured by :mod:`napari_ldae.data.ventricles` (partial-volume CSF
-  around the template's ventricles, its intensity → fraction curve calibrated on the template
-  at the volume's resolution) and :mod:`napari_ldae.data.hippocampus` (the template's
-  region, moment-matched to the brain, minus its boundary shift), the same measurements
+- The two structures are measured by the structure network (:mod:`napari_ldae.data.structures`:
+  a 3D U-Net trained on synthetic scans whose truth masks are known), the same measurement
   ``napari-ldae evaluate`` validates against the synthetic cohort's ``ventricle_ml`` and
   ``hippocampus_ml``.
 - Tissues and the whole brain by atlas propagation: the template is registered onto the volume
@@ -18,10 +16,9 @@ and its map to MNI (``to_mni``, e.g. a prepared scan's ``input_to_template``).
   matter), and each map is pulled back through that mapping onto the volume's voxels and
   summed, ``ml = Σ map(φ(x)) × voxel ml``.
 
-Why not propagate the structures too: measured on the synthetic cohort (docs/method.md), the
-registration recovers only part of a subject's local shape (a 1 mm shrinkage of the
-low-contrast hippocampal region, or ventricles several times the template's), and at 6 mm it
-loses the hippocampal region altogether.
+Why not propagate the structures too, or measure them on the template's terms: measured on the
+synthetic cohort (docs/method.md), registration recovers only part of a subject's local shape, and
+intensity rules on the template's masks err per subject with the scan's contrast.
 
 :func:`write_volumes_tsv` writes a BIDS-derivative style table, one row per output, the regions
 as columns, with a JSON sidecar giving each column's meaning and unit.
@@ -122,8 +119,7 @@ def measure_regions(volume: np.ndarray, affine: np.ndarray, *,
     match = float(np.corrcoef(vol[box][brain], warped[brain])[0, 1]) if brain.sum() > 2 else 0.0
     if not match >= MIN_MATCH:
         return RegionVolumes(dict.fromkeys(REGIONS, math.nan), match)
-    ml = {"lateral_ventricles": lateral_ventricles_ml(vol, affine, to_mni=to_mni),
-          "hippocampal_region": hippocampal_region_ml(vol, affine, to_mni=to_mni)}
+    ml = structure_volumes(vol, affine, to_mni=to_mni)
     ml |= {name: float(m.sum(dtype=np.float64)) * voxel_ml for name, m in pulled.items()}
     return RegionVolumes(ml, match)
 
@@ -134,31 +130,27 @@ def region_volumes(volume: np.ndarray, affine: np.ndarray, *,
     return measure_regions(volume, affine, to_mni=to_mni).ml
 
 
+def structure_volumes(volume: np.ndarray, affine: np.ndarray, *,
+                      to_mni: np.ndarray | None = None) -> dict[str, float]:
+    """The lateral ventricles and the hippocampal region (ml of the volume's own world) by the
+    structure network (:mod:`napari_ldae.data.structures`; ``nan`` for what is not a brain)."""
+    from napari_ldae.data.structures import structures_ml
+
+    vol, affine = _measurable(volume, affine)
+    grid_to_mni, native = _geometry(affine, to_mni)
+    return {name: ml * native for name, ml in structures_ml(vol, grid_to_mni).items()}
+
+
 def lateral_ventricles_ml(volume: np.ndarray, affine: np.ndarray, *,
                           to_mni: np.ndarray | None = None) -> float:
-    """The lateral ventricles (ml) of one brain volume (:mod:`napari_ldae.data.ventricles`)."""
-    from napari_ldae.data.ventricles import ventricle_ml
-
-    return _structure(ventricle_ml, volume, affine, to_mni)
+    """The lateral ventricles (ml) of one brain volume (:func:`structure_volumes`)."""
+    return structure_volumes(volume, affine, to_mni=to_mni)["lateral_ventricles"]
 
 
 def hippocampal_region_ml(volume: np.ndarray, affine: np.ndarray, *,
                           to_mni: np.ndarray | None = None) -> float:
-    """The hippocampal region (ml) of one brain volume (:mod:`napari_ldae.data.hippocampus`;
-    ``nan`` when the volume does not look like a brain)."""
-    from napari_ldae.data.hippocampus import hippocampus_ml
-
-    return _structure(hippocampus_ml, volume, affine, to_mni)
-
-
-def _structure(measure, volume, affine, to_mni) -> float:
-    """A structure measured in MNI millimetres, then in the volume's own world."""
-    vol, affine = _measurable(volume, affine)
-    grid_to_mni, native = _geometry(affine, to_mni)
-    try:
-        return measure(vol, grid_to_mni) * native
-    except ValueError as err:
-        raise LDAEError(str(err)) from err
+    """The hippocampal region (ml) of one brain volume (:func:`structure_volumes`)."""
+    return structure_volumes(volume, affine, to_mni=to_mni)["hippocampal_region"]
 
 
 # ----------------------------------------------------------------------------- the table

@@ -74,6 +74,8 @@ class SyntheticVisit:
     months: int
     session: str
     truth: dict[str, float]
+    #: (2, X, Y, Z) fractions of the truth ventricles and hippocampal region, when asked for
+    labels: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -289,6 +291,7 @@ def make_subject(
     age: float | None = None,
     *,
     variety: str = "realistic",
+    labels: bool = False,
 ) -> SyntheticSubject:
     """Generate one subject's visits (deterministic in its arguments).
 
@@ -299,6 +302,7 @@ def make_subject(
     ``brain_scale`` is the factor removed, its volumes in template space); "template" (v1)
     is the template with a small residual affine, a DCT warp and a small ventricle offset. The
     diagnosis, age, sex, visits, atrophy and intensities are the same in both for one seed.
+    ``labels`` adds each visit's truth masks (:attr:`SyntheticVisit.labels`); nothing else changes.
     """
     diagnosis = diagnosis.upper() if diagnosis else None
     if diagnosis is not None and diagnosis not in DIAGNOSES:
@@ -344,5 +348,11 @@ def make_subject(
         truth = {"age": round(age0 + m / 12.0, 2), "months": float(m),
                  "ventricle_ml": _structure_ml(tpl, q, 0, support[0]),
                  "hippocampus_ml": _structure_ml(tpl, q, 1, support[1]), "atrophy": float(a)}
-        visits.append(SyntheticVisit(data, tpl.grid.affine.copy(), m, f"ses-M{m:02d}", truth))
+        masks = None
+        if labels:
+            coords = tpl.work.to_voxel(q)
+            masks = np.stack([ndi.map_coordinates(tpl.masks[c], coords, order=1,
+                                                  output=np.float32) for c in (0, 1)])
+        visits.append(SyntheticVisit(data, tpl.grid.affine.copy(), m, f"ses-M{m:02d}", truth,
+                                     masks))
     return SyntheticSubject(f"sub-s{seed}", dx, age0, sex, int(seed), visits, variety, anatomy)

@@ -1,10 +1,8 @@
 """The volume change of a structure between two volumes of one brain on one grid, read from the
 deformation between them (tensor-based morphometry with a region of interest).
 
-The intensity measurements of :mod:`.ventricles` and :mod:`.hippocampus` read each volume on its
-own. The hippocampal one cannot follow a change of a few per cent at 3 mm: its boundary-shift
-reading of a subject's real visits has the sign of the true change in only half of the subjects.
-Between two volumes of one brain, the change is better read from how tissue moves: the
+The structure network (:mod:`.structures`) reads each volume on its own. Between two volumes of
+one brain, a small change is also read from how tissue moves: the
 diffeomorphic demons deformation from ``before`` to ``after`` (:func:`~napari_ldae.data.transfer.
 estimate_deformation`, the warp of the change transfer) pulls the structure's template region,
 placed on ``before``, into ``after``'s frame; the difference of the two regions' volumes is the
@@ -34,17 +32,24 @@ def template_region(name: str, affine: np.ndarray, shape: tuple[int, ...]) -> np
 
 @functools.lru_cache(maxsize=8)
 def _region(name: str, affine_bytes: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    from napari_ldae.data.hippocampus import mni_hippocampus
-    from napari_ldae.data.ventricles import mni_ventricles, on_grid
+    from scipy import ndimage as ndi
+
+    from napari_ldae.data.synthetic_template import template_mni, ventricle_mask_mni
 
     affine = np.frombuffer(affine_bytes, dtype=np.float64).reshape(4, 4)
     if name == "lateral_ventricles":
-        mask, mni_affine = mni_ventricles()
+        mask, mni_affine = ventricle_mask_mni()
     elif name == "hippocampal_region":
-        *_, mask, mni_affine = mni_hippocampus()
+        _, mask, mni_affine = template_mni()
     else:
         raise ValueError(f"unknown structure {name!r}; choose one of {', '.join(STRUCTURES)}")
-    region = on_grid(mask, mni_affine, affine, shape)
+    # blurred to the grid's voxel size (a Gaussian of FWHM √(s² − 1), the mask is at 1 mm)
+    spacing = float(np.mean(np.linalg.norm(affine[:3, :3], axis=0)))
+    sigma = max(spacing**2 - 1.0, 0.0) ** 0.5 / 2.3548
+    smooth = ndi.gaussian_filter(mask, sigma) if sigma > 0.1 else mask
+    index = np.linalg.inv(mni_affine) @ affine
+    region = ndi.affine_transform(smooth, index[:3, :3], index[:3, 3], output_shape=shape,
+                                  order=1, mode="constant", cval=0.0).astype(np.float32)
     if region.max() < 0.5:
         raise ValueError(f"this grid does not cover the template's {name.replace('_', ' ')}; "
                          "the deformation measurement needs MNI-aligned volumes")

@@ -48,15 +48,13 @@ def measurement(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
     return lateral_ventricles_ml if name == "ventricle" else hippocampal_region_ml
 
 
+NETWORK = "structure network (napari_ldae.data.structures)"
 STRUCTURES = {
     "ventricle": Structure("ventricle_ml", +1, "segmentation_validation", "per_subject",
-                           "manipulation.segmentation",
-                           "template-prior partial-volume CSF segmentation "
-                           "(napari_ldae.data.ventricles)", "lateral_ventricles"),
+                           "manipulation.segmentation", NETWORK, "lateral_ventricles"),
     "hippocampus": Structure("hippocampus_ml", -1, "hippocampus_validation",
                              "hippocampus_per_subject", "manipulation.hippocampus_measurement",
-                             "template boundary shift in the hippocampal region "
-                             "(napari_ldae.data.hippocampus)", "hippocampal_region"),
+                             NETWORK, "hippocampal_region"),
 }
 #: The change by deformation: its keys carry this after the structure's name.
 DEFORMATION = "deformation"

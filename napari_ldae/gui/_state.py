@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from psygnal import Signal
 
+from napari_ldae.core.bundle import DEFAULT_STEPS, bundle_steps
 from napari_ldae.errors import LDAEError
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ class LDAEState:
 
     def __init__(self) -> None:
         self.session: Session | None = None
-        self.steps: dict[str, int] = {"encode": 50, "decode": 50, "preview": 10, "carry": 50}
+        self.steps: dict[str, int] = bundle_steps({"steps": DEFAULT_STEPS})
         self.cache_dir: Path | None = None
         self.ndisplay_hooked = False  # difference layers restyled on 2D/3D switches
 

@@ -1,0 +1,116 @@
+"""The lateral ventricles and the hippocampal region of a brain, by a small 3D U-Net.
+
+The network (MONAI's ``UNet``, weights in ``resources/regions/structures.safetensors``) sees a
+fixed box of MNI space around both structures on a 1.5 mm grid (:data:`SHAPE` voxels from
+:data:`ORIGIN_MM`), and returns each voxel's fraction of the synthetic cohort's two truth
+structures; a structure's volume is their sum. It is trained by
+:mod:`napari_ldae.train.structures` on synthetic scans whose truth masks are known, at 1.5 and
+3 mm, with contrast and blur varied (docs/method.md, "Region volumes", says why a network and how
+it was checked).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+
+from napari_ldae.errors import LDAEError
+
+#: The box the network sees: MNI mm of its first voxel, its shape, its spacing (mm).
+ORIGIN_MM = (-53.25, -73.25, -39.25)
+SHAPE = (72, 80, 56)
+SPACING_MM = 1.5
+STRUCTURES = ("lateral_ventricles", "hippocampal_region")
+WEIGHTS = "regions/structures.safetensors"
+#: The network's input: intensities over this percentile of the box's voxels.
+NORM_PERCENTILE = 99.0
+#: A volume whose box correlates less than this with the template's is not a brain (``nan``).
+MIN_MATCH = 0.5
+
+
+def box_affine() -> np.ndarray:
+    """Box voxel → MNI mm (4×4)."""
+    affine = np.diag([SPACING_MM] * 3 + [1.0])
+    affine[:3, 3] = ORIGIN_MM
+    return affine
+
+
+def box_input(volume: np.ndarray, grid_to_mni: np.ndarray) -> np.ndarray:
+    """The volume sampled (trilinear) on the box and divided by its 99th percentile (float32)."""
+    from scipy import ndimage as ndi
+
+    index = np.linalg.inv(np.asarray(grid_to_mni, np.float64)) @ box_affine()
+    sampled = ndi.affine_transform(np.asarray(volume, np.float32), index[:3, :3], index[:3, 3],
+                                   output_shape=SHAPE, order=1, cval=0.0)
+    level = float(np.percentile(sampled, NORM_PERCENTILE))
+    if not level > 0:
+        raise LDAEError("this volume does not overlap the MNI152 brain's deep structures: region "
+                        "volumes need a brain in MNI position (or its map to MNI)")
+    return (sampled / level).astype(np.float32)
+
+
+def structure_fractions(volume: np.ndarray, grid_to_mni: np.ndarray) -> np.ndarray | None:
+    """(2, *SHAPE) fractions of :data:`STRUCTURES` on the box; None if it is not a brain."""
+    import torch
+
+    x = box_input(volume, grid_to_mni)
+    if np.corrcoef(x.ravel(), _template_box().ravel())[0, 1] < MIN_MATCH:
+        return None
+    net = _network()
+    with torch.inference_mode():
+        logits = net(torch.from_numpy(x)[None, None])
+    return torch.sigmoid(logits)[0].numpy()
+
+
+def structures_ml(volume: np.ndarray, grid_to_mni: np.ndarray) -> dict[str, float]:
+    """Structure → volume in MNI ml (``nan`` for a volume that does not look like a brain)."""
+    fractions = structure_fractions(volume, grid_to_mni)
+    if fractions is None:
+        return dict.fromkeys(STRUCTURES, float("nan"))
+    voxel_ml = SPACING_MM**3 / 1000.0
+    return {name: float(f.sum(dtype=np.float64)) * voxel_ml
+            for name, f in zip(STRUCTURES, fractions, strict=True)}
+
+
+def build_network():
+    """The U-Net, untrained (its hyperparameters live here only)."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=3, in_channels=1, out_channels=len(STRUCTURES),
+                channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1)
+
+
+@functools.lru_cache(maxsize=1)
+def _network():
+    from safetensors.torch import load_file
+
+    from napari_ldae._resources import resource_path
+
+    path = resource_path(*WEIGHTS.split("/"))
+    if not path.is_file():
+        raise LDAEError(f"the structure network's weights are missing ({WEIGHTS}); reinstall "
+                        "napari-ldae or train them with python -m napari_ldae.train.structures")
+    net = build_network()
+    net.load_state_dict(load_file(path))
+    return net.eval()
+
+
+@functools.lru_cache(maxsize=1)
+def _template_box() -> np.ndarray:
+    """The ICBM152 template's T1 on the box, normalised like an input."""
+    from napari_ldae.data.synthetic_template import template_mni
+
+    maps, _, affine = template_mni()
+    return box_input(maps["t1"], affine)
+
+
+def network_info() -> dict:
+    """The shipped weights' metadata (how they were trained)."""
+    from safetensors import safe_open
+
+    from napari_ldae._resources import resource_path
+
+    with safe_open(resource_path(*WEIGHTS.split("/")), "np") as f:
+        return json.loads((f.metadata() or {}).get("training", "{}"))
