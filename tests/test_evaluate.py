@@ -99,11 +99,13 @@ def test_report_details(run, bundle, longitudinal_cohort):
     man = report["manipulation"]
     assert man["direction"] == "AD" and len(man["per_subject"]) == 4
     assert all(len(v) == 4 for v in man["per_subject"].values())
+    # at 6 mm the generator's truth reads about 20 % below the same brain's at finer grids
+    # (docs/synthetic-cohort.md), which the structure network reads: 1.25 × truth
     validation = man["segmentation_validation"]["scans"]
-    assert validation["pearson_r"] > 0.9 and validation["mean_relative_error"] < 0.2
+    assert validation["pearson_r"] > 0.9 and 0.1 < validation["mean_relative_error"] < 0.35
     on_files = man["segmentation_validation"]  # the cohort's files on their own 6 mm grid
     assert on_files["cohort_spacing_mm"] == [6.0] and on_files["cohort_grid"]["n"] == 12
-    assert on_files["cohort_grid"]["mean_relative_error"] < 0.2
+    assert 0.1 < on_files["cohort_grid"]["mean_relative_error"] < 0.35
     hippocampus = man["hippocampus_validation"]
     assert hippocampus["n_scans"] == 12 and hippocampus["scans"]["n"] == 12
     assert hippocampus["scans"]["mean_relative_error"] < 0.3  # 4 subjects at 6 mm: r is noisy

@@ -108,16 +108,14 @@ def test_structures_track_truth_on_the_model_grid(spacing, shape, subjects, vent
         assert relative[:, k].mean() < mean and relative[:, k].max() < largest
 
 
-def test_structure_network_sees_its_box_and_refuses_what_is_not_a_brain(template):
-    """The box is sampled where MNI says (the template's own structures fill it), a volume
-    that is noise is nan, one that misses the box an error."""
+def test_structure_network_sees_its_box(template):
+    """The box is sampled where MNI says, normalised to its 99th percentile; a volume that
+    misses the box is an error."""
     from napari_ldae.data.structures import SHAPE, box_input, structures_ml
 
     volume, affine = template
     x = box_input(volume, affine)
     assert x.shape == SHAPE and np.percentile(x, 99) == pytest.approx(1.0, abs=1e-6)
-    noise = np.random.default_rng(0).random(volume.shape).astype(np.float32)
-    assert all(math.isnan(v) for v in structures_ml(noise, affine).values())
     far = affine.copy()
     far[:3, 3] += 500.0
     with pytest.raises(LDAEError, match="MNI152"):

@@ -133,7 +133,8 @@ def region_volumes(volume: np.ndarray, affine: np.ndarray, *,
 def structure_volumes(volume: np.ndarray, affine: np.ndarray, *,
                       to_mni: np.ndarray | None = None) -> dict[str, float]:
     """The lateral ventricles and the hippocampal region (ml of the volume's own world) by the
-    structure network (:mod:`napari_ldae.data.structures`; ``nan`` for what is not a brain)."""
+    structure network (:mod:`napari_ldae.data.structures`), whatever the volume holds:
+    :func:`measure_regions` says whether it is a brain."""
     from napari_ldae.data.structures import structures_ml
 
     vol, affine = _measurable(volume, affine)

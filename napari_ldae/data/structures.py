@@ -26,8 +26,6 @@ STRUCTURES = ("lateral_ventricles", "hippocampal_region")
 WEIGHTS = "regions/structures.safetensors"
 #: The network's input: intensities over this percentile of the box's voxels.
 NORM_PERCENTILE = 99.0
-#: A volume whose box correlates less than this with the template's is not a brain (``nan``).
-MIN_MATCH = 0.5
 
 
 def box_affine() -> np.ndarray:
@@ -51,13 +49,15 @@ def box_input(volume: np.ndarray, grid_to_mni: np.ndarray) -> np.ndarray:
     return (sampled / level).astype(np.float32)
 
 
-def structure_fractions(volume: np.ndarray, grid_to_mni: np.ndarray) -> np.ndarray | None:
-    """(2, *SHAPE) fractions of :data:`STRUCTURES` on the box; None if it is not a brain."""
+def structure_fractions(volume: np.ndarray, grid_to_mni: np.ndarray) -> np.ndarray:
+    """(2, *SHAPE) fractions of :data:`STRUCTURES` on the box.
+
+    Whatever the volume holds is read: whether it is a brain at all is
+    :func:`napari_ldae.data.regions.measure_regions`' check (its registration's match).
+    """
     import torch
 
     x = box_input(volume, grid_to_mni)
-    if np.corrcoef(x.ravel(), _template_box().ravel())[0, 1] < MIN_MATCH:
-        return None
     net = _network()
     with torch.inference_mode():
         logits = net(torch.from_numpy(x)[None, None])
@@ -65,10 +65,8 @@ def structure_fractions(volume: np.ndarray, grid_to_mni: np.ndarray) -> np.ndarr
 
 
 def structures_ml(volume: np.ndarray, grid_to_mni: np.ndarray) -> dict[str, float]:
-    """Structure → volume in MNI ml (``nan`` for a volume that does not look like a brain)."""
+    """Structure → volume in MNI ml."""
     fractions = structure_fractions(volume, grid_to_mni)
-    if fractions is None:
-        return dict.fromkeys(STRUCTURES, float("nan"))
     voxel_ml = SPACING_MM**3 / 1000.0
     return {name: float(f.sum(dtype=np.float64)) * voxel_ml
             for name, f in zip(STRUCTURES, fractions, strict=True)}
@@ -95,15 +93,6 @@ def _network():
     net = build_network()
     net.load_state_dict(load_file(path))
     return net.eval()
-
-
-@functools.lru_cache(maxsize=1)
-def _template_box() -> np.ndarray:
-    """The ICBM152 template's T1 on the box, normalised like an input."""
-    from napari_ldae.data.synthetic_template import template_mni
-
-    maps, _, affine = template_mni()
-    return box_input(maps["t1"], affine)
 
 
 def network_info() -> dict:
