@@ -44,12 +44,10 @@ def test_a_run_checkpoints_resumes_and_writes_its_weights(examples, tmp_path):
     assert info["steps"] == 3 and info["subjects"] == 1
     import torch
 
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 3
-    from safetensors.torch import load_file
+    from napari_ldae.data.structures import load_network
 
-    from napari_ldae.data.structures import build_network
-
-    net = build_network()
-    net.load_state_dict(load_file(weights))
-    errors = validate(examples, net)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3 and state["runs"] == [[0, 2], [2, 3]]
+    assert info["runs"] == [[0, 2], [2, 3]]
+    errors = validate(examples, load_network(weights))
     assert set(errors) == {"1.5 mm", "3 mm", "6 mm"}

@@ -58,7 +58,7 @@ def structure_fractions(volume: np.ndarray, grid_to_mni: np.ndarray) -> np.ndarr
     import torch
 
     x = box_input(volume, grid_to_mni)
-    net = _network()
+    net = shipped_network()
     with torch.inference_mode():
         logits = net(torch.from_numpy(x)[None, None])
     return torch.sigmoid(logits)[0].numpy()
@@ -80,19 +80,25 @@ def build_network():
                 channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1)
 
 
-@functools.lru_cache(maxsize=1)
-def _network():
+def load_network(path):
+    """The network with the weights of a ``structures.safetensors`` file, in eval mode."""
     from safetensors.torch import load_file
 
+    net = build_network()
+    net.load_state_dict(load_file(path))
+    return net.eval()
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_network():
+    """The shipped weights, loaded once per process."""
     from napari_ldae._resources import resource_path
 
     path = resource_path(*WEIGHTS.split("/"))
     if not path.is_file():
         raise LDAEError(f"the structure network's weights are missing ({WEIGHTS}); reinstall "
                         "napari-ldae or train them with python -m napari_ldae.train.structures")
-    net = build_network()
-    net.load_state_dict(load_file(path))
-    return net.eval()
+    return load_network(path)
 
 
 def network_info() -> dict:

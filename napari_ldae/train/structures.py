@@ -178,9 +178,9 @@ def validate(examples: Path, net=None) -> dict[str, dict[str, float]]:
     """Mean (max) absolute relative volume error per grid and structure on ``examples``."""
     import torch
 
-    from napari_ldae.data.structures import STRUCTURES, _network
+    from napari_ldae.data.structures import STRUCTURES, shipped_network
 
-    net = (net or _network()).eval()
+    net = (net or shipped_network()).eval()
     errors: dict[str, list[np.ndarray]] = {f"{g:g} mm": [] for g in GRIDS_MM}
     for path in sorted(examples.glob("sub-*.npz")):
         with np.load(path) as ex:
@@ -221,13 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     weights = fit(args.examples, args.out, args.steps, args.batch, args.lr, args.resume)
     print(weights)
     if args.val:
-        from safetensors.torch import load_file
+        from napari_ldae.data.structures import load_network
 
-        from napari_ldae.data.structures import build_network
-
-        net = build_network()
-        net.load_state_dict(load_file(weights))
-        print(json.dumps(validate(args.val, net), indent=1))
+        print(json.dumps(validate(args.val, load_network(weights)), indent=1))
     return 0
 
 
