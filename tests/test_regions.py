@@ -123,9 +123,13 @@ def test_structure_network_sees_its_box(template):
 
 
 def test_shipped_structure_network_says_how_it_was_trained():
-    from napari_ldae.data.structures import network_info
+    from safetensors import safe_open
 
-    info = network_info()
+    from napari_ldae._resources import resource_path
+    from napari_ldae.data.structures import WEIGHTS
+
+    with safe_open(resource_path(*WEIGHTS.split("/")), "np") as f:
+        info = json.loads(f.metadata()["training"])
     assert info["steps"] > 0 and info["grids_mm"] == [1.5, 3.0, 6.0] and info["subjects"] > 100
 
 

@@ -148,12 +148,6 @@ def lateral_ventricles_ml(volume: np.ndarray, affine: np.ndarray, *,
     return structure_volumes(volume, affine, to_mni=to_mni)["lateral_ventricles"]
 
 
-def hippocampal_region_ml(volume: np.ndarray, affine: np.ndarray, *,
-                          to_mni: np.ndarray | None = None) -> float:
-    """The hippocampal region (ml) of one brain volume (:func:`structure_volumes`)."""
-    return structure_volumes(volume, affine, to_mni=to_mni)["hippocampal_region"]
-
-
 # ----------------------------------------------------------------------------- the table
 def write_volumes_tsv(path: str | os.PathLike, rows: Mapping[str, Mapping[str, float]], *,
                       overwrite: bool = False) -> Path:

@@ -12,7 +12,6 @@ it was checked).
 from __future__ import annotations
 
 import functools
-import json
 
 import numpy as np
 
@@ -37,11 +36,9 @@ def box_affine() -> np.ndarray:
 
 def box_input(volume: np.ndarray, grid_to_mni: np.ndarray) -> np.ndarray:
     """The volume sampled (trilinear) on the box and divided by its 99th percentile (float32)."""
-    from scipy import ndimage as ndi
+    from napari_ldae.data.register import resample
 
-    index = np.linalg.inv(np.asarray(grid_to_mni, np.float64)) @ box_affine()
-    sampled = ndi.affine_transform(np.asarray(volume, np.float32), index[:3, :3], index[:3, 3],
-                                   output_shape=SHAPE, order=1, cval=0.0)
+    sampled = resample(volume, np.asarray(grid_to_mni, np.float64), np.eye(4), box_affine(), SHAPE)
     level = float(np.percentile(sampled, NORM_PERCENTILE))
     if not level > 0:
         raise LDAEError("this volume does not overlap the MNI152 brain's deep structures: region "
@@ -99,13 +96,3 @@ def shipped_network():
         raise LDAEError(f"the structure network's weights are missing ({WEIGHTS}); reinstall "
                         "napari-ldae or train them with python -m napari_ldae.train.structures")
     return load_network(path)
-
-
-def network_info() -> dict:
-    """The shipped weights' metadata (how they were trained)."""
-    from safetensors import safe_open
-
-    from napari_ldae._resources import resource_path
-
-    with safe_open(resource_path(*WEIGHTS.split("/")), "np") as f:
-        return json.loads((f.metadata() or {}).get("training", "{}"))

@@ -34,6 +34,7 @@ def template_region(name: str, affine: np.ndarray, shape: tuple[int, ...]) -> np
 def _region(name: str, affine_bytes: bytes, shape: tuple[int, ...]) -> np.ndarray:
     from scipy import ndimage as ndi
 
+    from napari_ldae.data.register import resample
     from napari_ldae.data.synthetic_template import template_mni, ventricle_mask_mni
 
     affine = np.frombuffer(affine_bytes, dtype=np.float64).reshape(4, 4)
@@ -47,9 +48,7 @@ def _region(name: str, affine_bytes: bytes, shape: tuple[int, ...]) -> np.ndarra
     spacing = float(np.mean(np.linalg.norm(affine[:3, :3], axis=0)))
     sigma = max(spacing**2 - 1.0, 0.0) ** 0.5 / 2.3548
     smooth = ndi.gaussian_filter(mask, sigma) if sigma > 0.1 else mask
-    index = np.linalg.inv(mni_affine) @ affine
-    region = ndi.affine_transform(smooth, index[:3, :3], index[:3, 3], output_shape=shape,
-                                  order=1, mode="constant", cval=0.0).astype(np.float32)
+    region = resample(smooth, mni_affine, np.eye(4), affine, shape)
     if region.max() < 0.5:
         raise ValueError(f"this grid does not cover the template's {name.replace('_', ' ')}; "
                          "the deformation measurement needs MNI-aligned volumes")

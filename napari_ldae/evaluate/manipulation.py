@@ -16,7 +16,7 @@ AD at each strength, then
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,12 +40,12 @@ class Structure:
     region: str  # its name in the region volumes and napari_ldae.data.tbm
 
 
-def measurement(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    """The volume measurement (ml) of a structure: ``fn(volume, affine)``, the one the region
-    volumes of every input and result use."""
-    from napari_ldae.data.regions import hippocampal_region_ml, lateral_ventricles_ml
+def measure(volume: np.ndarray, affine: np.ndarray) -> dict[str, float]:
+    """Both structures (ml) of one volume, by region name: the measurement the region volumes of
+    every input and result use (one pass of the structure network)."""
+    from napari_ldae.data.regions import structure_volumes
 
-    return lateral_ventricles_ml if name == "ventricle" else hippocampal_region_ml
+    return structure_volumes(volume, affine)
 
 
 NETWORK = "structure network (napari_ldae.data.structures)"
@@ -78,31 +78,34 @@ def iter_subject(ctx: Context, x: torch.Tensor, ae: torch.Tensor, affines: list,
     """Structures of the real scans (validation), then the baseline edited toward AD."""
     from napari_ldae.data.io import read_scan
 
-    measured = []
-    files = [read_scan(rec.path) for rec in res.records] if ctx.truths else []
-    for name in ctx.truths:
-        s = STRUCTURES[name]
-        fn = measurement(name)
+    measured = list(ctx.truths)
+    if measured:
+        files = [read_scan(rec.path) for rec in res.records]
         try:
+            volumes = [{"measured": measure(x[v, 0].numpy(), affines[v]),
+                        "measured_ae": measure(ae[v, 0].numpy(), affines[v]),
+                        "measured_file": measure(files[v].data, files[v].affine)}
+                       for v in range(len(res.records))]
+        except (ValueError, LDAEError) as err:  # not MNI-aligned, or no nilearn
+            for name in measured:
+                ctx.notes[STRUCTURES[name].note_key] = f"{name} measurement impossible: {err}"
+            measured = []
+        for name in measured:
+            s = STRUCTURES[name]
             res.structures[name] = [
                 {"truth": number(rec.extra.get(s.column)),
-                 "measured": fn(x[v, 0].numpy(), affines[v]),
-                 "measured_ae": fn(ae[v, 0].numpy(), affines[v]),
-                 "measured_file": fn(files[v].data, files[v].affine),
+                 **{key: ml[s.region] for key, ml in volumes[v].items()},
                  "spacing_mm": round(float(np.mean(files[v].zooms)), 3)}
                 for v, rec in enumerate(res.records)]
-            measured.append(name)
-        except (ValueError, LDAEError) as err:  # not MNI-aligned, or no nilearn
-            ctx.notes[s.note_key] = f"{name} measurement impossible: {err}"
     deformed = _deformation_of_visits(x, affines, res, measured, ctx.notes)
     if ctx.direction is None:
         return
     strengths = list(ctx.options.strengths)
     gen = ctx.model.iter_manipulate(codes[0], ctx.direction, strengths, ctx.options.decode_steps)
     edits = yield from task(gen, f"{label}: edit toward AD")
+    edit_ml = [measure(e[0].cpu().numpy(), affines[0]) for e in edits] if measured else []
     for name in measured:
-        fn = measurement(name)
-        res.edit_ml[name] = [fn(e[0].cpu().numpy(), affines[0]) for e in edits]
+        res.edit_ml[name] = [ml[STRUCTURES[name].region] for ml in edit_ml]
     if deformed and 0.0 in strengths:
         start = edits[strengths.index(0.0), 0].cpu().numpy()
         changes = [_changes(start, e[0].cpu().numpy(), affines[0], deformed) for e in edits]

@@ -81,6 +81,7 @@ def _augment():
     from monai.transforms import (
         Compose,
         RandAdjustContrastd,
+        RandFlipd,
         RandGaussianSmoothd,
         RandScaleIntensityd,
     )
@@ -90,6 +91,7 @@ def _augment():
         RandGaussianSmoothd("image", prob=0.3, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2),
                             sigma_z=(0.3, 1.2)),
         RandScaleIntensityd("image", factors=0.05, prob=0.5),
+        RandFlipd(("image", "label"), prob=0.5, spatial_axis=0),  # both structures bilateral
     ])
 
 
@@ -101,11 +103,8 @@ def _batch(rng, inputs, owner, labels, size, augment):
     for i in pick:
         item = augment({"image": torch.from_numpy(inputs[i].astype(np.float32))[None],
                         "label": torch.from_numpy(labels[owner[i]].astype(np.float32))})
-        x, y = item["image"], item["label"]
-        if rng.random() < 0.5:  # left–right: both structures are bilateral
-            x, y = x.flip(1), y.flip(1)
-        xs.append(torch.as_tensor(x))
-        ys.append(torch.as_tensor(y))
+        xs.append(torch.as_tensor(item["image"]))
+        ys.append(torch.as_tensor(item["label"]))
     return torch.stack(xs), torch.stack(ys)
 
 
@@ -148,7 +147,7 @@ def fit(examples: Path, out: Path, steps: int, batch: int = 2, lr: float = 2e-3,
         runs = list(state.get("runs", [[0, start]]))
         rng = np.random.default_rng([seed, start])
     runs.append([start, steps])  # with more steps, the cosine is the longer run's from here
-    augment = _augment()
+    augment = _augment().set_random_state(seed=int(rng.integers(2**32)))
     net.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="structure network")
     for step in bar:
