@@ -36,8 +36,8 @@ STILL_VOXELS = 0.01
 DETAIL_SIGMA = 0.7
 #: Diffeomorphic demons: shrink factors of its levels, iterations at each level (fewer at the
 #: finest, which costs four fifths of the time) and Gaussian smoothing of the field (voxels of
-#: the level).
-DEMONS_LEVELS, DEMONS_ITERATIONS, DEMONS_SMOOTHING = (4, 2, 1), (15, 15, 10), 0.75
+#: the level): less smoothing reaches more of a sub-voxel displacement (docs/method.md).
+DEMONS_LEVELS, DEMONS_ITERATIONS, DEMONS_SMOOTHING = (4, 2, 1), (15, 15, 10), 0.5
 #: The deformation is estimated in the box of the brain (voxels above this fraction of the
 #: edit's maximum) grown by CROP_MARGIN voxels, and is zero outside it.
 BRAIN_FRACTION, CROP_MARGIN = 0.05, 3
