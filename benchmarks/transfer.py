@@ -7,9 +7,10 @@ One synthetic AD subject per seed (with several, the summary gives each ratio's 
 generated at the model's spacing and at the scan's (the same anatomy).
 Three changes are carried from the model grid onto the scan, both ways:
 
-- ``enlargement``: a known ventricle enlargement (a smooth field pushing tissue away from the
-  template's ventricles, up to ``ENLARGEMENT_MM``) applied to the model-grid scan; the same field
-  applied to the full-resolution scan (cubic interpolation) is the true result;
+- ``enlargement``: a known ventricle enlargement (``napari_ldae.data.known_change``: a smooth
+  field pushing tissue away from the template's ventricles, up to 2 mm) applied to the
+  model-grid scan; the same field applied to the full-resolution scan (cubic interpolation) is
+  the true result;
 - ``visits``: the first and last visits (years apart) on the model grid, smoothed by one voxel as
   a decoder would, as "reconstruction" and "edit"; the real last visit at full resolution is the
   true result (it differs from the carried one by noise, bias and contrast too);
@@ -36,8 +37,6 @@ import numpy as np
 from scipy import ndimage as ndi
 
 OUTSIDE_MM = 15.0  # "outside the change": brain voxels this far from the template's ventricles
-ENLARGEMENT_MM = 2.0  # largest displacement of the known enlargement
-ENLARGEMENT_SIGMA_MM = 4.0  # smoothing of the ventricle mask whose gradient gives its direction
 MODEL_STRENGTH = 2.0
 
 
@@ -50,28 +49,12 @@ def _visits(seed: int, spacing: float):
 
 def _enlargement(model_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """The known field (3, X, Y, Z; mm) on the model-spacing synthetic grid, and that grid's
-    affine: the gradient of the smoothed template ventricles, pointing into them, so that
-    pulling the image back through it enlarges the ventricles."""
+    affine: pulling the image back through it enlarges the ventricles."""
+    from napari_ldae.data.known_change import enlargement
     from napari_ldae.data.synthetic_template import template_grid, ventricle_mask_template
 
     grid = template_grid(model_mm)
-    smooth = ndi.gaussian_filter(ventricle_mask_template(model_mm), ENLARGEMENT_SIGMA_MM / model_mm)
-    field = np.stack(np.gradient(smooth, model_mm))
-    return field * (ENLARGEMENT_MM / np.sqrt((field**2).sum(0)).max()), grid.affine
-
-
-def _pulled_back(volume: np.ndarray, affine: np.ndarray, field: np.ndarray,
-                 field_affine: np.ndarray, order: int) -> np.ndarray:
-    """``volume(x + field(x))`` on the volume's own grid (both grids axis-aligned, in mm)."""
-    index = np.indices(volume.shape, dtype=np.float64)
-    world = np.einsum("ij,j...->i...", affine[:3, :3], index) + affine[:3, 3].reshape(3, 1, 1, 1)
-    at = np.linalg.solve(field_affine[:3, :3], (world - field_affine[:3, 3].reshape(3, 1, 1, 1))
-                         .reshape(3, -1)).reshape(world.shape)
-    shift = np.stack([ndi.map_coordinates(c, at, order=1) for c in field])
-    moved = world + shift
-    source = np.linalg.solve(affine[:3, :3], (moved - affine[:3, 3].reshape(3, 1, 1, 1))
-                             .reshape(3, -1)).reshape(world.shape)
-    return ndi.map_coordinates(volume, source, order=order, mode="nearest").astype(np.float32)
+    return enlargement(ventricle_mask_template(model_mm), grid.affine), grid.affine
 
 
 def _timed(fn):
@@ -154,6 +137,7 @@ def _model_pair(scan) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, float]
 
 def run(seed: int, scan_mm: float, model_mm: float, bundle: bool) -> dict:
     from napari_ldae.data.io import Scan
+    from napari_ldae.data.known_change import pulled_back
     from napari_ldae.data.synthetic_template import ventricle_mask_template
 
     (first, last), (scan_first, scan_last) = _visits(seed, model_mm), _visits(seed, scan_mm)
@@ -164,8 +148,8 @@ def run(seed: int, scan_mm: float, model_mm: float, bundle: bool) -> dict:
     masks = {"brain": brain, "outside": brain & (distance > OUTSIDE_MM),
              "near": brain & (distance <= 6.0)}
     field, field_affine = _enlargement(model_mm)
-    enlarged = _pulled_back(first.data, first.affine, field, field_affine, order=1)
-    true_enlarged = _pulled_back(scan.data, scan.affine, field, field_affine, order=3)
+    enlarged = pulled_back(first.data, first.affine, field, field_affine, order=1)
+    true_enlarged = pulled_back(scan.data, scan.affine, field, field_affine, order=3)
     smooth = [ndi.gaussian_filter(v.data, 1.0) * (v.data > 0) for v in (first, last)]
     cases = [_case("enlargement", scan, (first.data, enlarged), first.affine, 1.0,
                    true_enlarged, masks),

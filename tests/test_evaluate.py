@@ -116,6 +116,10 @@ def test_report_details(run, bundle, longitudinal_cohort):
         assert "mean_relative_error" not in check  # relative to a change near 0: meaningless
         curves = man[f"{name}_deformation_per_subject"]
         assert len(curves) == 4 and all(c[0] == 0.0 and len(c) == 4 for c in curves.values())
+    known = man["ventricle_known_change"]  # up to 2 mm outward: a third of a 6 mm voxel
+    assert known["n"] == 4 and known["scan_change_ml_mean"] > 1.0
+    assert known["autoencoder_kept_min"] <= known["autoencoder_kept_fraction"] \
+        <= known["autoencoder_kept_max"]
     code_use = report["code_use"]
     assert code_use["n_pairs"] == 4 and len(code_use["per_pair"]) == 4
     assert "sub-004→sub-001" in code_use["per_pair"]
@@ -135,7 +139,7 @@ def test_markdown(run):
     for words in ("## Code use", "Identity kept at strength 3", "ceiling (true measures)",
                   "`hippocampus_ml`", "mean measured hippocampi (ml)", "| cohort_grid |",
                   "at their own resolution (6 mm)", "Change by deformation",
-                  "from the strength-0 decode to each edit"):
+                  "from the strength-0 decode to each edit", "the autoencoder keeps"):
         assert words in text, words
     assert "0.962" in text and "0.8948" in text  # the paper's numbers beside ours
 

@@ -67,6 +67,8 @@ class SubjectResult:
     edit_ml: dict[str, list[float]] = field(default_factory=dict)
     # structure → its true and measured ("measured") change by deformation, first to last visit
     deformation: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the known ventricle enlargement of the baseline, read on the scan and on its AE reconstruction
+    known_change: dict[str, float] = field(default_factory=dict)
     baseline: Any = None  # Codes of the baseline at the task steps (CPU)
     reconstruction: torch.Tensor | None = None  # decoded baseline codes (float16, CPU)
     edit: torch.Tensor | None = None  # the baseline edited at the largest strength (float16)

@@ -9,6 +9,8 @@ AD at each strength, then
 - the same structures' **change by deformation** (:mod:`napari_ldae.data.tbm`) from the strength-0
   decode to each edit, validated on each subject's first and last real visits against the true
   change;
+- **known change**: the baseline's ventricles enlarged by a known field (up to 2 mm), read on the
+  scan and on its autoencoder reconstruction: the fraction of a change the autoencoder keeps;
 - **identity**: at the largest strength, whether each edit is still closer (MSE) to its own
   subject's reconstruction than to every other evaluated subject's.
 """
@@ -97,6 +99,12 @@ def iter_subject(ctx: Context, x: torch.Tensor, ae: torch.Tensor, affines: list,
                  **{key: ml[s.region] for key, ml in volumes[v].items()},
                  "spacing_mm": round(float(np.mean(files[v].zooms)), 3)}
                 for v, rec in enumerate(res.records)]
+        if "ventricle" in measured:
+            try:
+                res.known_change = _known_change(ctx, x[0, 0].numpy(), affines[0],
+                                                 volumes[0]["measured"], volumes[0]["measured_ae"])
+            except ValueError as err:  # the grid does not cover the template's ventricles
+                ctx.notes["manipulation.ventricle_known_change"] = f"known change impossible: {err}"
     deformed = _deformation_of_visits(x, affines, res, measured, ctx.notes)
     if ctx.direction is None:
         return
@@ -114,6 +122,21 @@ def iter_subject(ctx: Context, x: torch.Tensor, ae: torch.Tensor, affines: list,
     res.edit = keep(edits[int(np.argmax(strengths))])
     if res.reconstruction is None and 0.0 in strengths:  # strength 0 decodes the codes as they are
         res.reconstruction = keep(edits[strengths.index(0.0)])
+
+
+def _known_change(ctx: Context, scan: np.ndarray, affine: np.ndarray, scan_ml: dict,
+                  ae_ml: dict) -> dict[str, float]:
+    """The known ventricle enlargement (``data.known_change``) of the baseline scan, measured on
+    the scan and on its autoencoder reconstruction: how much of a change the autoencoder keeps."""
+    from napari_ldae.data.known_change import enlargement, pulled_back
+    from napari_ldae.data.tbm import template_region
+
+    region = STRUCTURES["ventricle"].region
+    field = enlargement(template_region(region, affine, scan.shape), affine)
+    grown = pulled_back(scan, affine, field, affine)
+    grown_ae = ctx.model.autoencode(torch.from_numpy(grown)[None, None])[0, 0].numpy()
+    return {"scan": measure(grown, affine)[region] - scan_ml[region],
+            "autoencoder": measure(grown_ae, affine)[region] - ae_ml[region]}
 
 
 def _changes(before: np.ndarray, after: np.ndarray, affine: np.ndarray,
@@ -163,6 +186,7 @@ def section(results: list[SubjectResult], ctx: Context, notes: dict[str, str]) -
         curves = {r.subject: r.edit_ml[name] for r in results if name in r.edit_ml}
         out |= structure_change(name, curves, strengths, notes, notes.get(s.note_key, no_edits))
         out |= _deformation(results, name, strengths, notes, no_edits)
+    out |= known_change(results)
     out |= identity(results, strengths, notes, no_edits)
     out["n_subjects"] = sum(1 for r in results if r.edit is not None)
     return out
@@ -245,6 +269,22 @@ def agreement(truth: np.ndarray, measured: np.ndarray) -> dict[str, float | None
     return {"pearson_r": r, "mae_ml": float(np.abs(err).mean()),
             "mean_relative_error": float(np.mean(np.abs(err) / np.maximum(truth, 1e-6))),
             "bias_ml": float(err.mean()), "n": int(ok.sum())}
+
+
+def known_change(results: list[SubjectResult]) -> dict[str, Any]:
+    """``ventricle_known_change``: the known enlargement as read on the scans and on their
+    autoencoder reconstructions, and the fraction the autoencoder keeps (per subject)."""
+    pairs = [r.known_change for r in results if r.known_change]
+    if not pairs:
+        return {}
+    scan, ae = (np.asarray([p[k] for p in pairs]) for k in ("scan", "autoencoder"))
+    kept = ae / scan
+    return {"ventricle_known_change": {
+        "method": "the baseline's ventricles pushed outward by up to 2 mm "
+                  "(napari_ldae.data.known_change), measured before and after",
+        "scan_change_ml_mean": float(scan.mean()), "autoencoder_change_ml_mean": float(ae.mean()),
+        "autoencoder_kept_fraction": float(kept.mean()), "autoencoder_kept_min": float(kept.min()),
+        "autoencoder_kept_max": float(kept.max()), "n": len(pairs)}}
 
 
 # ----------------------------------------------------------------------------- identity

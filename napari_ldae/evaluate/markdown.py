@@ -261,7 +261,7 @@ def _manipulation(report: Mapping[str, Any]) -> str:
     rows = [[name, expected, man.get(f"{name}_monotonic_fraction"),
              man.get(f"{name}_change_ml_per_unit")] for name, _, _, expected in _STRUCTURES]
     text += [_table(["structure", "expected", "monotonic (fraction of subjects)",
-                     "mean slope (ml per unit)"], rows), "", *_deformation(man),
+                     "mean slope (ml per unit)"], rows), "", *_deformation(man), *_known(man),
              f"Identity kept at strength {_fmt(man.get('identity_strength'))}: "
              f"{_percent(man.get('identity_kept_fraction'))} of the edits are closer (MSE) to "
              "their own subject's reconstruction than to any other evaluated subject's (mean MSE "
@@ -292,6 +292,19 @@ def _deformation(man: Mapping[str, Any]) -> list[str]:
             "The same from the strength-0 decode to each edit:", "",
             _table(["structure", "expected", "monotonic (fraction of subjects)",
                     "mean slope (ml per unit)"], edits), ""]
+
+
+def _known(man: Mapping[str, Any]) -> list[str]:
+    """The known enlargement on the scans and on their autoencoder reconstructions."""
+    known = man.get("ventricle_known_change")
+    if not known:
+        return []
+    return [f"Known change ({known['method']}; {known['n']} subjects): the ventricles grow by "
+            f"{_fmt(known['scan_change_ml_mean'])} ml on the scans and by "
+            f"{_fmt(known['autoencoder_change_ml_mean'])} ml on their autoencoder "
+            f"reconstructions: the autoencoder keeps {_fmt(known['autoencoder_kept_fraction'])} "
+            f"of the change ({_fmt(known['autoencoder_kept_min'])}–"
+            f"{_fmt(known['autoencoder_kept_max'])}).", ""]
 
 
 def _code_use(report: Mapping[str, Any]) -> str:
