@@ -21,6 +21,8 @@ from napari_ldae.errors import LDAEError
 ORIGIN_MM = (-53.25, -73.25, -39.25)
 SHAPE = (72, 80, 56)
 SPACING_MM = 1.5
+#: One box voxel in ml: a structure's volume is the sum of its fractions times this.
+VOXEL_ML = SPACING_MM**3 / 1000.0
 STRUCTURES = ("lateral_ventricles", "hippocampal_region")
 WEIGHTS = "regions/structures.safetensors"
 #: The network's input: intensities over this percentile of the box's voxels.
@@ -64,8 +66,7 @@ def structure_fractions(volume: np.ndarray, grid_to_mni: np.ndarray) -> np.ndarr
 def structures_ml(volume: np.ndarray, grid_to_mni: np.ndarray) -> dict[str, float]:
     """Structure → volume in MNI ml."""
     fractions = structure_fractions(volume, grid_to_mni)
-    voxel_ml = SPACING_MM**3 / 1000.0
-    return {name: float(f.sum(dtype=np.float64)) * voxel_ml
+    return {name: float(f.sum(dtype=np.float64)) * VOXEL_ML
             for name, f in zip(STRUCTURES, fractions, strict=True)}
 
 

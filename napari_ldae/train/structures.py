@@ -177,7 +177,7 @@ def validate(examples: Path, net=None) -> dict[str, dict[str, float]]:
     """Mean (max) absolute relative volume error per grid and structure on ``examples``."""
     import torch
 
-    from napari_ldae.data.structures import STRUCTURES, shipped_network
+    from napari_ldae.data.structures import STRUCTURES, VOXEL_ML, shipped_network
 
     net = (net or shipped_network()).eval()
     errors: dict[str, list[np.ndarray]] = {f"{g:g} mm": [] for g in GRIDS_MM}
@@ -185,7 +185,7 @@ def validate(examples: Path, net=None) -> dict[str, dict[str, float]]:
         with np.load(path) as ex:
             x = torch.from_numpy(ex["inputs"].astype(np.float32))[:, None]
             with torch.inference_mode():
-                ml = net(x).sigmoid().sum((2, 3, 4)).double().numpy() * 1.5**3 / 1000
+                ml = net(x).sigmoid().sum((2, 3, 4)).double().numpy() * VOXEL_ML
             for i, grid in enumerate(errors):
                 errors[grid].append(ml[i::len(GRIDS_MM)] / ex["truth"] - 1.0)
     out = {}
