@@ -329,3 +329,28 @@ def test_regularised_probes_from_the_command_line(bundle, longitudinal_cohort, t
         EvaluateOptions(probe_fit="ridge")
     with pytest.raises(LDAEError, match="--probe-steps sets the paper's probes"):
         EvaluateOptions(probe_fit="regularised", probe_steps=300)
+
+
+def test_probes_trained_on_another_cohort(bundle, longitudinal_cohort, tiny_cohort, tmp_path):
+    """`--probe-train`: one fit on every scan of another cohort, scored on every evaluated scan
+    (no cross-validation), recorded in the report; a cohort sharing scans is refused."""
+    from napari_ldae.data.cohort import read_cohort
+
+    report = tmp_path / "r.json"
+    skip = ["reconstruction", "semantic_only", "interpolation", "extrapolation", "manipulation",
+            "code_use"]
+    assert main(["evaluate", "--bundle", str(bundle), "--cohort", str(longitudinal_cohort),
+                 "--out", str(report), "--split", "all", "--probe-train", str(tiny_cohort),
+                 "--skip", *skip, "-q"]) == 0
+    data = json.loads(report.read_text())
+    probe, meta = data["probe"], data["meta"]
+    n_scans = len(read_cohort(longitudinal_cohort))
+    assert "--probe-train cohort (6 subjects" in probe["protocol"]
+    assert probe["ad_vs_cn"]["n_folds"] == probe["age"]["n_folds"] == 1
+    assert probe["ad_vs_cn"]["n_test_scans"] == n_scans
+    assert _is_number(probe["ceiling"]["ad_vs_cn"]["roc_auc"])
+    assert meta["probe_train"]["n_subjects"] == 6
+    assert "--probe-train" in meta["command"]
+    cohort = read_cohort(longitudinal_cohort)
+    with pytest.raises(LDAEError, match="--probe-train shares 12 scan"):
+        make_plan(cohort, EvaluateOptions(split="all"), cohort)

@@ -63,6 +63,10 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="paper: the trainer's probes (unregularised, fixed steps); regularised: "
                         "L2 logistic and ridge regression, the penalty chosen in each fold by "
                         "subject-grouped inner cross-validation (scikit-learn)")
+    p.add_argument("--probe-train", metavar="COHORT",
+                   help="fit the probes on every scan of this cohort (for example the "
+                        "bundle's training cohort) and report them on the evaluated scans, "
+                        "instead of cross-validation or the split's training part")
     p.add_argument("--skip", nargs="+", choices=SECTIONS, default=[], metavar="SECTION",
                    help=f"sections to leave out: {', '.join(SECTIONS)}")
     device_options(p)
@@ -87,7 +91,7 @@ def run_evaluate(a: argparse.Namespace) -> None:
         val_fraction=a.val_fraction, test_fraction=a.test_fraction,
         max_subjects=a.max_subjects, strengths=tuple(a.strengths), direction=a.direction,
         lpips_weights=a.lpips_weights, probe_steps=a.probe_steps, probe_fit=a.probe_fit,
-        skip=tuple(a.skip),
+        probe_train=a.probe_train, skip=tuple(a.skip),
         device=a.device,
         precision=a.precision, command=_evaluate_command(a))
     report = _evaluate_progress(iter_evaluate(a.bundle, a.cohort, options), a.quiet)
@@ -103,7 +107,8 @@ def _evaluate_command(a: argparse.Namespace) -> str:
     words = ["napari-ldae", "evaluate"]
     for name in ("bundle", "cohort", "out", "markdown", "steps", "task_steps", "split", "seed",
                  "val_fraction", "test_fraction", "max_subjects", "strengths", "direction",
-                 "lpips_weights", "probe_steps", "probe_fit", "skip", "device", "precision"):
+                 "lpips_weights", "probe_steps", "probe_fit", "probe_train", "skip", "device",
+                 "precision"):
         value = getattr(a, name)
         if value is None or value == []:
             continue

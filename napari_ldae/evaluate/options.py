@@ -32,6 +32,7 @@ class EvaluateOptions:
     lpips_weights: str | None = None
     probe_steps: int | None = None  # optimizer steps of each probe (None: the trainer's, 2000)
     probe_fit: str = "paper"  # "paper": the trainer's probes; "regularised": L2, inner CV
+    probe_train: str | None = None  # a cohort whose scans train the probes (no CV, no split)
     skip: tuple[str, ...] = ()
     device: str | None = None
     precision: str = "fp32"
@@ -96,15 +97,20 @@ class Plan:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-def make_plan(cohort: Cohort, options: EvaluateOptions) -> Plan:
-    """Evaluated subjects and probe folds, deterministic in the cohort and the seed."""
+def make_plan(cohort: Cohort, options: EvaluateOptions,
+              probe_cohort: Cohort | None = None) -> Plan:
+    """Evaluated subjects and probe folds, deterministic in the cohort and the seed.
+
+    ``probe_cohort`` (``--probe-train``): the probes are fitted on all its scans and reported on
+    every evaluated scan, one fold, instead of cross-validation or the split's training part.
+    """
     from napari_ldae.data.subject_splits import limit_subjects, split_subjects, subject_folds
 
     options = resolve_split(options)
     if options.split == "all":
         subjects = limit_subjects(cohort.by_subject(), options.max_subjects, options.seed)
         folds, protocol = subject_folds(subjects, options.seed)
-        return Plan(subjects, folds, protocol)
+        return _probe_trained_on(Plan(subjects, folds, protocol), probe_cohort)
     splits = split_subjects(cohort, options.val_fraction, options.test_fraction, options.seed)
     parts = {s: limit_subjects(splits[s].by_subject(), options.max_subjects, options.seed)
              for s in ("train", "val", "test")}
@@ -112,4 +118,19 @@ def make_plan(cohort: Cohort, options: EvaluateOptions) -> Plan:
     protocol = (f"subject-grouped split (seed {options.seed}, val {options.val_fraction}, test "
                 f"{options.test_fraction}): fitted on train, model selection on val, "
                 "reported on test")
-    return Plan(parts["test"], [fold], protocol)
+    return _probe_trained_on(Plan(parts["test"], [fold], protocol), probe_cohort)
+
+
+def _probe_trained_on(plan: Plan, probe_cohort: Cohort | None) -> Plan:
+    if probe_cohort is None:
+        return plan
+    evaluated = [r for recs in plan.evaluated.values() for r in recs]
+    shared = {str(r.path) for r in evaluated} & {str(r.path) for r in probe_cohort}
+    if shared:
+        raise LDAEError(f"--probe-train shares {len(shared)} scan(s) with the evaluated "
+                        f"subjects, e.g. {sorted(shared)[0]}; give it another cohort")
+    protocol = (f"probes fitted on every scan of the --probe-train cohort "
+                f"({len(probe_cohort.subjects())} subjects, {len(probe_cohort)} scans), "
+                "reported on every evaluated scan")
+    return Plan(plan.evaluated, [{"train": list(probe_cohort), "test": evaluated}], protocol,
+                plan.notes)

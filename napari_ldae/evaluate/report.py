@@ -201,7 +201,8 @@ def iter_evaluate(bundle: str | os.PathLike, cohort: str | os.PathLike,
     loaded = session.bundle
     options = resolve_split(options or EvaluateOptions(), loaded.config)
     cohort_table = read_cohort(cohort)
-    plan = make_plan(cohort_table, options)
+    probe_cohort = read_cohort(options.probe_train) if options.probe_train else None
+    plan = make_plan(cohort_table, options, probe_cohort)
     if not plan.evaluated:
         raise LDAEError(f"no subjects to evaluate in {cohort} (split {options.split!r})")
     ctx = _context(session, plan, options)
@@ -223,7 +224,8 @@ def iter_evaluate(bundle: str | os.PathLike, cohort: str | os.PathLike,
         report["probe"] = skipped(report["notes"], "probe", probe_report.KEYS)
         report["notes"] |= {f"probe.{k}": report["probe"]["skipped"]
                             for k in probe_report.CEILING_KEYS}
-    report["meta"] = _meta(loaded, cohort, cohort_table, plan, options, ctx, started, t0)
+    report["meta"] = _meta(loaded, cohort, cohort_table, plan, options, ctx, started, t0,
+                           probe_cohort)
     return finalize(report)
 
 
@@ -325,7 +327,8 @@ def _reconstruction(results: list[SubjectResult], ctx: Context,
 
 # ----------------------------------------------------------------------------- the report
 def _meta(loaded, cohort_path, cohort: Cohort, plan: Plan, options: EvaluateOptions,
-          ctx: Context, started: _dt.datetime, t0: float) -> dict[str, Any]:
+          ctx: Context, started: _dt.datetime, t0: float,
+          probe_cohort: Cohort | None = None) -> dict[str, Any]:
     evaluated = [r for recs in plan.evaluated.values() for r in recs]
     return {
         "napari_ldae_version": __version__,
@@ -339,6 +342,9 @@ def _meta(loaded, cohort_path, cohort: Cohort, plan: Plan, options: EvaluateOpti
                    "trained": loaded.config.get("provenance", {}).get("trained")},
         "cohort": {"path": shown_path(cohort_path), "sha256": cohort.sha256(),
                    "n_subjects": len(cohort.subjects()), "n_scans": len(cohort)},
+        "probe_train": None if probe_cohort is None else {
+            "path": shown_path(options.probe_train), "sha256": probe_cohort.sha256(),
+            "n_subjects": len(probe_cohort.subjects()), "n_scans": len(probe_cohort)},
         "evaluated": {"split": options.split, "n_subjects": len(plan.evaluated),
                       "n_scans": len(evaluated), "subjects": list(plan.evaluated)},
         "options": {"steps": list(options.steps), "task_steps": options.decode_steps,
