@@ -23,7 +23,9 @@ over the change measured on the model-grid pair; sharpness outside the change (b
 ``OUTSIDE_MM`` from the template's ventricles): mean gradient magnitude and Laplacian energy of
 each result over the input's; the warp's smallest Jacobian determinant in the brain; the root
 mean square difference to the true result near the ventricles; CPU and wall seconds of each
-transfer with one SimpleITK thread and with two.
+transfer with one SimpleITK thread and with two; and ``model_grid_self_check``, the registration
+alone: the model-grid reconstruction warped by its own deformation to the edit, its ventricle
+change over the edit's (1 when demons reproduces the change it was asked for).
 """
 
 from __future__ import annotations
@@ -49,12 +51,15 @@ def _visits(seed: int, spacing: float):
 
 def _enlargement(model_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """The known field (3, X, Y, Z; mm) on the model-spacing synthetic grid, and that grid's
-    affine: pulling the image back through it enlarges the ventricles."""
+    affine: pulling the image back through it enlarges the ventricles. The mask is the one
+    ``evaluate``'s ``ventricle_known_change`` pushes from (``tbm.template_region``)."""
     from napari_ldae.data.known_change import enlargement
-    from napari_ldae.data.synthetic_template import template_grid, ventricle_mask_template
+    from napari_ldae.data.synthetic_template import template_grid
+    from napari_ldae.data.tbm import template_region
 
     grid = template_grid(model_mm)
-    return enlargement(ventricle_mask_template(model_mm), grid.affine), grid.affine
+    mask = template_region("lateral_ventricles", grid.affine, grid.shape)
+    return enlargement(mask, grid.affine), grid.affine
 
 
 def _timed(fn):
@@ -83,6 +88,7 @@ def _case(name: str, scan, pair, model_affine: np.ndarray, scale: float,
     before = ventricles(scan.data, scan.affine)
     input_sharpness = _sharpness(scan.data, masks["outside"])
     out = {"case": name, "model_change_ml": model_change, "scan_ventricles_ml": before,
+           "model_grid_self_check": _self_check(reconstruction, edit, model_affine) / model_change,
            "transfers": {}}
     if truth is not None:
         out["true_change_ml"] = ventricles(truth, scan.affine) - before
@@ -108,6 +114,18 @@ def _case(name: str, scan, pair, model_affine: np.ndarray, scale: float,
                                          float(result.log_jacobian.max())]
         out["transfers"][method] = row
     return out
+
+
+def _self_check(reconstruction: np.ndarray, edit: np.ndarray, affine: np.ndarray) -> float:
+    """The ventricle change of the model-grid reconstruction warped by its own deformation to
+    the edit: the registration alone, on the grid it was estimated on, without the 1 mm scan."""
+    from napari_ldae.data.regions import lateral_ventricles_ml as ventricles
+    from napari_ldae.data.transfer import BRAIN_FRACTION, estimate_deformation, warp_scan
+
+    inside = np.maximum(reconstruction, edit) > BRAIN_FRACTION * float(edit.max())
+    warped = warp_scan(reconstruction, np.eye(4), estimate_deformation(reconstruction, edit),
+                       inside=inside)
+    return ventricles(warped.data, affine) - ventricles(reconstruction, affine)
 
 
 def _rmse(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
@@ -169,9 +187,15 @@ def _summary(runs: list[dict]) -> dict:
         for method in case["transfers"]:
             ratios = [c["transfers"][method]["change_over_model_change"]
                       for r in runs for c in r["cases"] if c["case"] == name]
-            out[f"{name}/{method}"] = {"mean": float(np.mean(ratios)), "min": float(min(ratios)),
-                                       "max": float(max(ratios)), "n": len(ratios)}
+            out[f"{name}/{method}"] = _spread(ratios)
+        out[f"{name}/model_grid_self_check"] = _spread(
+            [c["model_grid_self_check"] for r in runs for c in r["cases"] if c["case"] == name])
     return out
+
+
+def _spread(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "min": float(min(values)),
+            "max": float(max(values)), "n": len(values)}
 
 
 def main(argv: list[str] | None = None) -> int:
