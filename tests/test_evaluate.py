@@ -354,3 +354,12 @@ def test_probes_trained_on_another_cohort(bundle, longitudinal_cohort, tiny_coho
     cohort = read_cohort(longitudinal_cohort)
     with pytest.raises(LDAEError, match="--probe-train shares 12 scan"):
         make_plan(cohort, EvaluateOptions(split="all"), cohort)
+
+
+def test_a_single_regularised_fit_reports_its_penalty():
+    """One fold (`--split test` or `--probe-train`): the chosen penalty still reaches the report."""
+    from napari_ldae.evaluate.probe_report import _fold_mean
+
+    one = _fold_mean([{"mae": 5.0, "n": 10, "penalty": 100.0}], "probe.age", {}, ("mae",))
+    assert one["folds"] == [{"mae": 5.0, "n": 10, "penalty": 100.0}] and one["mae"] == 5.0
+    assert "folds" not in _fold_mean([{"mae": 5.0, "n": 10}], "probe.age", {}, ("mae",))

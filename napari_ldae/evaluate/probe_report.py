@@ -176,7 +176,7 @@ def _fold_mean(folds: list[dict], name: str, notes: dict[str, str],
         out[m] = im.summary(f.get(m) for f in folds)["mean"]
         if out[m] is None:
             notes[f"{name}.{m}"] = _probe_reason(folds, name.rsplit(".", 1)[-1], m)
-    if len(folds) > 1:
+    if len(folds) > 1 or any("penalty" in f for f in folds):  # a single fit keeps its penalty
         out["folds"] = [{m: f.get(m) for m in (*metrics, "n")}
                         | ({"penalty": f["penalty"]} if "penalty" in f else {}) for f in folds]
     return out
