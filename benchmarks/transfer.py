@@ -51,15 +51,13 @@ def _visits(seed: int, spacing: float):
 
 def _enlargement(model_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """The known field (3, X, Y, Z; mm) on the model-spacing synthetic grid, and that grid's
-    affine: pulling the image back through it enlarges the ventricles. The mask is the one
-    ``evaluate``'s ``ventricle_known_change`` pushes from (``tbm.template_region``)."""
-    from napari_ldae.data.known_change import enlargement
+    affine: pulling the image back through it enlarges the ventricles (the field of
+    ``evaluate``'s ``ventricle_known_change``)."""
+    from napari_ldae.data.known_change import ventricle_enlargement
     from napari_ldae.data.synthetic_template import template_grid
-    from napari_ldae.data.tbm import template_region
 
     grid = template_grid(model_mm)
-    mask = template_region("lateral_ventricles", grid.affine, grid.shape)
-    return enlargement(mask, grid.affine), grid.affine
+    return ventricle_enlargement(grid.affine, grid.shape), grid.affine
 
 
 def _timed(fn):
@@ -120,11 +118,10 @@ def _self_check(reconstruction: np.ndarray, edit: np.ndarray, affine: np.ndarray
     """The ventricle change of the model-grid reconstruction warped by its own deformation to
     the edit: the registration alone, on the grid it was estimated on, without the 1 mm scan."""
     from napari_ldae.data.regions import lateral_ventricles_ml as ventricles
-    from napari_ldae.data.transfer import BRAIN_FRACTION, estimate_deformation, warp_scan
+    from napari_ldae.data.transfer import estimate_deformation, model_brain, warp_scan
 
-    inside = np.maximum(reconstruction, edit) > BRAIN_FRACTION * float(edit.max())
     warped = warp_scan(reconstruction, np.eye(4), estimate_deformation(reconstruction, edit),
-                       inside=inside)
+                       inside=model_brain(reconstruction, edit))
     return ventricles(warped.data, affine) - ventricles(reconstruction, affine)
 
 

@@ -29,6 +29,13 @@ def enlargement(mask: np.ndarray, affine: np.ndarray, largest_mm: float = ENLARG
     return field * (largest_mm / np.sqrt((field**2).sum(0)).max())
 
 
+def ventricle_enlargement(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """:func:`enlargement` of the template's lateral ventricles on a grid in MNI position."""
+    from napari_ldae.data.tbm import template_region
+
+    return enlargement(template_region("lateral_ventricles", affine, shape), affine)
+
+
 def pulled_back(volume: np.ndarray, affine: np.ndarray, field: np.ndarray,
                 field_affine: np.ndarray, order: int = 1) -> np.ndarray:
     """``volume(x + field(x))`` on the volume's own grid (float32)."""

@@ -107,7 +107,7 @@ def estimate_deformation(reconstruction: np.ndarray, edit: np.ndarray, *,
     from napari_ldae.data.demons import demons, field_array, sitk_image
 
     reconstruction, edit = _model_pair(reconstruction, edit)
-    brain = np.maximum(reconstruction, edit) > BRAIN_FRACTION * max(float(edit.max()), 1e-6)
+    brain = model_brain(reconstruction, edit)
     crop = bounding_box(brain, CROP_MARGIN) or tuple(slice(0, n) for n in edit.shape)
     fixed, moving = sitk_image(edit[crop]), sitk_image(reconstruction[crop])
     field = demons(fixed, moving, DEMONS_LEVELS, iterations, smoothing, first_order_exp=True)
@@ -121,6 +121,12 @@ def estimate_deformation(reconstruction: np.ndarray, edit: np.ndarray, *,
     # the field maps the edit's points to the reconstruction's: volume grows by 1 / det
     log_jacobian[crop] = -np.log(jacobian.transpose(2, 1, 0))
     return Deformation(displacement, log_jacobian)
+
+
+def model_brain(reconstruction: np.ndarray, edit: np.ndarray) -> np.ndarray:
+    """The model-grid voxels the deformation is estimated in: above :data:`BRAIN_FRACTION` of
+    the edit's maximum in either volume."""
+    return np.maximum(reconstruction, edit) > BRAIN_FRACTION * max(float(edit.max()), 1e-6)
 
 
 def warp_scan(scan: np.ndarray, scan_to_model: np.ndarray, deformation: Deformation, *,

@@ -128,11 +128,10 @@ def _known_change(ctx: Context, scan: np.ndarray, affine: np.ndarray, scan_ml: d
                   ae_ml: dict) -> dict[str, float]:
     """The known ventricle enlargement (``data.known_change``) of the baseline scan, measured on
     the scan and on its autoencoder reconstruction: how much of a change the autoencoder keeps."""
-    from napari_ldae.data.known_change import enlargement, pulled_back
-    from napari_ldae.data.tbm import template_region
+    from napari_ldae.data.known_change import pulled_back, ventricle_enlargement
 
     region = STRUCTURES["ventricle"].region
-    field = enlargement(template_region(region, affine, scan.shape), affine)
+    field = ventricle_enlargement(affine, scan.shape)
     grown = pulled_back(scan, affine, field, affine)
     grown_ae = ctx.model.autoencode(torch.from_numpy(grown)[None, None])[0, 0].numpy()
     return {"scan": measure(grown, affine)[region] - scan_ml[region],
