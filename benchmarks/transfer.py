@@ -1,7 +1,7 @@
 """The transfer of a model-grid change onto a full-resolution scan, ``warp`` against ``intensity``.
 
 ``python -m benchmarks.transfer [--seed 7 [8 ...]] [--scan-mm 1] [--model-mm 3] [--bundle]
-[--json OUT]``
+[--unguided] [--json OUT]``
 
 One synthetic AD subject per seed (with several, the summary gives each ratio's mean and range),
 generated at the model's spacing and at the scan's (the same anatomy).
@@ -19,13 +19,15 @@ Three changes are carried from the model grid onto the scan, both ways:
   (those of a result shown on the scan); no true result.
 
 For each: the lateral-ventricle change of each result (region volumes at the scan's spacing)
-over the change measured on the model-grid pair; sharpness outside the change (brain voxels over
+over the change measured on the model-grid pair, and the same for the hippocampal region;
+sharpness outside the change (brain voxels over
 ``OUTSIDE_MM`` from the template's ventricles): mean gradient magnitude and Laplacian energy of
 each result over the input's; the warp's smallest Jacobian determinant in the brain; the root
 mean square difference to the true result near the ventricles; CPU and wall seconds of each
 transfer with one SimpleITK thread and with two; and ``model_grid_self_check``, the registration
 alone: the model-grid reconstruction warped by its own deformation to the edit, its ventricle
-change over the edit's (1 when demons reproduces the change it was asked for).
+change over the edit's (1 when demons reproduces the change it was asked for). The warp's demons
+is guided by the structures as the product's is; ``--unguided`` measures it without the guide.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def _sharpness(volume: np.ndarray, where: np.ndarray) -> dict[str, float]:
 
 
 def _case(name: str, scan, pair, model_affine: np.ndarray, scale: float,
-          truth: np.ndarray | None, masks: dict[str, np.ndarray]) -> dict:
+          truth: np.ndarray | None, masks: dict[str, np.ndarray], guided: bool) -> dict:
     """Both transfers of one model-grid pair onto ``scan``, measured."""
     import SimpleITK as sitk
 
@@ -81,12 +83,18 @@ def _case(name: str, scan, pair, model_affine: np.ndarray, scale: float,
     from napari_ldae.data.transfer import TRANSFERS, carry, scan_to_model_voxels
 
     reconstruction, edit = pair
+    guide = model_affine if guided else None
     matrix = scan_to_model_voxels(scan.affine, model_affine)
     model_change = ventricles(edit, model_affine) - ventricles(reconstruction, model_affine)
+    hippocampal_change = _hippocampus(edit, model_affine) - _hippocampus(reconstruction,
+                                                                         model_affine)
     before = ventricles(scan.data, scan.affine)
+    hippocampus_before = _hippocampus(scan.data, scan.affine)
     input_sharpness = _sharpness(scan.data, masks["outside"])
     out = {"case": name, "model_change_ml": model_change, "scan_ventricles_ml": before,
-           "model_grid_self_check": _self_check(reconstruction, edit, model_affine) / model_change,
+           "model_hippocampal_change_ml": hippocampal_change,
+           "model_grid_self_check": _self_check(reconstruction, edit, model_affine,
+                                                guide) / model_change,
            "transfers": {}}
     if truth is not None:
         out["true_change_ml"] = ventricles(truth, scan.affine) - before
@@ -96,11 +104,14 @@ def _case(name: str, scan, pair, model_affine: np.ndarray, scale: float,
         for threads in (1, 2):
             sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
             result, wall, cpu = _timed(lambda m=method: carry(
-                m, scan.data, matrix, reconstruction, edit, scale=scale, inside=masks["brain"]))
+                m, scan.data, matrix, reconstruction, edit, scale=scale, inside=masks["brain"],
+                grid_to_mni=guide))
             row[f"wall_s_{threads}_threads"], row[f"cpu_s_{threads}_threads"] = wall, cpu
         change = ventricles(result.data, scan.affine) - before
         sharp = _sharpness(result.data, masks["outside"])
+        hippocampal = _hippocampus(result.data, scan.affine) - hippocampus_before
         row |= {"change_ml": change, "change_over_model_change": change / model_change,
+                "hippocampal_change_over_model_change": hippocampal / hippocampal_change,
                 "sharpness_ratio": {k: v / input_sharpness[k] for k, v in sharp.items()},
                 "unchanged_fraction_of_brain":
                     float((result.data == scan.data)[masks["brain"]].mean())}
@@ -114,15 +125,23 @@ def _case(name: str, scan, pair, model_affine: np.ndarray, scale: float,
     return out
 
 
-def _self_check(reconstruction: np.ndarray, edit: np.ndarray, affine: np.ndarray) -> float:
+def _self_check(reconstruction: np.ndarray, edit: np.ndarray, affine: np.ndarray,
+                guide: np.ndarray | None) -> float:
     """The ventricle change of the model-grid reconstruction warped by its own deformation to
     the edit: the registration alone, on the grid it was estimated on, without the 1 mm scan."""
     from napari_ldae.data.regions import lateral_ventricles_ml as ventricles
     from napari_ldae.data.transfer import estimate_deformation, model_brain, warp_scan
 
-    warped = warp_scan(reconstruction, np.eye(4), estimate_deformation(reconstruction, edit),
+    deformation = estimate_deformation(reconstruction, edit, grid_to_mni=guide)
+    warped = warp_scan(reconstruction, np.eye(4), deformation,
                        inside=model_brain(reconstruction, edit))
     return ventricles(warped.data, affine) - ventricles(reconstruction, affine)
+
+
+def _hippocampus(volume: np.ndarray, affine: np.ndarray) -> float:
+    from napari_ldae.data.structures import structures_ml
+
+    return structures_ml(volume, affine)["hippocampal_region"]
 
 
 def _rmse(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
@@ -150,7 +169,7 @@ def _model_pair(scan) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, float]
     return (result.references[0], result.volumes[0]), session.model_affine(scan), hi - lo
 
 
-def run(seed: int, scan_mm: float, model_mm: float, bundle: bool) -> dict:
+def run(seed: int, scan_mm: float, model_mm: float, bundle: bool, guided: bool = True) -> dict:
     from napari_ldae.data.io import Scan
     from napari_ldae.data.known_change import pulled_back
     from napari_ldae.data.synthetic_template import ventricle_mask_template
@@ -167,12 +186,12 @@ def run(seed: int, scan_mm: float, model_mm: float, bundle: bool) -> dict:
     true_enlarged = pulled_back(scan.data, scan.affine, field, field_affine, order=3)
     smooth = [ndi.gaussian_filter(v.data, 1.0) * (v.data > 0) for v in (first, last)]
     cases = [_case("enlargement", scan, (first.data, enlarged), first.affine, 1.0,
-                   true_enlarged, masks),
-             _case("visits", scan, smooth, first.affine, 1.0, scan_last.data, masks)]
+                   true_enlarged, masks, guided),
+             _case("visits", scan, smooth, first.affine, 1.0, scan_last.data, masks, guided)]
     if bundle:
         pair, model_affine, scale = _model_pair(scan)
-        cases.append(_case("model", scan, pair, model_affine, scale, None, masks))
-    return {"seed": seed, "scan_mm": scan_mm, "model_mm": model_mm,
+        cases.append(_case("model", scan, pair, model_affine, scale, None, masks, guided))
+    return {"seed": seed, "scan_mm": scan_mm, "model_mm": model_mm, "guided": guided,
             "scan_shape": list(scan.shape), "cases": cases}
 
 
@@ -185,6 +204,9 @@ def _summary(runs: list[dict]) -> dict:
             ratios = [c["transfers"][method]["change_over_model_change"]
                       for r in runs for c in r["cases"] if c["case"] == name]
             out[f"{name}/{method}"] = _spread(ratios)
+            out[f"{name}/{method}/hippocampal_region"] = _spread(
+                [c["transfers"][method]["hippocampal_change_over_model_change"]
+                 for r in runs for c in r["cases"] if c["case"] == name])
         out[f"{name}/model_grid_self_check"] = _spread(
             [c["model_grid_self_check"] for r in runs for c in r["cases"] if c["case"] == name])
     return out
@@ -201,9 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scan-mm", type=float, default=1.0)
     parser.add_argument("--model-mm", type=float, default=3.0)
     parser.add_argument("--bundle", action="store_true", help="also the demo bundle's edit")
+    parser.add_argument("--unguided", action="store_true",
+                        help="the warp's demons without the structure guide")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    runs = [run(seed, args.scan_mm, args.model_mm, args.bundle) for seed in args.seed]
+    runs = [run(seed, args.scan_mm, args.model_mm, args.bundle, not args.unguided)
+            for seed in args.seed]
     text = json.dumps(runs[0] if len(runs) == 1 else {"summary": _summary(runs), "runs": runs},
                       indent=2)
     if args.json:

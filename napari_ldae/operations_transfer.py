@@ -120,7 +120,8 @@ def iter_onto_scan(result: Result, method: str = DEFAULT_TRANSFER) -> ProgressGe
         g = geometry[i]
         carried = carry(method, g.scan.data, g.scan_to_model, result.references[k], volume,
                         scale=g.scale, inside=g.inside,
-                        blur=scan_blur(g.scan) if method == "warp" else None)
+                        blur=scan_blur(g.scan) if method == "warp" else None,
+                        grid_to_mni=g.grid_to_mni)
         out.append(carried.data)
         jacobians.append(carried.log_jacobian)
     yield Progress(len(volumes), len(volumes), f"{method} onto the scan")
@@ -165,25 +166,27 @@ def scan_blur(scan: Scan) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class _Geometry:
     """One input as a transfer needs it: the scan, scan voxel → model voxel (4×4), scan units
-    per model unit and the brain mask."""
+    per model unit, the brain mask and model voxel → MNI mm (4×4)."""
 
     scan: Scan
     scan_to_model: np.ndarray
     scale: float
     inside: np.ndarray
+    grid_to_mni: np.ndarray
 
 
 def _geometry(result: Result, prep: Preparation) -> _Geometry:
     from napari_ldae.data.preprocess import model_affine
 
     model = prep.model_scan
-    to_grid = np.linalg.inv(model_affine(model, result.contract))  # world → model voxel
+    grid = model_affine(model, result.contract)  # model voxel → MNI mm (the model scan's world)
+    to_grid = np.linalg.inv(grid)
     lo, hi = model.intensity_range
     if prep.prepared is None:
         return _Geometry(prep.input, to_grid @ prep.input.affine, hi - lo,
-                         brain_mask(prep.input))
+                         brain_mask(prep.input), grid)
     matrix = to_grid @ model.affine @ prep.prepared.transform.input_to_prepared_voxels()
-    return _Geometry(prep.prepared.scan, matrix, hi - lo, prep.prepared.mask)
+    return _Geometry(prep.prepared.scan, matrix, hi - lo, prep.prepared.mask, grid)
 
 
 def _reference(result: Result, index: int) -> int:

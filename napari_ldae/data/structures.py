@@ -70,6 +70,19 @@ def structures_ml(volume: np.ndarray, grid_to_mni: np.ndarray) -> dict[str, floa
             for name, f in zip(STRUCTURES, fractions, strict=True)}
 
 
+def fractions_on_grid(volume: np.ndarray, grid_to_mni: np.ndarray) -> np.ndarray | None:
+    """Both structures' fractions, summed, on ``volume``'s own grid (trilinear; 0 outside the
+    box), float32; None when the volume does not reach the box."""
+    from napari_ldae.data.register import resample
+
+    try:
+        fractions = structure_fractions(volume, grid_to_mni).sum(0)
+    except LDAEError:
+        return None
+    return resample(fractions, box_affine(), np.eye(4), np.asarray(grid_to_mni, np.float64),
+                    np.shape(volume)).astype(np.float32)
+
+
 def build_network():
     """The U-Net, untrained (its hyperparameters live here only)."""
     from monai.networks.nets import UNet

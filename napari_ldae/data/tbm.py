@@ -4,7 +4,8 @@ deformation between them (tensor-based morphometry with a region of interest).
 The structure network (:mod:`.structures`) reads each volume on its own. Between two volumes of
 one brain, a small change is also read from how tissue moves: the
 diffeomorphic demons deformation from ``before`` to ``after`` (:func:`~napari_ldae.data.transfer.
-estimate_deformation`, the warp of the change transfer) pulls the structure's template region,
+estimate_deformation` without the structure guide of the change transfer's warp, so that this
+reading does not lean on the network) pulls the structure's template region,
 placed on ``before``, into ``after``'s frame; the difference of the two regions' volumes is the
 change. The regions are the template's own, as the synthetic cohort defines them (the ICBM152
 2009a lateral ventricles and the hippocampal region), sampled onto the grid of an MNI-aligned

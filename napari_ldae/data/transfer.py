@@ -5,9 +5,11 @@ both decoded on the model grid at the same step counts. The scan itself keeps it
 change is carried over, in one of two ways (:data:`TRANSFERS`):
 
 - ``warp``: a dense, invertible deformation from the reconstruction to the edit, estimated on the
-  model grid by SimpleITK's diffeomorphic demons (:func:`estimate_deformation`), composed with the
-  scan → model-grid map (an affine) and applied to the scan, so tissue moves crisply at full
-  resolution. Its log-Jacobian is the map of local expansion (> 0) and shrinkage (< 0).
+  model grid by SimpleITK's diffeomorphic demons (:func:`estimate_deformation`; guided by the
+  structure network's ventricles and hippocampal region when the grid's map to MNI is given),
+  composed with the scan → model-grid map (an affine) and applied to the scan, so tissue moves
+  crisply at full resolution. Its log-Jacobian is the map of local expansion (> 0) and
+  shrinkage (< 0).
 - ``intensity``: the scan plus the model's intensity change, resampled onto the scan's voxels.
 
 Exactness: when the edit equals the reconstruction the scan comes back unchanged (the same
@@ -41,6 +43,10 @@ DEMONS_LEVELS, DEMONS_ITERATIONS, DEMONS_SMOOTHING = (4, 2, 1), (15, 15, 10), 0.
 #: The deformation is estimated in the box of the brain (voxels above this fraction of the
 #: edit's maximum) grown by CROP_MARGIN voxels, and is zero outside it.
 BRAIN_FRACTION, CROP_MARGIN = 0.05, 3
+#: Guided demons registers each volume minus this weight × the edit's maximum × the structure
+#: network's fractions (:func:`~napari_ldae.data.structures.fractions_on_grid`), so that the
+#: structures' outlines drive it as well as the intensities (docs/method.md says why).
+GUIDE_WEIGHT = 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,13 +79,14 @@ def scan_to_model_voxels(scan_affine: np.ndarray, model_affine: np.ndarray) -> n
 
 def carry(method: str, scan: np.ndarray, scan_to_model: np.ndarray, reconstruction: np.ndarray,
           edit: np.ndarray, *, scale: float = 1.0, inside: np.ndarray | None = None,
-          blur: np.ndarray | None = None) -> Carried:
+          blur: np.ndarray | None = None, grid_to_mni: np.ndarray | None = None) -> Carried:
     """Carry ``edit − reconstruction`` (model grid, [0, 1]) onto ``scan`` by ``method``.
 
     ``scan_to_model``: scan voxel → model voxel (4×4); ``scale``: scan units per model unit
     (the intensity transfer's only use of units); ``inside``: the scan voxels that may change
     (its brain mask), all when None; ``blur``: the scan's :func:`blurred` (for ``warp``; computed
-    when None, the same for every edit of a scan).
+    when None, the same for every edit of a scan); ``grid_to_mni``: model voxel → MNI mm, which
+    guides the warp's demons by the structures (see :func:`estimate_deformation`).
     """
     if method not in TRANSFERS:
         raise LDAEError(f"unknown transfer {method!r}; choose one of {', '.join(TRANSFERS)}")
@@ -90,18 +97,21 @@ def carry(method: str, scan: np.ndarray, scan_to_model: np.ndarray, reconstructi
         return Carried(scan.copy(), method, zero)
     if method == "intensity":
         return Carried(_carry_intensity(scan, matrix, edit - reconstruction, scale, inside), method)
-    data, log_jacobian = _carry_warp(scan, matrix, estimate_deformation(reconstruction, edit),
-                                     inside, blur)
+    deformation = estimate_deformation(reconstruction, edit, grid_to_mni=grid_to_mni)
+    data, log_jacobian = _carry_warp(scan, matrix, deformation, inside, blur)
     return Carried(data, method, log_jacobian)
 
 
 def estimate_deformation(reconstruction: np.ndarray, edit: np.ndarray, *,
+                         grid_to_mni: np.ndarray | None = None,
                          iterations: int | tuple[int, ...] = DEMONS_ITERATIONS,
                          smoothing: float = DEMONS_SMOOTHING) -> Deformation:
     """The diffeomorphic demons deformation (SimpleITK) that turns ``reconstruction`` into
     ``edit``: the edit is the fixed image, the reconstruction the moving one. Their intensities
     are compared as they are (one decoder made both): matching their histograms would undo
-    part of a volume change, which changes the share of each intensity."""
+    part of a volume change, which changes the share of each intensity. With ``grid_to_mni``
+    (model voxel → MNI mm) and a grid that reaches the structure network's box, each volume
+    is registered minus :data:`GUIDE_WEIGHT` × the edit's maximum × its structure fractions."""
     import SimpleITK as sitk
 
     from napari_ldae.data.demons import demons, field_array, sitk_image
@@ -109,6 +119,8 @@ def estimate_deformation(reconstruction: np.ndarray, edit: np.ndarray, *,
     reconstruction, edit = _model_pair(reconstruction, edit)
     brain = model_brain(reconstruction, edit)
     crop = bounding_box(brain, CROP_MARGIN) or tuple(slice(0, n) for n in edit.shape)
+    if grid_to_mni is not None:
+        reconstruction, edit = guided(reconstruction, edit, grid_to_mni)
     fixed, moving = sitk_image(edit[crop]), sitk_image(reconstruction[crop])
     field = demons(fixed, moving, DEMONS_LEVELS, iterations, smoothing, first_order_exp=True)
     jacobian = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field))
@@ -121,6 +133,19 @@ def estimate_deformation(reconstruction: np.ndarray, edit: np.ndarray, *,
     # the field maps the edit's points to the reconstruction's: volume grows by 1 / det
     log_jacobian[crop] = -np.log(jacobian.transpose(2, 1, 0))
     return Deformation(displacement, log_jacobian)
+
+
+def guided(reconstruction: np.ndarray, edit: np.ndarray,
+           grid_to_mni: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pair as guided demons registers it (see :func:`estimate_deformation`); unchanged
+    when either volume does not reach the structure network's box."""
+    from napari_ldae.data.structures import fractions_on_grid
+
+    guides = [fractions_on_grid(v, grid_to_mni) for v in (reconstruction, edit)]
+    if any(g is None for g in guides):
+        return reconstruction, edit
+    weight = np.float32(GUIDE_WEIGHT * float(edit.max()))
+    return tuple(v - weight * g for v, g in zip((reconstruction, edit), guides, strict=True))
 
 
 def model_brain(reconstruction: np.ndarray, edit: np.ndarray) -> np.ndarray:
