@@ -192,7 +192,7 @@ def test_demons_takes_one_iteration_count_per_level(reconstruction):
 
 def test_guided_demons_carries_a_contrast_change_as_the_network_reads_it():
     """A synthetic brain (3 mm, MNI) whose structures only darken, nothing moving: plain demons
-    turns the darkening into growth (the structure network reads five times the change on the
+    turns the darkening into growth (the structure network reads four times the change on the
     warped brain that it reads on the darkened one); demons guided by the structures' fractions
     carries far less of it (docs/method.md)."""
     from napari_ldae.data.regions import lateral_ventricles_ml
@@ -210,9 +210,9 @@ def test_guided_demons_carries_a_contrast_change_as_the_network_reads_it():
         moved = warp_scan(before, np.eye(4), deformation, inside=before > 0.02).data
         return lateral_ventricles_ml(moved, affine) - lateral_ventricles_ml(before, affine)
 
-    guided, plain = carried(affine), carried(None)  # 1.43 and 3.77 ml for 0.76 ml
+    guided, plain = carried(affine), carried(None)  # 1.54 and 3.86 ml for 0.90 ml
     assert plain > 2 * wanted
-    assert wanted < guided < 0.25 * plain + 0.75 * wanted
+    assert 0.8 * wanted < guided < (plain + 2 * wanted) / 3  # two thirds of the excess gone
 
 
 def test_the_guide_is_left_out_where_the_structures_are_not(reconstruction):
