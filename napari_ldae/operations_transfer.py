@@ -21,7 +21,6 @@ measured once however many results it has.
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ import numpy as np
 
 from napari_ldae._files import nifti_stem
 from napari_ldae.core.progress import Progress, ProgressGen
+from napari_ldae.data.io import remembered
 from napari_ldae.data.transfer import DEFAULT_TRANSFER, TRANSFERS
 from napari_ldae.errors import LDAEError
 
@@ -146,7 +146,7 @@ def brain_mask(scan: Scan) -> np.ndarray:
         out.setflags(write=False)
         return out
 
-    return _remembered(_MASKS, content_key(scan), mask, REMEMBERED_MASKS)
+    return remembered(_MASKS, content_key(scan), mask, REMEMBERED_MASKS)
 
 
 def scan_blur(scan: Scan) -> np.ndarray:
@@ -160,7 +160,7 @@ def scan_blur(scan: Scan) -> np.ndarray:
         out.setflags(write=False)
         return out
 
-    return _remembered(_BLURS, content_key(scan), blur, REMEMBERED_MASKS)
+    return remembered(_BLURS, content_key(scan), blur, REMEMBERED_MASKS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -251,7 +251,7 @@ def changes_by_deformation(result: Result, index: int) -> dict[str, float]:
     world_ml = 1.0 if result.prepared is None else 1.0 / abs(float(np.linalg.det(
         result.prepared.transform.input_to_template[:3, :3])))
     try:
-        changes = _remembered(_CHANGES, digest(reference, volume, grid),
+        changes = remembered(_CHANGES, digest(reference, volume, grid),
                               lambda: structure_changes(reference, volume, grid), REMEMBERED)
     except ValueError:  # the grid does not cover the template's structures
         return {}
@@ -265,28 +265,14 @@ def measured(volume: np.ndarray, affine: np.ndarray,
     from napari_ldae.data.regions import region_volumes
 
     key = digest(volume, np.shape(volume), affine, np.eye(4) if to_mni is None else to_mni)
-    return dict(_remembered(_MEASURED, key,
+    return dict(remembered(_MEASURED, key,
                             lambda: region_volumes(volume, affine, to_mni=to_mni), REMEMBERED))
 
 
-_LOCK = threading.Lock()
 _MEASURED: OrderedDict[str, dict[str, float]] = OrderedDict()
 _CHANGES: OrderedDict[str, dict[str, float]] = OrderedDict()
 _MASKS: OrderedDict[str, np.ndarray] = OrderedDict()
 _BLURS: OrderedDict[str, np.ndarray] = OrderedDict()
-
-
-def _remembered(cache: OrderedDict, key: str, compute, size: int):
-    """``cache[key]``, computed (outside the lock) when missing; the newest ``size`` kept."""
-    with _LOCK:
-        hit = cache.get(key)
-    if hit is None:
-        hit = compute()
-        with _LOCK:
-            cache[key] = hit
-            while len(cache) > size:
-                cache.popitem(last=False)
-    return hit
 
 
 def _input_name(prep: Preparation, result: Result) -> str:

@@ -216,11 +216,15 @@ def test_guided_demons_carries_a_contrast_change_as_the_network_reads_it():
 
 
 def test_the_guide_is_left_out_where_the_structures_are_not(reconstruction):
-    """A volume that does not reach the structure network's box is registered as it is."""
+    """A volume that does not reach the structure network's box is registered as it is; a
+    volume's fractions are read once."""
     from napari_ldae.data.structures import fractions_on_grid
     from napari_ldae.data.transfer import guided
 
     model, model_affine = reconstruction
+    read = fractions_on_grid(model, model_affine)  # remembered by content, read-only
+    assert read.shape == model.shape and not read.flags.writeable
+    assert fractions_on_grid(model.copy(), model_affine) is read
     empty = np.zeros_like(model)
     assert fractions_on_grid(empty, model_affine) is None
     pair = guided(empty, model, model_affine)

@@ -16,6 +16,7 @@ import os
 import threading
 import weakref
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -108,6 +109,23 @@ def digest(volume: np.ndarray, *parts) -> str:
     for part in parts:
         h.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
     return h.hexdigest()
+
+
+def remembered(cache: OrderedDict, key: str, compute, size: int):
+    """``cache[key]``, computed (outside the lock) when missing or None; the newest ``size``
+    kept. The caches of results remembered by content (:func:`digest`) share this."""
+    with _REMEMBERED_LOCK:
+        hit = cache.get(key)
+    if hit is None:
+        hit = compute()
+        with _REMEMBERED_LOCK:
+            cache[key] = hit
+            while len(cache) > size:
+                cache.popitem(last=False)
+    return hit
+
+
+_REMEMBERED_LOCK = threading.Lock()
 
 
 def content_key(scan: Scan) -> str:

@@ -12,6 +12,7 @@ it was checked).
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 
 import numpy as np
 
@@ -27,6 +28,9 @@ STRUCTURES = ("lateral_ventricles", "hippocampal_region")
 WEIGHTS = "regions/structures.safetensors"
 #: The network's input: intensities over this percentile of the box's voxels.
 NORM_PERCENTILE = 99.0
+#: How many volumes' :func:`fractions_on_grid` are remembered (a model grid's each).
+REMEMBERED_GRIDS = 4
+_ON_GRID: OrderedDict[str, np.ndarray | None] = OrderedDict()
 
 
 def box_affine() -> np.ndarray:
@@ -72,15 +76,23 @@ def structures_ml(volume: np.ndarray, grid_to_mni: np.ndarray) -> dict[str, floa
 
 def fractions_on_grid(volume: np.ndarray, grid_to_mni: np.ndarray) -> np.ndarray | None:
     """Both structures' fractions, summed, on ``volume``'s own grid (trilinear; 0 outside the
-    box), float32; None when the volume does not reach the box."""
+    box), float32 and read-only; None when the volume does not reach the box. Remembered by
+    content: the guided warp reads a scan's reconstruction once for all its edits."""
+    from napari_ldae.data.io import digest, remembered
     from napari_ldae.data.register import resample
 
-    try:
-        fractions = structure_fractions(volume, grid_to_mni).sum(0)
-    except LDAEError:
-        return None
-    return resample(fractions, box_affine(), np.eye(4), np.asarray(grid_to_mni, np.float64),
-                    np.shape(volume)).astype(np.float32)
+    def compute() -> np.ndarray | None:
+        try:
+            fractions = structure_fractions(volume, grid_to_mni).sum(0)
+        except LDAEError:
+            return None
+        out = resample(fractions, box_affine(), np.eye(4), np.asarray(grid_to_mni, np.float64),
+                       np.shape(volume)).astype(np.float32)
+        out.setflags(write=False)
+        return out
+
+    key = digest(volume, np.shape(volume), grid_to_mni)
+    return remembered(_ON_GRID, key, compute, REMEMBERED_GRIDS)
 
 
 def build_network():
