@@ -79,25 +79,22 @@ def _case(name: str, scan, pair, model_affine: np.ndarray, scale: float,
     """Both transfers of one model-grid pair onto ``scan``, measured."""
     import SimpleITK as sitk
 
-    from napari_ldae.data.regions import lateral_ventricles_ml as ventricles
     from napari_ldae.data.transfer import TRANSFERS, carry, scan_to_model_voxels
 
     reconstruction, edit = pair
     guide = model_affine if guided else None
     matrix = scan_to_model_voxels(scan.affine, model_affine)
-    model_change = ventricles(edit, model_affine) - ventricles(reconstruction, model_affine)
-    hippocampal_change = _hippocampus(edit, model_affine) - _hippocampus(reconstruction,
-                                                                         model_affine)
-    before = ventricles(scan.data, scan.affine)
-    hippocampus_before = _hippocampus(scan.data, scan.affine)
+    reconstruction_ml = _structures(reconstruction, model_affine)
+    model_change, hippocampal_change = _structures(edit, model_affine) - reconstruction_ml
+    before, hippocampus_before = _structures(scan.data, scan.affine)
     input_sharpness = _sharpness(scan.data, masks["outside"])
     out = {"case": name, "model_change_ml": model_change, "scan_ventricles_ml": before,
            "model_hippocampal_change_ml": hippocampal_change,
-           "model_grid_self_check": _self_check(reconstruction, edit, model_affine,
-                                                guide) / model_change,
+           "model_grid_self_check": (_self_check(reconstruction, edit, model_affine, guide)
+                                     - reconstruction_ml[0]) / model_change,
            "transfers": {}}
     if truth is not None:
-        out["true_change_ml"] = ventricles(truth, scan.affine) - before
+        out["true_change_ml"] = _structures(truth, scan.affine)[0] - before
         out["rmse_input_to_truth_near_ventricles"] = _rmse(scan.data, truth, masks["near"])
     for method in TRANSFERS:
         row: dict = {}
@@ -107,9 +104,8 @@ def _case(name: str, scan, pair, model_affine: np.ndarray, scale: float,
                 m, scan.data, matrix, reconstruction, edit, scale=scale, inside=masks["brain"],
                 grid_to_mni=guide))
             row[f"wall_s_{threads}_threads"], row[f"cpu_s_{threads}_threads"] = wall, cpu
-        change = ventricles(result.data, scan.affine) - before
+        change, hippocampal = _structures(result.data, scan.affine) - (before, hippocampus_before)
         sharp = _sharpness(result.data, masks["outside"])
-        hippocampal = _hippocampus(result.data, scan.affine) - hippocampus_before
         row |= {"change_ml": change, "change_over_model_change": change / model_change,
                 "hippocampal_change_over_model_change": hippocampal / hippocampal_change,
                 "sharpness_ratio": {k: v / input_sharpness[k] for k, v in sharp.items()},
@@ -127,21 +123,22 @@ def _case(name: str, scan, pair, model_affine: np.ndarray, scale: float,
 
 def _self_check(reconstruction: np.ndarray, edit: np.ndarray, affine: np.ndarray,
                 guide: np.ndarray | None) -> float:
-    """The ventricle change of the model-grid reconstruction warped by its own deformation to
+    """The ventricles (ml) of the model-grid reconstruction warped by its own deformation to
     the edit: the registration alone, on the grid it was estimated on, without the 1 mm scan."""
-    from napari_ldae.data.regions import lateral_ventricles_ml as ventricles
     from napari_ldae.data.transfer import estimate_deformation, model_brain, warp_scan
 
     deformation = estimate_deformation(reconstruction, edit, grid_to_mni=guide)
     warped = warp_scan(reconstruction, np.eye(4), deformation,
                        inside=model_brain(reconstruction, edit))
-    return ventricles(warped.data, affine) - ventricles(reconstruction, affine)
+    return float(_structures(warped.data, affine)[0])
 
 
-def _hippocampus(volume: np.ndarray, affine: np.ndarray) -> float:
-    from napari_ldae.data.structures import structures_ml
+def _structures(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(lateral ventricles, hippocampal region) in ml, from one pass of the structure network."""
+    from napari_ldae.data.regions import structure_volumes
 
-    return structures_ml(volume, affine)["hippocampal_region"]
+    ml = structure_volumes(volume, affine)
+    return np.array([ml["lateral_ventricles"], ml["hippocampal_region"]])
 
 
 def _rmse(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:

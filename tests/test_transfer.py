@@ -229,8 +229,8 @@ def test_the_guide_is_left_out_where_the_structures_are_not(reconstruction):
     assert fractions_on_grid(empty, model_affine) is None
     pair = guided(empty, model, model_affine)
     assert pair[0] is empty and pair[1] is model
-    plain = estimate_deformation(model, _phantom(MODEL_MM, radius=13.0)[0])
     edit = _phantom(MODEL_MM, radius=13.0)[0]
+    plain = estimate_deformation(model, edit)
     far = model_affine.copy()
     far[:3, 3] += 500.0  # the grid 50 cm away from the MNI brain
     off_box = estimate_deformation(model, edit, grid_to_mni=far)

@@ -73,7 +73,7 @@ def _load(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     counts = []
     for path in paths:
         with np.load(path) as ex:
-            counts.append(len(ex["labels"]))
+            counts.append(len(ex["truth"]))  # one row per visit: a small array to read
     grids = len(GRIDS_MM)
     inputs = np.empty((sum(counts) * grids, *SHAPE), np.float16)
     labels = np.empty((sum(counts), 2, *SHAPE), np.float16)
