@@ -28,6 +28,7 @@ from napari_ldae.cli import main
 from napari_ldae.core.bundle import load_bundle
 from napari_ldae.errors import TrainingError
 from napari_ldae.train import latent, representation
+from napari_ldae.train.decoder import autoencoder_weights
 from napari_ldae.train.run import resolve, train
 
 TINY = Path(__file__).resolve().parents[1] / "resources" / "configs" / "tiny.yaml"
@@ -92,7 +93,7 @@ def test_bundle_records_how_it_was_trained(run_all, tiny_cohort):
     assert config["preprocessing"]["shape"] == [32, 32, 32]
     prov = config["provenance"]
     assert prov["trained"] and prov["seed"] == 0 and prov["cohort"] == str(tiny_cohort)
-    assert prov["steps"] == {"autoencoder": 4, "latent": 4, "representation": 4}
+    assert prov["steps"] == {"autoencoder": 4, "decoder": 2, "latent": 4, "representation": 4}
     assert prov["config"]["preset"] == "tiny"
     ad = config["directions"]["AD"]["metrics"]
     assert set(ad) >= {"accuracy", "precision", "recall", "f1", "mcc", "roc_auc"}
@@ -140,8 +141,7 @@ def test_scale_factor_is_one_over_std_of_the_training_latents(run_all, tiny_coho
     train_split = load_splits(config)["train"]
     keys = volume_keys(train_split.records, PreprocessContract(spacing=6.0, shape=(32, 32, 32)),
                        out / "cache")
-    folder = out / "cache" / "latents" / file_sha256(
-        out / "autoencoder" / "autoencoder.safetensors")[:24]
+    folder = out / "cache" / "latents" / file_sha256(autoencoder_weights(out))[:24]
     z = np.stack([np.load(folder / f"{k}.npy") for k in keys]).astype(np.float64)
     assert latent.read_scale_factor(out) == pytest.approx(1.0 / z.std(), rel=1e-6)
 

@@ -47,7 +47,8 @@ def _start_refused(w, text):
 # ----------------------------------------------------------------------------- the form
 def test_form_offers_every_stage_and_the_shipped_configs(make_napari_viewer):
     w = _train(make_napari_viewer())
-    assert list(w.stage.choices) == ["all", "autoencoder", "latent", "representation", "probe"]
+    assert list(w.stage.choices) == ["all", "autoencoder", "decoder", "latent",
+                                     "representation", "probe"]
     assert w.stage.value == "all"
     assert {"tiny", "demo", "paper"} <= set(w.config.choices) and w.config.value == "tiny"
     assert w.config_file.native.isHidden()  # shown only for "a YAML file…"
@@ -122,6 +123,14 @@ def test_stage_tracking_from_the_run_folder(tmp_path):
     assert existing_runs(tmp_path, ("autoencoder", "latent", "probe")) == ["latent"]
 
 
+def test_stages_the_trainer_skips_count_as_done():
+    from napari_ldae.gui._train_run import skipped_stage
+
+    assert skipped_stage("latent: already trained in /r/latent; skipping") == "latent"
+    assert skipped_stage("decoder: off (decoder.max_steps is 0); skipping") == "decoder"
+    assert skipped_stage("decoder: training") is None
+
+
 # ----------------------------------------------------------------------------- real runs
 @pytest.mark.slow
 def test_train_widget_runs_a_tiny_run_and_loads_its_bundle(make_napari_viewer, qtbot,
@@ -140,7 +149,7 @@ def test_train_widget_runs_a_tiny_run_and_loads_its_bundle(make_napari_viewer, q
 
     w.controls.button.click()
     assert w.process is not None and w.controls.busy and w.controls.button.text() == "Cancel"
-    assert seen[-1].startswith("autoencoder (1/4)")
+    assert seen[-1].startswith("autoencoder (1/5)")
     assert w._pbar is not None  # napari's activity bar
     qtbot.waitUntil(lambda: w.process is None, timeout=RUN_MS)
 
@@ -148,13 +157,13 @@ def test_train_widget_runs_a_tiny_run_and_loads_its_bundle(make_napari_viewer, q
     assert w.controls.status.text().startswith("training finished"), (w.controls.status.text(),
                                                                       log[-3000:])
     assert log.startswith("$ ") and "train all --config tiny" in log and "wrote bundle" in log
-    for stage in ("autoencoder", "latent", "representation"):
+    for stage in ("autoencoder", "decoder", "latent", "representation"):
         assert (run / stage / f"{stage}.json").is_file()
         assert (run / stage / f"{stage}.json").stat().st_size > 0
     assert (run / "probe" / "metrics.json").is_file()
     assert (run / "bundle" / "config.json").is_file()
-    assert any(s.startswith("latent (2/4)") for s in seen), seen
-    assert any(s.startswith("representation (3/4)") for s in seen), (seen, log[-3000:])
+    assert any(s.startswith("latent (3/5)") for s in seen), seen
+    assert any(s.startswith("representation (4/5)") for s in seen), (seen, log[-3000:])
     _assert_idle_ui(w.controls)
     assert w._pbar is None
 
@@ -168,7 +177,8 @@ def test_train_widget_runs_a_tiny_run_and_loads_its_bundle(make_napari_viewer, q
     assert model.unload_button.isEnabled()
 
     # the same folder again, without resume: refused before any process starts
-    _start_refused(w, "already holds a run of the autoencoder, latent, representation stages")
+    _start_refused(w, "already holds a run of the autoencoder, decoder, latent, representation "
+                      "stages")
 
 
 @pytest.mark.slow

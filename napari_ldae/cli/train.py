@@ -99,17 +99,21 @@ def run_make_cohort(a: argparse.Namespace) -> None:
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = command(
         sub, "train", run_train,
-        help="train a stage (autoencoder, latent, representation, probe) or all four",
+        help="train a stage (autoencoder, decoder, latent, representation, probe) or all",
         description="Train LDAE on a cohort with PyTorch Lightning: one GPU, several (DDP) or "
         "several nodes (torchrun / SLURM). Each stage reads the previous one's outputs under "
-        "--out; `all` runs the four in order and ends with a model bundle in OUT/bundle. "
+        "--out; `all` runs them in order and ends with a model bundle in OUT/bundle (the optional "
+        "decoder stage runs when decoder.max_steps > 0). "
         "See docs/training.md.",
     )
-    p.add_argument("stage", choices=["autoencoder", "latent", "representation", "probe", "all"])
+    p.add_argument("stage", choices=["autoencoder", "decoder", "latent", "representation",
+                                     "probe", "all"])
     p.add_argument("--config", required=True,
                    help="YAML config, or the name of a shipped one: paper, demo, tiny")
     p.add_argument("--data", help="cohort: BIDS-like folder or CSV (overrides data.cohort)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, caches, bundle)")
+    p.add_argument("--bundle", help="decoder stage: refine this bundle's decoder and write "
+                   "OUT/bundle, the same bundle with it (sets decoder.bundle)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoints; skip stages already finished")
     p.add_argument("--devices", type=int, help="devices per node (overrides trainer.devices)")
@@ -127,7 +131,8 @@ def run_train(a: argparse.Namespace) -> None:
     from napari_ldae.train.run import resolve, train
 
     stages = STAGES if a.stage == "all" else (a.stage,)
-    config = resolve(a.config, a.data, a.overrides, devices=a.devices,
+    overrides = [*a.overrides, *([f"decoder.bundle={a.bundle}"] if a.bundle else [])]
+    config = resolve(a.config, a.data, overrides, devices=a.devices,
                      accelerator=a.accelerator, num_nodes=a.num_nodes,
                      max_steps=a.max_steps, stages=stages)
     bundle = train(a.stage, config, a.out, resume=a.resume)

@@ -17,7 +17,7 @@ _PERCENT = re.compile(r"(\d{1,3})%\|")
 _FRACTION = re.compile(r"(?:\||step\s*)\s*(\d+)\s*/\s*(\d+)", re.IGNORECASE)
 _EPOCH = re.compile(r"epoch\s*(\d+)(?:\s*/\s*(\d+))?", re.IGNORECASE)
 _TQDM_DESC = re.compile(r"^\s*([^|:]{1,60}?):\s+\d{1,3}%\|")
-_SKIPPED = re.compile(r"^(\w+): already trained in ")
+_SKIPPED = re.compile(r"^(\w+): (?:already trained in |off \()")
 
 
 def parse_progress(line: str) -> tuple[float | None, str | None]:
@@ -36,7 +36,8 @@ def parse_progress(line: str) -> tuple[float | None, str | None]:
 
 
 def skipped_stage(line: str) -> str | None:
-    """The stage the trainer says it skips (already trained, on ``--resume``), or None."""
+    """The stage the trainer says it skips (already trained, on ``--resume``; or switched
+    off by its config), or None."""
     m = _SKIPPED.match(line)
     return m.group(1) if m else None
 

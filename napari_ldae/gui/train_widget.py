@@ -77,8 +77,9 @@ class TrainWidget(LDAEWidget):
         self.config_file = FileEdit(mode="r", filter="YAML (*.yaml *.yml)", label="config file",
                                     visible=False, tooltip="your training config (YAML)")
         self.stage = ComboBox(label="stage", choices=list(STAGE_CHOICES), value="all", tooltip=(
-            "all: the four stages in order, ending with a bundle; or one stage, which reads "
-            "the previous stages' files in the run folder"))
+            "all: the stages in order, ending with a bundle (decoder only when the config "
+            "turns it on); or one stage, which reads the previous stages' files in the run "
+            "folder. decoder with extra args --bundle B refines that bundle's decoder"))
         self.resume = CheckBox(label="resume", value=False, tooltip=(
             "continue from the last checkpoints and skip finished stages; without it, a "
             "stage that already has checkpoints in the run folder is not started"))

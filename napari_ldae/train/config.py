@@ -23,11 +23,13 @@ from napari_ldae.evaluate import PROBE_FITS
 #: Configs shipped with napari-ldae, usable by name (``--config tiny``).
 CONFIG_DIR = resource_path("configs")
 
-STAGES = ("autoencoder", "latent", "representation", "probe")
+STAGES = ("autoencoder", "decoder", "latent", "representation", "probe")
 #: How the probe stage makes the bundle's directions (``probe.direction``).
 DIRECTION_RULES = ("classifier", "longitudinal")
 #: Stages trained by a Lightning ``Trainer`` (the probe stage is a few seconds of plain torch).
-NETWORK_STAGES = STAGES[:3]
+NETWORK_STAGES = STAGES[:4]
+#: Stages that a config may switch off with ``max_steps: 0`` (``train all`` then skips them).
+OPTIONAL_STAGES = ("decoder",)
 
 _COMMON: dict[str, Any] = {
     "batch_size": 1,  # per device
@@ -81,6 +83,16 @@ DEFAULTS: dict[str, Any] = {
         "perceptual_weights": None,  # local LPIPS (SqueezeNet) state dict; None: no perceptual
         "ssim_kernel_size": 4,
         "crop_size": None,  # train on random windows of this size (validation: whole volumes)
+    },
+    # Optional stage 1b (train/decoder.py): the decoder refined on whole volumes, the encoder
+    # frozen; max_steps 0 (the paper's recipe) switches it off.
+    "decoder": {
+        **_COMMON,
+        "max_steps": 0,
+        "lr": 1e-5,
+        "ssim_weight": 1.0,  # loss: L1 + ssim_weight · (1 − SSIM)
+        "ssim_kernel_size": 4,
+        "bundle": None,  # refine this bundle's decoder (CLI: --bundle) instead of OUT's stage 1
     },
     "latent": {
         **_COMMON,
@@ -231,7 +243,8 @@ def validate(config: Mapping[str, Any]) -> None:
         s = config[stage]
         for key in ("batch_size", "max_steps", "accumulate_grad_batches", "val_every_n_steps",
                     "checkpoint_every_n_steps"):
-            if not isinstance(s[key], int) or s[key] < 1:
+            off = key == "max_steps" and stage in OPTIONAL_STAGES and s[key] == 0
+            if not off and (not isinstance(s[key], int) or s[key] < 1):
                 raise TrainingError(f"{stage}.{key} must be a positive integer, got {s[key]!r}")
         if not isinstance(s["lr_warmdown_steps"], int) or s["lr_warmdown_steps"] < 0:
             raise TrainingError(f"{stage}.lr_warmdown_steps must be a non-negative integer, "

@@ -32,10 +32,10 @@ from napari_ldae.core.autoencoder import NORM_KEYS
 from napari_ldae.core.diffusion import Schedule, q_sample
 from napari_ldae.core.unet import LatentUNet, UNetConfig
 from napari_ldae.errors import TrainingError
-from napari_ldae.train import autoencoder as stage1
 from napari_ldae.train import common
 from napari_ldae.train.config import model_config
 from napari_ldae.train.data import CohortData
+from napari_ldae.train.decoder import autoencoder_weights
 
 WEIGHTS = "unet_ema.safetensors"
 SCALE = "scale_factor.json"
@@ -124,7 +124,7 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
         callbacks: Sequence[Callback] = ()) -> Path:
     """Train stage 2; returns ``OUT/latent/unet_ema.safetensors``."""
     stage_dir = out / "latent"
-    ae_path = out / "autoencoder" / stage1.WEIGHTS
+    ae_path = autoencoder_weights(out)
     common.load_safetensors(ae_path, "latent stage: the stage-1 autoencoder")  # fail early
     data = CohortData(config, "latent", common.cache_dir(config, out), images=False,
                       latents=True, autoencoder_path=ae_path)

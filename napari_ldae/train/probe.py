@@ -31,13 +31,18 @@ from napari_ldae.data.cohort import Cohort
 from napari_ldae.data.preprocess import PreprocessContract
 from napari_ldae.errors import TrainingError
 from napari_ldae.evaluate.probes import age_probe, classifier_probe
-from napari_ldae.train import autoencoder as stage1
 from napari_ldae.train import common
 from napari_ldae.train import latent as stage2
 from napari_ldae.train import representation as stage3
 from napari_ldae.train.calibration import mean_change_per_year, projection_per_year
-from napari_ldae.train.config import NETWORK_STAGES, model_config, resolve_accelerator
+from napari_ldae.train.config import (
+    NETWORK_STAGES,
+    OPTIONAL_STAGES,
+    model_config,
+    resolve_accelerator,
+)
 from napari_ldae.train.data import SPLITS, cache_volumes, load_splits, load_volume
+from napari_ldae.train.decoder import autoencoder_weights
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -131,7 +136,7 @@ def _latent_encoder(config: Mapping[str, Any], out: Path) -> LatentAutoencoder:
     autoencoder = LatentAutoencoder(model_config(config)["autoencoder"],
                                     stage2.read_scale_factor(out), *(stats or (None, None)))
     autoencoder.net.load_state_dict(common.load_safetensors(
-        out / "autoencoder" / stage1.WEIGHTS, "probe stage: the autoencoder"))
+        autoencoder_weights(out), "probe stage: the autoencoder"))
     return autoencoder
 
 
@@ -165,8 +170,8 @@ def _clean(metrics: Mapping[str, Any]) -> dict[str, Any]:
 def write_bundle(config: Mapping[str, Any], out: Path, model: dict[str, Any],
                  semantic: dict[str, torch.Tensor], directions: dict, metrics: dict,
                  splits) -> Path:
-    stage_info = {s: common.read_json(out / s / f"{s}.json", s)
-                  for s in NETWORK_STAGES}
+    stage_info = {s: common.read_json(out / s / f"{s}.json", s) for s in NETWORK_STAGES
+                  if s not in OPTIONAL_STAGES or (out / s / f"{s}.json").is_file()}
     bundle_config = {
         **model,
         "name": f"{model.get('name', 'ldae')}-trained",
@@ -175,7 +180,8 @@ def write_bundle(config: Mapping[str, Any], out: Path, model: dict[str, Any],
         "scale_factor": stage2.read_scale_factor(out),
         "directions": directions,
         "metrics": {"probe": metrics,
-                    "autoencoder_val_ssim": stage_info["autoencoder"]["best_val_ssim"],
+                    "autoencoder_val_ssim": stage_info.get(
+                        "decoder", stage_info["autoencoder"])["best_val_ssim"],
                     "semantic_val_ssim": stage_info["representation"]["best_val_ssim"],
                     "stage2_x0_vs_mean": stage_info["latent"].get("x0_vs_mean"),
                     "code_use": stage_info["representation"].get("code_use")},
@@ -193,7 +199,7 @@ def write_bundle(config: Mapping[str, Any], out: Path, model: dict[str, Any],
     }
     stats = stage2.read_latent_stats(out)
     weights = {
-        "autoencoder": {**common.load_safetensors(out / "autoencoder" / stage1.WEIGHTS, "AE"),
+        "autoencoder": {**common.load_safetensors(autoencoder_weights(out), "AE"),
                         **(dict(zip(NORM_KEYS, stats, strict=True)) if stats else {})},
         "unet": common.load_safetensors(out / "representation" / stage3.UNET, "ShiftUNet"),
         "encoder": common.load_safetensors(out / "representation" / stage3.ENCODER, "encoder"),

@@ -44,11 +44,11 @@ from napari_ldae.core.encoder import build_encoder
 from napari_ldae.core.unet import FROZEN_MODULES, ShiftUNet, UNetConfig
 from napari_ldae.errors import BundleError, TrainingError
 from napari_ldae.evaluate.metrics import semantic_spread, ssim
-from napari_ldae.train import autoencoder as stage1
 from napari_ldae.train import common
 from napari_ldae.train import latent as stage2
 from napari_ldae.train.config import model_config
 from napari_ldae.train.data import CohortData
+from napari_ldae.train.decoder import autoencoder_weights
 
 ENCODER = "encoder_ema.safetensors"
 UNET = "unet_ema.safetensors"
@@ -226,7 +226,7 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
     unet_state = stage2_unet(out)
     readiness = stage2.readiness(out, config["representation"]["max_x0_vs_mean"])
     scale, stats = stage2.read_scale_factor(out), stage2.read_latent_stats(out)
-    ae_path = out / "autoencoder" / stage1.WEIGHTS
+    ae_path = autoencoder_weights(out)
     ae_state = common.load_safetensors(ae_path, "representation stage: the autoencoder")
     # an encoder on the latent never reads the volumes, so they are not loaded
     images = model_config(config)["encoder"].get("input", "slices") != "latent"

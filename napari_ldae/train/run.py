@@ -1,4 +1,4 @@
-"""Run one stage or all four in order, each feeding the next through files under OUT.
+"""Run one stage or all of them in order, each feeding the next through files under OUT.
 
 ``OUT/<stage>/<stage>.json`` is written last by each network stage: with ``resume``, a stage
 whose file reports at least ``max_steps`` steps is skipped, an interrupted one continues from
@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from napari_ldae.errors import TrainingError
-from napari_ldae.train.config import NETWORK_STAGES, STAGES, config_path, load_config, validate
+from napari_ldae.train.config import (
+    NETWORK_STAGES,
+    OPTIONAL_STAGES,
+    STAGES,
+    config_path,
+    load_config,
+    validate,
+)
 
 
 def resolve(config: str | os.PathLike | None, data: str | os.PathLike | None = None,
@@ -31,10 +38,15 @@ def resolve(config: str | os.PathLike | None, data: str | os.PathLike | None = N
             cfg["trainer"][key] = value
     if max_steps is not None:
         for stage in stages:
-            if stage in NETWORK_STAGES:
+            if stage in NETWORK_STAGES and not _switched_off(cfg, stage, len(stages) > 1):
                 cfg[stage]["max_steps"] = int(max_steps)
     validate(cfg)
     return cfg
+
+
+def _switched_off(config: Mapping[str, Any], stage: str, among_others: bool) -> bool:
+    """An optional stage with ``max_steps: 0``, run among others (asked alone, it errs)."""
+    return among_others and stage in OPTIONAL_STAGES and config[stage]["max_steps"] == 0
 
 
 def stage_done(config: Mapping[str, Any], out: Path, stage: str) -> bool:
@@ -53,16 +65,22 @@ def train(stage: str, config: Mapping[str, Any], out: str | os.PathLike,
 
     ``callbacks``: extra Lightning callbacks for every network stage (progress, tests).
     """
-    from napari_ldae.train import autoencoder, latent, probe, representation
+    from napari_ldae.train import autoencoder, decoder, latent, probe, representation
 
-    runners = {"autoencoder": autoencoder.run, "latent": latent.run,
+    runners = {"autoencoder": autoencoder.run, "decoder": decoder.run, "latent": latent.run,
                "representation": representation.run, "probe": probe.run}
     if stage != "all" and stage not in STAGES:
         raise TrainingError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}, all")
+    if stage != "decoder" and config["decoder"]["bundle"]:
+        raise TrainingError("decoder.bundle (--bundle) refines a finished bundle: use it with "
+                            "`train decoder` only")
     out = Path(out).expanduser().resolve()
     _record(config, out)
     result = None
     for name in STAGES if stage == "all" else (stage,):
+        if _switched_off(config, name, stage == "all"):
+            print(f"{name}: off ({name}.max_steps is 0); skipping")
+            continue
         if resume and stage_done(config, out, name):
             print(f"{name}: already trained in {out / name}; skipping")
             continue
