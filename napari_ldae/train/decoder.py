@@ -137,11 +137,11 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
         step = common.load_best(module, ckpt)
         weights = module.autoencoder.state_dict()
         common.save_safetensors(stage_dir / WEIGHTS, weights)
+        given = config["decoder"]["bundle"]
         info = {"stage": "decoder", "global_step": trainer.global_step, "weights_step": step,
                 "best_val_ssim": ckpt.best_score,
                 "from": "bundle" if bundle else "run",
-                "from_path": shown_path(given) if (given := config["decoder"]["bundle"])
-                else f"autoencoder/{stage1.WEIGHTS}",
+                "from_path": shown_path(given) if given else f"autoencoder/{stage1.WEIGHTS}",
                 "from_sha256": bundle.sha256 if bundle else _sha256(source)}
         common.write_json(stage_dir / "decoder.json", info)
         if bundle is not None:
@@ -158,8 +158,8 @@ def _write_bundle(config: Mapping[str, Any], out: Path, bundle, autoencoder: dic
 
     cfg = dict(bundle.config)
     metrics = dict(cfg.get("metrics") or {})
-    if "autoencoder_val_ssim" in metrics:
-        metrics["autoencoder_val_ssim_stage1"] = metrics["autoencoder_val_ssim"]
+    if "autoencoder_val_ssim" in metrics:  # stage 1's, kept through later refinements
+        metrics.setdefault("autoencoder_val_ssim_stage1", metrics["autoencoder_val_ssim"])
     metrics["autoencoder_val_ssim"] = info["best_val_ssim"]
     provenance = dict(cfg.get("provenance") or {})
     provenance["decoder"] = {**info, "config": config["decoder"],
