@@ -87,6 +87,9 @@ def test_report_details(run, bundle, longitudinal_cohort):
     assert meta["evaluated"] == {"split": "all", "n_subjects": 4, "n_scans": 12,
                                  "subjects": ["sub-001", "sub-002", "sub-003", "sub-004"]}
     assert report["autoencoder"]["n_scans"] == 12
+    # the head-only SSIM is reported beside the whole volume's, for the ceiling and each T
+    assert 0.0 < report["autoencoder"]["ssim_head"] <= 1.0
+    assert set(report["reconstruction"]["ssim_head"]) == {"T1", "T2"}
     assert "LPIPS" in report["notes"]["reconstruction.lpips"]
     interp = report["interpolation"]
     assert interp["n_triplets"] == 4 and interp["n_subjects"] == 4
@@ -139,7 +142,8 @@ def test_markdown(run):
     for words in ("## Code use", "Identity kept at strength 3", "ceiling (true measures)",
                   "`hippocampus_ml`", "mean measured hippocampi (ml)", "| cohort_grid |",
                   "at their own resolution (6 mm)", "Change by deformation",
-                  "from the strength-0 decode to each edit", "the autoencoder keeps"):
+                  "from the strength-0 decode to each edit", "the autoencoder keeps",
+                  "| SSIM in the head |"):
         assert words in text, words
     assert "0.962" in text and "0.8948" in text  # the paper's numbers beside ours
 

@@ -49,6 +49,21 @@ def test_ssim_is_one_for_identical_volumes_and_lower_otherwise():
     assert (ssim(x, x.flip(2)) < 0.5).all()
 
 
+def test_ssim_in_the_head_ignores_the_background_and_sees_the_head():
+    from napari_ldae.evaluate.image_metrics import ssim_head
+
+    g = torch.Generator().manual_seed(0)
+    head = torch.zeros(1, 1, 24, 24, 24)
+    head[..., 6:18, 6:18, 6:18] = 0.2 + 0.8 * torch.rand(1, 1, 12, 12, 12, generator=g)
+    noisy_background = head + 0.02 * (head == 0) * torch.rand(head.shape, generator=g)
+    assert ssim(noisy_background, head).item() < 0.9  # the whole volume's SSIM drops
+    assert ssim_head(noisy_background, head)[0] > ssim(noisy_background, head).item() + 0.05
+    assert ssim_head(head, head)[0] == pytest.approx(1.0, abs=1e-5)
+    blurred = head.clone()
+    blurred[..., 6:18, 6:18, 6:18] = head[..., 6:18, 6:18, 6:18].mean()
+    assert ssim_head(blurred, head)[0] < ssim(blurred, head).item()  # the head is what differs
+
+
 def test_semantic_spread_is_zero_for_a_collapsed_encoder():
     from napari_ldae.evaluate.metrics import semantic_spread
 

@@ -30,6 +30,13 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, kernel_size: int = SSIM_KERNE
     return [float(v) for v in metrics.ssim(pred, target, kernel_size=kernel_size)]
 
 
+def ssim_head(pred: torch.Tensor, target: torch.Tensor,
+              kernel_size: int = SSIM_KERNEL) -> list[float]:
+    """SSIM over the head's voxels only (``target`` > 0): what the background cannot lift."""
+    pred, target = _pair(pred, target)
+    return [float(v) for v in metrics.ssim_in_mask(pred, target, target > 0, kernel_size)]
+
+
 def mse(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
     """Mean squared error of each volume of a batch."""
     pred, target = _pair(pred, target)

@@ -105,3 +105,20 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, kernel_size: int = SSIM_KERNE
     metric = SSIMMetric(spatial_dims=3, data_range=data_range, win_size=kernel_size,
                         reduction="none")
     return metric(pred.float(), target.float()).reshape(-1)
+
+
+def ssim_in_mask(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                 kernel_size: int = SSIM_KERNEL, data_range: float = 1.0) -> torch.Tensor:
+    """:func:`ssim`'s map averaged over the voxels of ``mask`` only, per volume (B,).
+
+    MONAI's map covers the windows that fit in the volume; the mask is cropped alike.
+    """
+    from monai.metrics.regression import compute_ssim_and_cs
+
+    k = [kernel_size] * 3
+    ssim_map, _ = compute_ssim_and_cs(pred.float(), target.float(), 3, k, [1.5] * 3, data_range,
+                                      "gaussian", 0.01, 0.03)
+    start = [(n - m) // 2 for n, m in zip(target.shape[2:], ssim_map.shape[2:], strict=True)]
+    inside = mask[(..., *(slice(a, a + m) for a, m in zip(start, ssim_map.shape[2:],
+                                                           strict=True)))].float()
+    return (ssim_map * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1.0)

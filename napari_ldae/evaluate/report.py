@@ -128,7 +128,7 @@ def _iter_subject(ctx: Context, records: list[ScanRecord],
     ae = ctx.model.autoencode(x)
     ctx.timed("autoencoder", t)
     res = SubjectResult(records, torch.zeros(0))
-    res.scores["autoencoder"] = score(ctx, ae, x)
+    res.scores["autoencoder"] = score(ctx, ae, x) | {"ssim_head": im.ssim_head(ae, x)}
     if not ctx.needs_inversion:  # the probes and semantic-only decoding need y alone
         t = time.perf_counter()
         res.y = ctx.model.embed(x).cpu()
@@ -178,7 +178,7 @@ def _iter_reconstruction(ctx: Context, x: torch.Tensor, res: SubjectResult,
         c = yield from task(model.iter_encode(x, T), f"{label}: encode T={T}")
         recon = yield from task(model.iter_decode(c, T), f"{label}: decode T={T}")
         res.seconds[f"T{T}"] = (time.perf_counter() - t) / len(x)
-        res.scores[f"T{T}"] = score(ctx, recon, x)
+        res.scores[f"T{T}"] = score(ctx, recon, x) | {"ssim_head": im.ssim_head(recon, x)}
         ctx.timed("reconstruction", t)
         if steps == T:
             codes = c
@@ -308,7 +308,7 @@ def _reconstruction(results: list[SubjectResult], ctx: Context,
                 notes[f"reconstruction.{metric}.T{T}"] = "skipped (--skip reconstruction)"
         return out
     out: dict[str, Any] = {"steps": list(opts.steps)}
-    for metric in ("ssim", "mse", *(("lpips",) if ctx.lpips else ())):
+    for metric in ("ssim", "ssim_head", "mse", *(("lpips",) if ctx.lpips else ())):
         out[metric] = {f"T{T}": _means(results, f"T{T}").get(metric) for T in opts.steps}
     out["seconds_per_scan"] = {
         f"T{T}": im.summary(r.seconds.get(f"T{T}") for r in results)["mean"] for T in opts.steps}
