@@ -50,7 +50,12 @@ def test_ssim_is_one_for_identical_volumes_and_lower_otherwise():
 
 
 def test_ssim_in_the_head_ignores_the_background_and_sees_the_head():
-    from napari_ldae.evaluate.image_metrics import ssim_head
+    from napari_ldae.evaluate.image_metrics import ssim_and_head
+
+    def ssim_head(pred, target):
+        whole, head = ssim_and_head(pred, target)
+        assert whole == pytest.approx(ssim(pred, target).tolist(), abs=1e-6)  # one map, both
+        return head
 
     g = torch.Generator().manual_seed(0)
     head = torch.zeros(1, 1, 24, 24, 24)

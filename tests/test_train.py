@@ -134,14 +134,14 @@ def test_stage_files_and_checkpoints_are_pickle_free(run_all):
 
 def test_scale_factor_is_one_over_std_of_the_training_latents(run_all, tiny_cohort):
     from napari_ldae.data.preprocess import PreprocessContract
-    from napari_ldae.train.data import file_sha256, load_splits, volume_keys
+    from napari_ldae.train.data import latent_folder, load_splits, volume_keys
 
     out = run_all[0]
     config = resolve(TINY, tiny_cohort)
     train_split = load_splits(config)["train"]
     keys = volume_keys(train_split.records, PreprocessContract(spacing=6.0, shape=(32, 32, 32)),
                        out / "cache")
-    folder = out / "cache" / "latents" / file_sha256(autoencoder_weights(out))[:24]
+    folder = latent_folder(out / "cache", autoencoder_weights(out))
     z = np.stack([np.load(folder / f"{k}.npy") for k in keys]).astype(np.float64)
     assert latent.read_scale_factor(out) == pytest.approx(1.0 / z.std(), rel=1e-6)
 

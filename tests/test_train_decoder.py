@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from napari_ldae.cli import main
-from napari_ldae.core.autoencoder import NORM_KEYS
+from napari_ldae.core.autoencoder import DECODER_PREFIXES, NORM_KEYS
 from napari_ldae.core.bundle import PARTS, load_bundle
 from napari_ldae.errors import TrainingError
-from napari_ldae.train.decoder import DECODER_PREFIXES, autoencoder_weights
+from napari_ldae.train.data import latent_folder
+from napari_ldae.train.decoder import autoencoder_weights
 from napari_ldae.train.run import resolve, train
 
 TINY = Path(__file__).resolve().parents[1] / "resources" / "configs" / "tiny.yaml"
@@ -69,6 +70,11 @@ def test_later_stages_read_the_refined_autoencoder(refined, tmp_path):
               str(stale / "autoencoder" / "autoencoder.safetensors"))
     with pytest.raises(TrainingError, match="refines another stage-1 autoencoder"):
         autoencoder_weights(stale)
+    # the refined autoencoder makes the same latents: it shares stage 1's latent cache
+    stage1 = refined / "autoencoder" / "autoencoder.safetensors"
+    assert latent_folder(tmp_path, autoencoder_weights(refined)) == latent_folder(tmp_path, stage1)
+    assert latent_folder(tmp_path, stale / "autoencoder" / "autoencoder.safetensors") != \
+        latent_folder(tmp_path, stage1)
 
 
 def test_a_bundle_comes_back_with_only_its_decoder_changed(bundle, tiny_cohort, tmp_path,

@@ -43,6 +43,9 @@ PAPER_AUTOENCODER: dict[str, Any] = {
 #: Latent normalisation rules and the keys of the ``template_residual`` statistics.
 LATENT_NORMS = ("scale", "template_residual")
 NORM_KEYS = ("latent_norm.mean", "latent_norm.std")
+#: The weights that make a latent mean (what ``encode`` reads) and those that decode one.
+ENCODER_PREFIXES = ("encoder.", "quant_conv_mu.")
+DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
 
 _RENAMED = {"num_channels": "channels"}  # GenerativeModels name -> MONAI core name
 

@@ -101,9 +101,15 @@ def load_scans(records: list[ScanRecord], contract) -> tuple[torch.Tensor, list[
     return torch.stack(vols)[:, None], affines
 
 
-def score(ctx: Context, pred: torch.Tensor, target: torch.Tensor) -> dict[str, list[float]]:
+def score(ctx: Context, pred: torch.Tensor, target: torch.Tensor,
+          head: bool = False) -> dict[str, list[float]]:
+    """SSIM, MSE (and LPIPS) per volume; ``head``: also ``ssim_head`` (the head's voxels only)."""
     pred, target = pred.float().cpu(), target.float().cpu()
-    out = {"ssim": im.ssim(pred, target), "mse": im.mse(pred, target)}
+    out = {"mse": im.mse(pred, target)}
+    if head:
+        out["ssim"], out["ssim_head"] = im.ssim_and_head(pred, target)
+    else:
+        out["ssim"] = im.ssim(pred, target)
     if ctx.lpips is not None:
         out["lpips"] = ctx.lpips(pred, target)
     return out

@@ -30,11 +30,13 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, kernel_size: int = SSIM_KERNE
     return [float(v) for v in metrics.ssim(pred, target, kernel_size=kernel_size)]
 
 
-def ssim_head(pred: torch.Tensor, target: torch.Tensor,
-              kernel_size: int = SSIM_KERNEL) -> list[float]:
-    """SSIM over the head's voxels only (``target`` > 0): what the background cannot lift."""
+def ssim_and_head(pred: torch.Tensor, target: torch.Tensor,
+                  kernel_size: int = SSIM_KERNEL) -> tuple[list[float], list[float]]:
+    """:func:`ssim`, and the same over the head's voxels only (``target`` > 0), which a clean
+    background cannot lift; one SSIM map for both."""
     pred, target = _pair(pred, target)
-    return [float(v) for v in metrics.ssim_in_mask(pred, target, target > 0, kernel_size)]
+    whole, head = metrics.ssim_and_masked(pred, target, target > 0, kernel_size)
+    return [float(v) for v in whole], [float(v) for v in head]
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> list[float]:

@@ -107,9 +107,11 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, kernel_size: int = SSIM_KERNE
     return metric(pred.float(), target.float()).reshape(-1)
 
 
-def ssim_in_mask(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                 kernel_size: int = SSIM_KERNEL, data_range: float = 1.0) -> torch.Tensor:
-    """:func:`ssim`'s map averaged over the voxels of ``mask`` only, per volume (B,).
+def ssim_and_masked(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                    kernel_size: int = SSIM_KERNEL, data_range: float = 1.0,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ssim` per volume (B,), and the same map averaged over ``mask``'s voxels only,
+    from one computation of the map (the one ``SSIMMetric`` averages).
 
     MONAI's map covers the windows that fit in the volume; the mask is cropped alike.
     """
@@ -121,4 +123,5 @@ def ssim_in_mask(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     start = [(n - m) // 2 for n, m in zip(target.shape[2:], ssim_map.shape[2:], strict=True)]
     inside = mask[(..., *(slice(a, a + m) for a, m in zip(start, ssim_map.shape[2:],
                                                            strict=True)))].float()
-    return (ssim_map * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1.0)
+    masked = (ssim_map * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1.0)
+    return ssim_map.flatten(1).mean(1), masked

@@ -128,7 +128,7 @@ def _iter_subject(ctx: Context, records: list[ScanRecord],
     ae = ctx.model.autoencode(x)
     ctx.timed("autoencoder", t)
     res = SubjectResult(records, torch.zeros(0))
-    res.scores["autoencoder"] = score(ctx, ae, x) | {"ssim_head": im.ssim_head(ae, x)}
+    res.scores["autoencoder"] = score(ctx, ae, x, head=True)
     if not ctx.needs_inversion:  # the probes and semantic-only decoding need y alone
         t = time.perf_counter()
         res.y = ctx.model.embed(x).cpu()
@@ -178,7 +178,7 @@ def _iter_reconstruction(ctx: Context, x: torch.Tensor, res: SubjectResult,
         c = yield from task(model.iter_encode(x, T), f"{label}: encode T={T}")
         recon = yield from task(model.iter_decode(c, T), f"{label}: decode T={T}")
         res.seconds[f"T{T}"] = (time.perf_counter() - t) / len(x)
-        res.scores[f"T{T}"] = score(ctx, recon, x) | {"ssim_head": im.ssim_head(recon, x)}
+        res.scores[f"T{T}"] = score(ctx, recon, x, head=True)
         ctx.timed("reconstruction", t)
         if steps == T:
             codes = c

@@ -128,6 +128,20 @@ def load_volume(cache: Path, key: str) -> np.ndarray:
     return np.load(cache / "volumes" / f"{key}.npy")
 
 
+def latent_folder(cache: Path, autoencoder_path: Path) -> Path:
+    """Where an autoencoder's latents are cached: keyed by the weights that make a latent, so
+    that a refined decoder (train/decoder.py) reuses its stage 1's latents."""
+    from napari_ldae.core.autoencoder import ENCODER_PREFIXES
+    from napari_ldae.train.common import load_safetensors
+
+    state = load_safetensors(autoencoder_path, "autoencoder")
+    h = hashlib.sha256()
+    for name in sorted(k for k in state if k.startswith(ENCODER_PREFIXES)):
+        h.update(name.encode())
+        h.update(state[name].contiguous().numpy().tobytes())
+    return cache / "latents" / h.hexdigest()[:24]
+
+
 @torch.inference_mode()
 def cache_latents(keys: Sequence[str], cache: Path, autoencoder_path: Path,
                   autoencoder_config: Mapping[str, Any], device: torch.device | str,
@@ -136,7 +150,7 @@ def cache_latents(keys: Sequence[str], cache: Path, autoencoder_path: Path,
     from napari_ldae.core.autoencoder import LatentAutoencoder
     from napari_ldae.train.common import load_safetensors
 
-    folder = cache / "latents" / file_sha256(autoencoder_path)[:24]
+    folder = latent_folder(cache, autoencoder_path)
     todo = [k for k in dict.fromkeys(keys) if not (folder / f"{k}.npy").is_file()]
     if not todo:
         return folder
@@ -327,7 +341,7 @@ class CohortData(pl.LightningDataModule):
         return np.asarray(rows, np.float32).reshape(-1, len(self.truth))
 
     def _latents(self, keys: Sequence[str]) -> np.ndarray:
-        folder = self.cache / "latents" / file_sha256(self.autoencoder_path)[:24]
+        folder = latent_folder(self.cache, self.autoencoder_path)
         if not keys:
             return np.zeros((0,), np.float32)
         return np.stack([np.load(folder / f"{k}.npy") for k in keys])

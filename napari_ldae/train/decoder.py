@@ -12,7 +12,6 @@ same bundle with the new decoder, the stage recorded in its provenance.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,17 +23,15 @@ from lightning.pytorch.callbacks import Callback
 from torchmetrics import MeanMetric
 
 from napari_ldae._resources import shown_path
-from napari_ldae.core.autoencoder import build_autoencoder, split_norm_state
+from napari_ldae.core.autoencoder import DECODER_PREFIXES, build_autoencoder, split_norm_state
 from napari_ldae.errors import TrainingError
 from napari_ldae.evaluate.metrics import ssim
 from napari_ldae.train import autoencoder as stage1
 from napari_ldae.train import common
 from napari_ldae.train.config import model_config
-from napari_ldae.train.data import CohortData
+from napari_ldae.train.data import CohortData, file_sha256
 
 WEIGHTS = stage1.WEIGHTS
-#: Parameters that train here; everything else (the encoder) is frozen.
-DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
 
 
 class DecoderModule(pl.LightningModule):
@@ -47,7 +44,7 @@ class DecoderModule(pl.LightningModule):
         self.hp = dict(config["decoder"])
         self.autoencoder = build_autoencoder(model_config(config)["autoencoder"])
         self.autoencoder.load_state_dict({k: v.float() for k, v in state.items()})
-        for name, p in self.autoencoder.named_parameters():
+        for name, p in self.autoencoder.named_parameters():  # only the decoder trains
             p.requires_grad_(name.startswith(DECODER_PREFIXES))
         self.ssim_loss = SSIMLoss(spatial_dims=3, data_range=1.0,
                                   win_size=self.hp["ssim_kernel_size"])
@@ -89,14 +86,11 @@ def autoencoder_weights(out: Path) -> Path:
         return out / "autoencoder" / stage1.WEIGHTS
     info = common.read_json(out / "decoder" / "decoder.json", "decoder stage")
     source = out / "autoencoder" / stage1.WEIGHTS
-    if info.get("from") == "run" and source.is_file() and _sha256(source) != info["from_sha256"]:
+    if info.get("from") == "run" and source.is_file() and \
+            file_sha256(source) != info["from_sha256"]:
         raise TrainingError(f"{out / 'decoder'} refines another stage-1 autoencoder than "
                             f"{source}: train the decoder stage again (or remove that folder)")
     return refined
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _source(config: Mapping[str, Any], out: Path):
@@ -142,7 +136,7 @@ def run(config: Mapping[str, Any], out: Path, resume: bool = False,
                 "best_val_ssim": ckpt.best_score,
                 "from": "bundle" if bundle else "run",
                 "from_path": shown_path(given) if given else f"autoencoder/{stage1.WEIGHTS}",
-                "from_sha256": bundle.sha256 if bundle else _sha256(source)}
+                "from_sha256": bundle.sha256 if bundle else file_sha256(source)}
         common.write_json(stage_dir / "decoder.json", info)
         if bundle is not None:
             _write_bundle(config, out, bundle, {**weights, **norm}, info)
