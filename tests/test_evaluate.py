@@ -130,6 +130,10 @@ def test_report_details(run, bundle, longitudinal_cohort):
     assert {"ventricle_ml", "hippocampus_ml"} <= set(features)
     assert not {"age", "diagnosis", "seed", "months"} & set(features)
     assert probe["ceiling"]["ad_vs_cn"]["n_test_scans"] == 12
+    latent = probe["latent"]  # the same probes on the latent's principal components
+    assert "principal components" in latent["features"]
+    assert latent["ad_vs_cn"]["n_test_scans"] == 12 and latent["age"]["n_test_scans"] == 12
+    assert _is_number(latent["age"]["mae"])
 
 
 def test_markdown(run):
@@ -140,6 +144,7 @@ def test_markdown(run):
         assert heading in text
     assert "Spread of y between scans" in text
     for words in ("## Code use", "Identity kept at strength 3", "ceiling (true measures)",
+                  "latent read", "principal components of the normalised latent",
                   "`hippocampus_ml`", "mean measured hippocampi (ml)", "| cohort_grid |",
                   "at their own resolution (6 mm)", "Change by deformation",
                   "from the strength-0 decode to each edit", "the autoencoder keeps",
@@ -275,6 +280,62 @@ def test_ceiling_never_uses_a_target():
     records[0].extra.pop("atrophy")  # a column missing in one scan is not used
     assert "atrophy" not in truth_columns(records)
     assert truth_columns([]) == []
+
+
+def test_principal_components_come_from_the_training_scans():
+    from napari_ldae.evaluate.probe_report import principal_components
+
+    gen = torch.Generator().manual_seed(0)
+    plane = torch.randn(2, 30, generator=gen)  # the training scans span a plane
+    train = torch.randn(40, 2, generator=gen) @ plane + 5.0
+    test = torch.randn(6, 30, generator=gen)  # off the plane: only its shadow on it is kept
+    out = principal_components({"train": train, "test": test}, dim=8)
+    assert out["train"].shape == (40, 2) and out["test"].shape == (6, 2)  # the plane's rank
+    assert torch.allclose(out["train"].mean(0), torch.zeros(2), atol=1e-4)
+    # distances within the plane are kept; a change off the plane is not seen
+    exact = "donot_use_mm_for_euclid_dist"
+    assert torch.cdist(out["train"], out["train"], compute_mode=exact) == pytest.approx(
+        torch.cdist(train, train, compute_mode=exact), abs=1e-3)
+    unseen = torch.linalg.svd(plane).Vh[-1] * 10.0  # orthogonal to the plane
+    moved = principal_components({"train": train, "test": test + unseen}, dim=8)["test"]
+    assert torch.allclose(moved, out["test"], atol=1e-4)
+    few = principal_components({"train": train[:2], "test": test}, dim=8)
+    assert few["train"].shape == (2, 1)  # at most n − 1 components
+    assert principal_components({"train": train, "test": test}, dim=1)["test"].shape == (6, 1)
+
+
+def test_latent_read_finds_what_the_latent_holds():
+    """A latent whose one direction carries the diagnosis and age reads them almost perfectly;
+    the same latent with that direction removed reads at chance."""
+    from napari_ldae.data.cohort import ScanRecord
+    from napari_ldae.evaluate.probe_report import latent_read
+
+    gen = torch.Generator().manual_seed(1)
+    records, latents, flat = [], {}, {}
+    signal, _ = torch.linalg.qr(torch.randn(64, 2, generator=gen))  # AD, age: orthonormal
+    for i in range(80):
+        ad, age = i % 2 == 0, 60.0 + (i * 7) % 30
+        record = ScanRecord(Path(f"s{i}.nii.gz"), f"s{i}", "", 0.0, "AD" if ad else "CN", age, {})
+        noise = torch.randn(64, generator=gen) * 0.3
+        records.append(record)
+        carried = signal @ torch.tensor([3.0 * ad, 0.2 * (age - 75.0)])
+        latents[str(record.path)] = noise + carried
+        flat[str(record.path)] = noise - signal @ (signal.T @ noise)
+    folds = [{"train": records[:60], "test": records[60:]}]
+    options = EvaluateOptions(probe_fit="regularised", seed=0)
+    notes: dict[str, str] = {}
+    held = latent_read(folds, latents, 8, options, notes)
+    assert held["ad_vs_cn"]["roc_auc"] > 0.95 and held["ad_vs_cn"]["n_test_scans"] == 20
+    lost = latent_read(folds, flat, 8, options, notes)
+    assert lost["ad_vs_cn"]["roc_auc"] < 0.8 and lost["age"]["mae"] > 2 * held["age"]["mae"]
+
+
+def test_embed_with_latent_matches_embed(bundle):
+    model = load_bundle(bundle).load_model("cpu")
+    x = torch.rand(2, 1, *model.input_shape)
+    y, z = model.embed_with_latent(x)
+    assert torch.allclose(y, model.embed(x), atol=1e-5)
+    assert z.shape == (2, *model.latent_shape)
 
 
 def test_split_defaults_follow_the_bundle():

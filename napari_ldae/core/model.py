@@ -271,6 +271,15 @@ class LDAEModel:
         return torch.cat([self._embed(volume[sl]) for sl in self._batches(volume.shape[0])])
 
     @torch.inference_mode()
+    def embed_with_latent(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes y and the normalised latents ``(B, C, ...)`` they come from (one encoder pass)."""
+        volume = self._check_volume(volume)
+        latents = [self._to_latent(volume[sl]) for sl in self._batches(volume.shape[0])]
+        ys = [self._embed(volume[sl], z) for sl, z in
+              zip(self._batches(volume.shape[0]), latents, strict=True)]
+        return torch.cat(ys), torch.cat(latents)
+
+    @torch.inference_mode()
     def autoencode(self, volume: torch.Tensor) -> torch.Tensor:
         """The autoencoder's own reconstruction (mean → decode) of volumes ``(B, 1, X, Y, Z)``,
         in [0, 1] on the CPU: the ceiling of every LDAE reconstruction."""

@@ -108,7 +108,8 @@ def _probes(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
     keys = [f"ad_vs_cn.{m}" for m in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc")]
     keys += ["age.mae", "age.rmse"]
     rows = [[key.replace("ad_vs_cn.", "AD vs CN ").replace("age.", "age (years) "),
-             _get(probe, key), _get(probe, f"ceiling.{key}"), paper.get(f"probe.{key}"),
+             _get(probe, key), _get(probe, f"latent.{key}"), _get(probe, f"ceiling.{key}"),
+             paper.get(f"probe.{key}"),
              paper.get(f"dae.probe.{key}"), paper.get(f"supervised.probe.{key}")]
             for key in keys]
     features = _get(probe, "ceiling.features")
@@ -116,10 +117,12 @@ def _probes(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
             f" Positive class: {_get(probe, 'ad_vs_cn.positive_class') or _DASH} (the paper's "
             "reference code used CN: compare precision/recall/F1 with care). "
             f"{_probe_fit(probe)}", "",
-            _table(["metric", "ours", "ceiling (true measures)", "paper LDAE", "paper voxel DAE",
-                    "paper supervised"], rows), "",
+            _table(["metric", "ours", "latent read", "ceiling (true measures)", "paper LDAE",
+                    "paper voxel DAE", "paper supervised"], rows), "",
             "Ceiling: the same probes on the same folds, fitted on the cohort's true measures "
-            f"instead of y ({', '.join(f'`{f}`' for f in features) if features else 'none'})."]
+            f"instead of y ({', '.join(f'`{f}`' for f in features) if features else 'none'}). "
+            f"Latent read: the same probes fitted on {_get(probe, 'latent.features') or _DASH}; "
+            "y near it means no linear map of the latent reads more than the encoder does."]
     if probe.get("semantic_spread") is not None:
         text += ["", f"Spread of y between scans: {_fmt(probe['semantic_spread'])} (std across "
                  "scans over mean |y|; near 0 means the encoder gives every brain the same code "

@@ -7,13 +7,19 @@ The ceiling tells what a perfect measurement of the anatomy the cohort records w
 probe on y below it has room to improve; near it, the codes hold what the truth holds. Its
 features never include a target (nor any column named like one: age, diagnosis, dx, group…) nor
 an identifier (``*_id``, ``seed``): see :func:`truth_columns`.
+
+Beside it, the **latent read**: the same probes on the first d principal components of each
+scan's normalised latent (d = the code's size; components of each fold's training scans). It
+tells which part limits the codes: y near the latent read means a linear map of the latent
+reads no more than the encoder does (a linear encoder of the latent is at its limit), and a
+ceiling above both, that what the anatomy holds more is not linear in the latent.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,23 +38,24 @@ KEYS = ("ad_vs_cn", "age")
 def iter_section(ctx: Context, plan: Plan, results: list[SubjectResult],
                  notes: dict[str, str]) -> ProgressGen[dict[str, Any]]:
     """Probes refitted on the folds, and the bundle's own directions on the evaluated scans."""
-    codes = {_key(r): y for res in results for r, y in zip(res.records, res.y, strict=True)}
-    missing = [r for fold in plan.folds for s in fold.values() for r in s
-               if _key(r) not in codes]
-    codes |= yield from _iter_embed(ctx, list({_key(r): r for r in missing}.values()))
+    scans = list({_key(r): r for fold in plan.folds for s in fold.values() for r in s}.values())
+    codes, latents = yield from _iter_embed(ctx, scans)
+    codes |= {_key(r): y for res in results for r, y in zip(res.records, res.y, strict=True)}
     out: dict[str, Any] = {"protocol": plan.protocol}
     if len(codes) > 1:  # near 0: the encoder gives every brain the same y
         out["semantic_spread"] = semantic_spread(torch.stack(list(codes.values())))
     try:
         out |= _refit(plan.folds, codes, ctx.options, notes)
         out["ceiling"] = ceiling(plan.folds, ctx.options, notes)
+        out["latent"] = latent_read(plan.folds, latents, ctx.model.semantic_dim, ctx.options,
+                                    notes)
     except ImportError as err:
         reason = f"the probe fitting needs napari-ldae[train] ({err})"
         out |= skipped(notes, "probe", ("ad_vs_cn", "age"), reason)
         out["ad_vs_cn"] = {"roc_auc": None, "accuracy": None}
         out["age"] = {"mae": None}
         notes |= {f"probe.{k}": reason for k in ("ad_vs_cn.roc_auc", "ad_vs_cn.accuracy",
-                                                 "age.mae", *CEILING_KEYS)}
+                                                 "age.mae", *BESIDE_KEYS)}
     evaluated = [r for recs in plan.evaluated.values() for r in recs]
     out["bundle_directions"] = _bundle_directions(ctx.model, evaluated, codes)
     out["bundle_directions_scored_on"] = (
@@ -61,24 +68,29 @@ def _key(r: ScanRecord) -> str:
     return str(r.path)
 
 
-def _iter_embed(ctx: Context, records: list[ScanRecord]) -> ProgressGen[dict[str, torch.Tensor]]:
-    """Semantic codes y of scans outside the evaluated subjects (probe training scans)."""
-    out: dict[str, torch.Tensor] = {}
+def _iter_embed(ctx: Context, records: list[ScanRecord]
+                ) -> ProgressGen[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """Semantic codes y and flattened latents of the probes' scans, by scan."""
+    codes: dict[str, torch.Tensor] = {}
+    latents: dict[str, torch.Tensor] = {}
     batch = ctx.model.max_batch
     for i in range(0, len(records), batch):
         chunk = records[i:i + batch]
         x, _ = load_scans(chunk, ctx.contract)
-        y = ctx.model.embed(x).cpu()
-        out |= {_key(r): y[n] for n, r in enumerate(chunk)}
+        y, z = ctx.model.embed_with_latent(x)
+        codes |= {_key(r): y[n].cpu() for n, r in enumerate(chunk)}
+        latents |= {_key(r): z[n].flatten().cpu() for n, r in enumerate(chunk)}
         yield Progress(min(i + batch, len(records)), len(records), "embedding probe scans")
-    return out
+    return codes, latents
 
 
 def _refit(folds: list[dict[str, list[ScanRecord]]], codes: dict[str, torch.Tensor],
-           options: EvaluateOptions, notes: dict[str, str],
-           prefix: str = "probe") -> dict[str, Any]:
-    """Fit the trainer's probes on each fold, on ``codes`` (a feature vector per scan, y or
-    the truth) standardised by the fold's training scans; notes go under ``prefix``."""
+           options: EvaluateOptions, notes: dict[str, str], prefix: str = "probe",
+           project: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+           ) -> dict[str, Any]:
+    """Fit the trainer's probes on each fold, on ``codes`` (a feature vector per scan: y, the
+    truth or the latent) standardised by the fold's training scans, after ``project`` (fitted
+    on them too) if given; notes go under ``prefix``."""
     import copy
 
     from napari_ldae.evaluate import PROBE_FITS
@@ -99,6 +111,7 @@ def _refit(folds: list[dict[str, list[ScanRecord]]], codes: dict[str, torch.Tens
         if not fold["train"]:
             continue
         raw = {s: _stack(codes, fold[s]) for s in fold}
+        raw = project(raw) if project is not None else raw
         mean, std = raw["train"].mean(0), raw["train"].std(0).clamp_min(1e-6)
         z = {s: (v - mean) / std for s, v in raw.items()}
         for name, probe in (("ad_vs_cn", classifier_probe), ("age", age_probe)):
@@ -115,8 +128,9 @@ def _refit(folds: list[dict[str, list[ScanRecord]]], codes: dict[str, torch.Tens
 
 
 # ----------------------------------------------------------------------------- the ceiling
-#: The ceiling's report keys that always exist (a number, or ``None`` with a reason).
-CEILING_KEYS = ("ceiling.ad_vs_cn.roc_auc", "ceiling.age.mae")
+#: The report keys of the reads beside y that always exist (a number, or ``None`` with a reason).
+BESIDE_KEYS = ("ceiling.ad_vs_cn.roc_auc", "ceiling.age.mae", "latent.ad_vs_cn.roc_auc",
+               "latent.age.mae")
 #: Words that make a column a target (or an alias of one), never a feature of the ceiling.
 TARGET_WORDS = frozenset({"age", "ages", "diagnosis", "diagnoses", "diag", "dx", "group",
                           "label", "labels", "class"})
@@ -153,12 +167,34 @@ def ceiling(folds: list[dict[str, list[ScanRecord]]], options: EvaluateOptions,
     columns = truth_columns(records)
     if not columns:
         reason = "the cohort has no numeric ground-truth column in every scan"
-        notes |= {f"probe.{k}": reason for k in CEILING_KEYS}
+        notes |= {f"probe.{k}": reason for k in BESIDE_KEYS if k.startswith("ceiling.")}
         return {"features": [], "ad_vs_cn": {"roc_auc": None}, "age": {"mae": None}}
     features = {_key(r): torch.tensor([float(r.extra[c]) for c in columns]) for r in records}
     out = _refit(folds, features, options, notes, prefix="probe.ceiling")
     out.pop("hyperparameters", None)
     return {"features": columns, **out}
+
+
+def latent_read(folds: list[dict[str, list[ScanRecord]]], latents: dict[str, torch.Tensor],
+                dim: int, options: EvaluateOptions, notes: dict[str, str]) -> dict[str, Any]:
+    """The same probes on the same folds, fitted on the first ``dim`` principal components of
+    the latents (those of each fold's training scans)."""
+    out = _refit(folds, latents, options, notes, prefix="probe.latent",
+                 project=lambda raw: principal_components(raw, dim))
+    out.pop("hyperparameters", None)
+    return {"features": f"the first {dim} principal components of the normalised latent "
+                        "(of each fold's training scans)", **out}
+
+
+def principal_components(raw: dict[str, torch.Tensor], dim: int) -> dict[str, torch.Tensor]:
+    """Each split's rows on the first ``dim`` principal components of ``raw["train"]`` (those
+    that carry any of its variance)."""
+    train = raw["train"].double()
+    mean = train.mean(0)
+    _, sv, vh = torch.linalg.svd(train - mean, full_matrices=False)
+    rank = int((sv > sv[0] * 1e-6).sum()) if len(sv) else 0
+    basis = vh[:min(dim, rank)].T
+    return {s: ((x.double() - mean) @ basis).float() for s, x in raw.items()}
 
 
 def _stack(codes: dict[str, torch.Tensor], records: list[ScanRecord]) -> torch.Tensor:

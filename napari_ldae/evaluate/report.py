@@ -73,7 +73,8 @@ from napari_ldae.evaluate.options import (  # noqa: F401 - re-exported: the publ
 REQUIRED_KEYS = (
     "autoencoder.ssim", "reconstruction.ssim.T10", "reconstruction.ssim.T50",
     "semantic_only.ssim", "probe.ad_vs_cn.roc_auc", "probe.ad_vs_cn.accuracy", "probe.age.mae",
-    "probe.ceiling.ad_vs_cn.roc_auc", "probe.ceiling.age.mae",
+    "probe.ceiling.ad_vs_cn.roc_auc", "probe.ceiling.age.mae", "probe.latent.ad_vs_cn.roc_auc",
+    "probe.latent.age.mae",
     "interpolation.ssim_mean", "interpolation.copy_baseline_ssim_mean",
     "manipulation.ventricle_monotonic_fraction", "manipulation.ventricle_change_ml_per_unit",
     "manipulation.hippocampus_monotonic_fraction", "manipulation.hippocampus_change_ml_per_unit",
@@ -223,7 +224,7 @@ def iter_evaluate(bundle: str | os.PathLike, cohort: str | os.PathLike,
     else:
         report["probe"] = skipped(report["notes"], "probe", probe_report.KEYS)
         report["notes"] |= {f"probe.{k}": report["probe"]["skipped"]
-                            for k in probe_report.CEILING_KEYS}
+                            for k in probe_report.BESIDE_KEYS}
     report["meta"] = _meta(loaded, cohort, cohort_table, plan, options, ctx, started, t0,
                            probe_cohort)
     return finalize(report)
