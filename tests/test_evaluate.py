@@ -336,6 +336,7 @@ def test_embed_with_latent_matches_embed(bundle):
     y, z = model.embed_with_latent(x)
     assert torch.allclose(y, model.embed(x), atol=1e-5)
     assert z.shape == (2, *model.latent_shape)
+    assert torch.allclose(model.decode_latent(z), model.autoencode(x), atol=1e-5)
 
 
 def test_split_defaults_follow_the_bundle():
@@ -381,15 +382,25 @@ def test_regularised_probes_from_the_command_line(bundle, longitudinal_cohort, t
             "code_use"]
     assert main(["evaluate", "--bundle", str(bundle), "--cohort", str(longitudinal_cohort),
                  "--out", str(report), "--markdown", str(md), "--split", "all", "--seed", "3",
-                 "--probe-fit", "regularised", "--skip", *skip, "-q"]) == 0
-    probe = json.loads(report.read_text())["probe"]
+                 "--probe-fit", "regularised", "--probe-volumes", "--skip", *skip, "-q"]) == 0
+    written = json.loads(report.read_text())
+    probe = written["probe"]
     assert probe["hyperparameters"]["fit"] == "regularised"
     for key in ("ad_vs_cn", "age"):
         folds = probe[key]["folds"]
         assert folds and all(f["penalty"] in (*PENALTIES, FALLBACK_PENALTY) for f in folds)
         assert _is_number(probe["ceiling"][key]["roc_auc" if key == "ad_vs_cn" else "mae"])
+    # --probe-volumes: the probes on the two structure volumes of the scans and their
+    # autoencoder reconstructions, fitted on the same folds
+    volumes = probe["volumes"]
+    assert volumes["features"] == ["lateral_ventricles", "hippocampal_region"]
+    for source in ("scan", "autoencoder"):
+        assert volumes[source]["ad_vs_cn"]["n_test_scans"] == probe["ad_vs_cn"]["n_test_scans"]
+        assert _is_number(volumes[source]["age"]["mae"])
+    assert "--probe-volumes" in written["meta"]["command"]
     text = md.read_text()
     assert "Fits: L2 logistic regression" in text and "--probe-fit regularised" in text
+    assert "on their autoencoder reconstructions: ROC-AUC" in text
     with pytest.raises(LDAEError, match="--probe-fit must be one of paper, regularised"):
         EvaluateOptions(probe_fit="ridge")
     with pytest.raises(LDAEError, match="--probe-steps sets the paper's probes"):

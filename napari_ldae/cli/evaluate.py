@@ -67,6 +67,11 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="fit the probes on every scan of this cohort (for example the "
                         "bundle's training cohort) and report them on the evaluated scans, "
                         "instead of cross-validation or the split's training part")
+    p.add_argument("--probe-volumes", action="store_true",
+                   help="also fit the probes on the structure network's ventricle and "
+                        "hippocampal volumes of each probe scan and of its autoencoder "
+                        "reconstruction: what the latent holds, as the decoder renders it (one "
+                        "decode and two measurements per scan)")
     p.add_argument("--skip", nargs="+", choices=SECTIONS, default=[], metavar="SECTION",
                    help=f"sections to leave out: {', '.join(SECTIONS)}")
     device_options(p)
@@ -91,7 +96,7 @@ def run_evaluate(a: argparse.Namespace) -> None:
         val_fraction=a.val_fraction, test_fraction=a.test_fraction,
         max_subjects=a.max_subjects, strengths=tuple(a.strengths), direction=a.direction,
         lpips_weights=a.lpips_weights, probe_steps=a.probe_steps, probe_fit=a.probe_fit,
-        probe_train=a.probe_train, skip=tuple(a.skip),
+        probe_train=a.probe_train, probe_volumes=a.probe_volumes, skip=tuple(a.skip),
         device=a.device,
         precision=a.precision, command=_evaluate_command(a))
     report = _evaluate_progress(iter_evaluate(a.bundle, a.cohort, options), a.quiet)
@@ -107,10 +112,13 @@ def _evaluate_command(a: argparse.Namespace) -> str:
     words = ["napari-ldae", "evaluate"]
     for name in ("bundle", "cohort", "out", "markdown", "steps", "task_steps", "split", "seed",
                  "val_fraction", "test_fraction", "max_subjects", "strengths", "direction",
-                 "lpips_weights", "probe_steps", "probe_fit", "probe_train", "skip", "device",
-                 "precision"):
+                 "lpips_weights", "probe_steps", "probe_fit", "probe_train", "probe_volumes",
+                 "skip", "device", "precision"):
         value = getattr(a, name)
-        if value is None or value == []:
+        if value is None or value == [] or value is False:
+            continue
+        if value is True:
+            words.append(f"--{name.replace('_', '-')}")
             continue
         values = value if isinstance(value, list) else [value]
         words += [f"--{name.replace('_', '-')}", *map(str, values)]

@@ -280,6 +280,12 @@ class LDAEModel:
         return torch.cat(ys), torch.cat(latents)
 
     @torch.inference_mode()
+    def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """Volumes in [0, 1] of normalised latents (what :meth:`embed_with_latent` returns)."""
+        return torch.cat([self._to_volume(latent[sl].to(self.device))
+                          for sl in self._batches(latent.shape[0])])
+
+    @torch.inference_mode()
     def autoencode(self, volume: torch.Tensor) -> torch.Tensor:
         """The autoencoder's own reconstruction (mean → decode) of volumes ``(B, 1, X, Y, Z)``,
         in [0, 1] on the CPU: the ceiling of every LDAE reconstruction."""

@@ -123,6 +123,16 @@ def _probes(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
             f"instead of y ({', '.join(f'`{f}`' for f in features) if features else 'none'}). "
             f"Latent read: the same probes fitted on {_get(probe, 'latent.features') or _DASH}; "
             "y near it means no linear map of the latent reads more than the encoder does."]
+    volumes = probe.get("volumes")
+    if volumes:
+        reads = "; ".join(f"{label}: ROC-AUC {_fmt(_get(volumes, f'{source}.ad_vs_cn.roc_auc'))}, "
+                          f"age {_fmt(_get(volumes, f'{source}.age.mae'))} years"
+                          for source, label in (("scan", "measured on the scans"),
+                                                ("autoencoder", "on their autoencoder "
+                                                                "reconstructions")))
+        text += ["", "The same probes on the structure network's volumes (" + ", ".join(
+            f"`{f}`" for f in volumes.get("features", [])) + f"): {reads}. On the "
+            "reconstructions they say what the latent holds of them as the decoder renders it."]
     if probe.get("semantic_spread") is not None:
         text += ["", f"Spread of y between scans: {_fmt(probe['semantic_spread'])} (std across "
                  "scans over mean |y|; near 0 means the encoder gives every brain the same code "

@@ -33,6 +33,7 @@ class EvaluateOptions:
     probe_steps: int | None = None  # optimizer steps of each probe (None: the trainer's, 2000)
     probe_fit: str = "paper"  # "paper": the trainer's probes; "regularised": L2, inner CV
     probe_train: str | None = None  # a cohort whose scans train the probes (no CV, no split)
+    probe_volumes: bool = False  # also the probes on the structure volumes (scan, reconstruction)
     skip: tuple[str, ...] = ()
     device: str | None = None
     precision: str = "fp32"

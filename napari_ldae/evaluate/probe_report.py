@@ -13,6 +13,10 @@ scan's normalised latent (d = the code's size; components of each fold's trainin
 tells which part limits the codes: y near the latent read means a linear map of the latent
 reads no more than the encoder does (a linear encoder of the latent is at its limit), and a
 ceiling above both, that what the anatomy holds more is not linear in the latent.
+
+With ``--probe-volumes``, the **volumes**: the same probes on the structure network's two
+volumes (lateral ventricles, hippocampal region) measured on each scan and on its autoencoder
+reconstruction. The second says what the latent holds of them, read as the decoder renders it.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def iter_section(ctx: Context, plan: Plan, results: list[SubjectResult],
                  notes: dict[str, str]) -> ProgressGen[dict[str, Any]]:
     """Probes refitted on the folds, and the bundle's own directions on the evaluated scans."""
     scans = list({_key(r): r for fold in plan.folds for s in fold.values() for r in s}.values())
-    codes, latents = yield from _iter_embed(ctx, scans)
+    codes, latents, volumes = yield from _iter_embed(ctx, scans, ctx.options.probe_volumes)
     codes |= {_key(r): y for res in results for r, y in zip(res.records, res.y, strict=True)}
     out: dict[str, Any] = {"protocol": plan.protocol}
     if len(codes) > 1:  # near 0: the encoder gives every brain the same y
@@ -49,6 +53,11 @@ def iter_section(ctx: Context, plan: Plan, results: list[SubjectResult],
         out["ceiling"] = ceiling(plan.folds, ctx.options, notes)
         out["latent"] = latent_read(plan.folds, latents, ctx.model.semantic_dim, ctx.options,
                                     notes)
+        if volumes:
+            out["volumes"] = {"features": list(VOLUMES), **{
+                source: _without_hyperparameters(_refit(
+                    plan.folds, {k: v[source] for k, v in volumes.items()}, ctx.options, notes,
+                    prefix=f"probe.volumes.{source}")) for source in ("scan", "autoencoder")}}
     except ImportError as err:
         reason = f"the probe fitting needs napari-ldae[train] ({err})"
         out |= skipped(notes, "probe", ("ad_vs_cn", "age"), reason)
@@ -68,20 +77,34 @@ def _key(r: ScanRecord) -> str:
     return str(r.path)
 
 
-def _iter_embed(ctx: Context, records: list[ScanRecord]
-                ) -> ProgressGen[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
-    """Semantic codes y and flattened latents of the probes' scans, by scan."""
+#: The structure volumes of ``--probe-volumes`` (region names of ``data.regions``).
+VOLUMES = ("lateral_ventricles", "hippocampal_region")
+
+
+def _iter_embed(ctx: Context, records: list[ScanRecord], volumes: bool = False
+                ) -> ProgressGen[tuple[dict[str, torch.Tensor], ...]]:
+    """Semantic codes y, flattened latents and (``volumes``) the :data:`VOLUMES` of each scan
+    and of its autoencoder reconstruction, by scan."""
+    from napari_ldae.data.regions import structure_volumes
+
     codes: dict[str, torch.Tensor] = {}
     latents: dict[str, torch.Tensor] = {}
+    measured: dict[str, dict[str, torch.Tensor]] = {}
     batch = ctx.model.max_batch
     for i in range(0, len(records), batch):
         chunk = records[i:i + batch]
-        x, _ = load_scans(chunk, ctx.contract)
+        x, affines = load_scans(chunk, ctx.contract)
         y, z = ctx.model.embed_with_latent(x)
         codes |= {_key(r): y[n].cpu() for n, r in enumerate(chunk)}
         latents |= {_key(r): z[n].flatten().cpu() for n, r in enumerate(chunk)}
+        if volumes:
+            decoded = ctx.model.decode_latent(z).cpu()
+            for n, r in enumerate(chunk):
+                measured[_key(r)] = {source: torch.tensor(
+                    [structure_volumes(v[n, 0].numpy(), affines[n])[name] for name in VOLUMES])
+                    for source, v in (("scan", x), ("autoencoder", decoded))}
         yield Progress(min(i + batch, len(records)), len(records), "embedding probe scans")
-    return codes, latents
+    return codes, latents, measured
 
 
 def _refit(folds: list[dict[str, list[ScanRecord]]], codes: dict[str, torch.Tensor],
@@ -171,8 +194,7 @@ def ceiling(folds: list[dict[str, list[ScanRecord]]], options: EvaluateOptions,
         return {"features": [], "ad_vs_cn": {"roc_auc": None}, "age": {"mae": None}}
     features = {_key(r): torch.tensor([float(r.extra[c]) for c in columns]) for r in records}
     out = _refit(folds, features, options, notes, prefix="probe.ceiling")
-    out.pop("hyperparameters", None)
-    return {"features": columns, **out}
+    return {"features": columns, **_without_hyperparameters(out)}
 
 
 def latent_read(folds: list[dict[str, list[ScanRecord]]], latents: dict[str, torch.Tensor],
@@ -181,9 +203,14 @@ def latent_read(folds: list[dict[str, list[ScanRecord]]], latents: dict[str, tor
     the latents (those of each fold's training scans)."""
     out = _refit(folds, latents, options, notes, prefix="probe.latent",
                  project=lambda raw: principal_components(raw, dim))
-    out.pop("hyperparameters", None)
     return {"features": f"the first {dim} principal components of the normalised latent "
-                        "(of each fold's training scans)", **out}
+                        "(of each fold's training scans)", **_without_hyperparameters(out)}
+
+
+def _without_hyperparameters(out: dict[str, Any]) -> dict[str, Any]:
+    """A read beside y: its fit's settings are y's, reported once."""
+    out.pop("hyperparameters", None)
+    return out
 
 
 def principal_components(raw: dict[str, torch.Tensor], dim: int) -> dict[str, torch.Tensor]:
