@@ -339,6 +339,29 @@ def test_embed_with_latent_matches_embed(bundle):
     assert torch.allclose(model.decode_latent(z), model.autoencode(x), atol=1e-5)
 
 
+def test_probe_volumes_that_cannot_be_measured_say_why(bundle, longitudinal_cohort,
+                                                       monkeypatch):
+    """A scan the structure network cannot measure leaves the volumes out, with the reason,
+    and every other probe as it was."""
+    from napari_ldae.data import regions
+    from napari_ldae.evaluate.markdown import render
+
+    def unmeasurable(*_args, **_kwargs):
+        raise ValueError("the volume is not placed in MNI")
+
+    monkeypatch.setattr(regions, "structure_volumes", unmeasurable)
+    skip = ("reconstruction", "semantic_only", "interpolation", "extrapolation", "manipulation",
+            "code_use")
+    options = EvaluateOptions(steps=(1,), split="all", seed=3, probe_steps=300, skip=skip,
+                              probe_volumes=True)
+    report = evaluate(bundle, longitudinal_cohort, options)
+    probe = report["probe"]
+    assert "not placed in MNI" in probe["volumes"]["skipped"]
+    assert "not placed in MNI" in report["notes"]["probe.volumes"]
+    assert _is_number(probe["age"]["mae"]) and _is_number(probe["latent"]["age"]["mae"])
+    assert "volumes: _volume measurement impossible" in render(report, {})
+
+
 def test_split_defaults_follow_the_bundle():
     from napari_ldae.evaluate.report import resolve_split
 

@@ -124,7 +124,9 @@ def _probes(report: Mapping[str, Any], paper: Mapping[str, float]) -> str:
             f"Latent read: the same probes fitted on {_get(probe, 'latent.features') or _DASH}; "
             "y near it means no linear map of the latent reads more than the encoder does."]
     volumes = probe.get("volumes")
-    if volumes:
+    if volumes and volumes.get("skipped"):
+        text += ["", f"The probes on the structure network's volumes: _{volumes['skipped']}_."]
+    elif volumes:
         reads = "; ".join(f"{label}: ROC-AUC {_fmt(_get(volumes, f'{source}.ad_vs_cn.roc_auc'))}, "
                           f"age {_fmt(_get(volumes, f'{source}.age.mae'))} years"
                           for source, label in (("scan", "measured on the scans"),

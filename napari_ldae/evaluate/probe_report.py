@@ -31,6 +31,7 @@ import torch
 
 from napari_ldae.core.progress import Progress, ProgressGen
 from napari_ldae.data.cohort import ScanRecord
+from napari_ldae.errors import LDAEError
 from napari_ldae.evaluate import image_metrics as im
 from napari_ldae.evaluate.context import Context, SubjectResult, load_scans, skipped
 from napari_ldae.evaluate.metrics import semantic_spread
@@ -43,7 +44,8 @@ def iter_section(ctx: Context, plan: Plan, results: list[SubjectResult],
                  notes: dict[str, str]) -> ProgressGen[dict[str, Any]]:
     """Probes refitted on the folds, and the bundle's own directions on the evaluated scans."""
     scans = list({_key(r): r for fold in plan.folds for s in fold.values() for r in s}.values())
-    codes, latents, volumes = yield from _iter_embed(ctx, scans, ctx.options.probe_volumes)
+    codes, latents, volumes, failure = yield from _iter_embed(ctx, scans,
+                                                              ctx.options.probe_volumes)
     codes |= {_key(r): y for res in results for r, y in zip(res.records, res.y, strict=True)}
     out: dict[str, Any] = {"protocol": plan.protocol}
     if len(codes) > 1:  # near 0: the encoder gives every brain the same y
@@ -53,7 +55,10 @@ def iter_section(ctx: Context, plan: Plan, results: list[SubjectResult],
         out["ceiling"] = ceiling(plan.folds, ctx.options, notes)
         out["latent"] = latent_read(plan.folds, latents, ctx.model.semantic_dim, ctx.options,
                                     notes)
-        if volumes:
+        if failure:
+            out["volumes"] = {"skipped": failure}
+            notes["probe.volumes"] = failure
+        elif volumes:
             out["volumes"] = {"features": list(VOLUMES), **{
                 source: _without_hyperparameters(_refit(
                     plan.folds, {k: v[source] for k, v in volumes.items()}, ctx.options, notes,
@@ -84,12 +89,13 @@ VOLUMES = ("lateral_ventricles", "hippocampal_region")
 def _iter_embed(ctx: Context, records: list[ScanRecord], volumes: bool = False
                 ) -> ProgressGen[tuple[dict[str, torch.Tensor], ...]]:
     """Semantic codes y, flattened latents and (``volumes``) the :data:`VOLUMES` of each scan
-    and of its autoencoder reconstruction, by scan."""
+    and of its autoencoder reconstruction, by scan; then why the volumes failed, or ``None``."""
     from napari_ldae.data.regions import structure_volumes
 
     codes: dict[str, torch.Tensor] = {}
     latents: dict[str, torch.Tensor] = {}
     measured: dict[str, dict[str, torch.Tensor]] = {}
+    failure = None
     batch = ctx.model.max_batch
     for i in range(0, len(records), batch):
         chunk = records[i:i + batch]
@@ -97,14 +103,18 @@ def _iter_embed(ctx: Context, records: list[ScanRecord], volumes: bool = False
         y, z = ctx.model.embed_with_latent(x)
         codes |= {_key(r): y[n].cpu() for n, r in enumerate(chunk)}
         latents |= {_key(r): z[n].flatten().cpu() for n, r in enumerate(chunk)}
-        if volumes:
+        if volumes and failure is None:
             decoded = ctx.model.decode_latent(z).cpu()
-            for n, r in enumerate(chunk):
-                measured[_key(r)] = {source: torch.tensor(
-                    [structure_volumes(v[n, 0].numpy(), affines[n])[name] for name in VOLUMES])
-                    for source, v in (("scan", x), ("autoencoder", decoded))}
+            try:
+                for n, r in enumerate(chunk):
+                    measured[_key(r)] = {source: torch.tensor(
+                        [structure_volumes(v[n, 0].numpy(), affines[n])[name]
+                         for name in VOLUMES]) for source, v in (("scan", x), ("autoencoder",
+                                                                              decoded))}
+            except (ValueError, LDAEError) as err:  # not MNI-aligned, or no nilearn
+                failure, measured = f"volume measurement impossible: {err}", {}
         yield Progress(min(i + batch, len(records)), len(records), "embedding probe scans")
-    return codes, latents, measured
+    return codes, latents, measured, failure
 
 
 def _refit(folds: list[dict[str, list[ScanRecord]]], codes: dict[str, torch.Tensor],
