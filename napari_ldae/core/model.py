@@ -274,9 +274,10 @@ class LDAEModel:
     def embed_with_latent(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes y and the normalised latents ``(B, C, ...)`` they come from (one encoder pass)."""
         volume = self._check_volume(volume)
-        latents = [self._to_latent(volume[sl]) for sl in self._batches(volume.shape[0])]
-        ys = [self._embed(volume[sl], z) for sl, z in
-              zip(self._batches(volume.shape[0]), latents, strict=True)]
+        ys, latents = [], []
+        for sl in self._batches(volume.shape[0]):
+            latents.append(self._to_latent(volume[sl]))
+            ys.append(self._embed(volume[sl], latents[-1]))
         return torch.cat(ys), torch.cat(latents)
 
     @torch.inference_mode()

@@ -55,6 +55,7 @@ class Context:
 class SubjectResult:
     records: list[ScanRecord]
     y: torch.Tensor  # (V, d) semantic codes of the visits
+    latents: torch.Tensor | None = None  # (V, C·X·Y·Z) their normalised latents, flattened
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # section → metric
     seconds: dict[str, float] = field(default_factory=dict)  # section → seconds per scan
     triplets: list[dict[str, float]] = field(default_factory=list)

@@ -43,10 +43,14 @@ KEYS = ("ad_vs_cn", "age")
 def iter_section(ctx: Context, plan: Plan, results: list[SubjectResult],
                  notes: dict[str, str]) -> ProgressGen[dict[str, Any]]:
     """Probes refitted on the folds, and the bundle's own directions on the evaluated scans."""
+    codes = {_key(r): y for res in results for r, y in zip(res.records, res.y, strict=True)}
+    latents = {_key(r): z for res in results if res.latents is not None
+               for r, z in zip(res.records, res.latents, strict=True)}
     scans = list({_key(r): r for fold in plan.folds for s in fold.values() for r in s}.values())
-    codes, latents, volumes, failure = yield from _iter_embed(ctx, scans,
-                                                              ctx.options.probe_volumes)
-    codes |= {_key(r): y for res in results for r, y in zip(res.records, res.y, strict=True)}
+    volumes = ctx.options.probe_volumes  # measured on the scans, so every scan is read again
+    todo = scans if volumes else [r for r in scans if _key(r) not in latents]
+    more, more_latents, volumes, failure = yield from _iter_embed(ctx, todo, volumes)
+    codes, latents = more | codes, latents | more_latents
     out: dict[str, Any] = {"protocol": plan.protocol}
     if len(codes) > 1:  # near 0: the encoder gives every brain the same y
         out["semantic_spread"] = semantic_spread(torch.stack(list(codes.values())))

@@ -126,15 +126,12 @@ def _iter_subject(ctx: Context, records: list[ScanRecord],
     ctx.timed("load", t)
     yield Progress(1, 1, f"{label}: loaded {len(records)} scan(s)")
     t = time.perf_counter()
-    ae = ctx.model.autoencode(x)
+    y, latents = ctx.model.embed_with_latent(x)  # one autoencoder pass for both
+    ae = ctx.model.decode_latent(latents).cpu()
     ctx.timed("autoencoder", t)
-    res = SubjectResult(records, torch.zeros(0))
+    res = SubjectResult(records, y.cpu(), latents=latents.flatten(1).cpu())
     res.scores["autoencoder"] = score(ctx, ae, x, head=True)
-    if not ctx.needs_inversion:  # the probes and semantic-only decoding need y alone
-        t = time.perf_counter()
-        res.y = ctx.model.embed(x).cpu()
-        ctx.timed("encode", t)
-    else:
+    if ctx.needs_inversion:  # the probes and semantic-only decoding need y alone
         codes = yield from _iter_reconstruction(ctx, x, res, label)
         res.y = codes.y.cpu()
         res.baseline = codes[0].cpu()

@@ -13,6 +13,7 @@ uninterrupted run would, and each DDP rank its own share.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -340,11 +341,14 @@ class CohortData(pl.LightningDataModule):
             rows.append([float(values[c]) for c in self.truth])
         return np.asarray(rows, np.float32).reshape(-1, len(self.truth))
 
+    @functools.cached_property
+    def _latent_folder(self) -> Path:
+        return latent_folder(self.cache, self.autoencoder_path)  # reads the weights: once
+
     def _latents(self, keys: Sequence[str]) -> np.ndarray:
-        folder = latent_folder(self.cache, self.autoencoder_path)
         if not keys:
             return np.zeros((0,), np.float32)
-        return np.stack([np.load(folder / f"{k}.npy") for k in keys])
+        return np.stack([np.load(self._latent_folder / f"{k}.npy") for k in keys])
 
     def _rank_world(self) -> tuple[int, int]:
         t = self.trainer
